@@ -1,0 +1,49 @@
+"""What each dataset is: class names, colour palettes and the classes its protocol leaves out of the score."""
+
+from dataclasses import dataclass
+
+IGNORE_INDEX = 255
+# ImageNet statistics: the student and (as in the reference) both teachers see images normalised this way.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    # Classes dropped from the confusion matrix by the DWL evaluation protocol (SPEC §7).
+    eval_exclude: tuple[int, ...] = ()
+
+    @property
+    def nclass(self) -> int:
+        return len(self.class_names)
+
+
+LOVEDA = DatasetInfo(
+    name="loveda",
+    class_names=("background", "building", "road", "water", "barren", "forest", "agriculture"),
+    # mmsegmentation's LoveDA palette, which users of the dataset know.
+    palette=((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255),
+             (159, 129, 183), (0, 255, 0), (255, 195, 128)),
+)
+
+POTSDAM = DatasetInfo(
+    name="potsdam",
+    class_names=("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter"),
+    # The colours of the official ISPRS label images.
+    palette=((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)),
+    eval_exclude=(5,),
+)
+
+DEEPGLOBE = DatasetInfo(
+    name="deepglobe",
+    class_names=("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown"),
+    # The colours of the official DeepGlobe Land Cover masks.
+    palette=((0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255),
+             (255, 255, 255), (0, 0, 0)),
+    eval_exclude=(6,),
+)
+
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (LOVEDA, POTSDAM, DEEPGLOBE)}

@@ -1,0 +1,385 @@
+"""Typed configuration: every hyperparameter lives in YAML, is validated on load, and is saved with each run.
+
+A config file holds the sections below; anything left out takes the default written here (the values of
+SPEC §5). Unknown keys, wrong types and out-of-range values are errors that name the key and the file.
+Command-line overrides `section.key=value` are applied on top and validated the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dataset.info import DATASETS
+from util.errors import ConfigError
+
+PATCH_SIZE = 14
+Backbone = Literal["tiny", "small", "base", "large", "giant"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+TeacherName = Literal["dino", "clip"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    if not (low <= pair[0] <= pair[1] <= high):
+        raise ValueError(f"must be an ordered pair [min, max] within [{low}, {high}]")
+    return pair
+
+
+class DatasetConfig(Section):
+    name: str = "loveda"
+    root: str = "dataset/loveda"
+    splits: str = "splits/loveda"
+    # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
+    split: str = "10"
+    nclass: int = Field(7, ge=2, le=255)
+    crop_size: int = Field(518, gt=0)
+    # Classes dropped from the score; null takes the dataset's protocol (SPEC §7, DWL).
+    eval_exclude: list[int] | None = None
+
+    @field_validator("crop_size")
+    @classmethod
+    def _multiple_of_patch(cls, v: int) -> int:
+        if v % PATCH_SIZE:
+            raise ValueError(f"must be a multiple of the patch size {PATCH_SIZE} (e.g. {round(v / 14) * 14 or 14})")
+        return v
+
+    @model_validator(mode="after")
+    def _agrees_with_dataset(self) -> DatasetConfig:
+        info = DATASETS.get(self.name)
+        if info is None:
+            raise ValueError(f"name: unknown dataset '{self.name}'; choose one of {sorted(DATASETS)}")
+        if self.nclass != info.nclass:
+            raise ValueError(f"nclass: {self.name} has {info.nclass} classes, not {self.nclass}")
+        for c in self.eval_exclude or ():
+            if not 0 <= c < self.nclass:
+                raise ValueError(f"eval_exclude: class {c} is outside [0, {self.nclass})")
+        return self
+
+    @property
+    def excluded_classes(self) -> tuple[int, ...]:
+        return tuple(self.eval_exclude) if self.eval_exclude is not None else DATASETS[self.name].eval_exclude
+
+
+class ModelConfig(Section):
+    # DINOv2 size of the student encoder; `tiny` is a small ViT for tests and the demo.
+    backbone: Backbone = "small"
+    # Official DINOv2 checkpoint for the student; null starts from random weights (tests, demo).
+    pretrained: str | None = "pretrained/dinov2_small.pth"
+    lock_backbone: bool = False
+    # Recompute encoder blocks in the backward pass: less memory, ~30 % more time.
+    grad_checkpointing: bool = False
+
+
+class DinoTeacherConfig(Section):
+    enabled: bool = True
+    arch: Backbone = "base"
+    weights: str | None = "pretrained/dinov2_base.pth"
+
+
+class ClipTeacherConfig(Section):
+    enabled: bool = True
+    arch: Literal["ViT-L-14", "tiny"] = "ViT-L-14"
+    weights: str | None = "pretrained/ViT-L-14.pt"
+    input_size: int = Field(224, gt=0)
+    # The reference feeds CLIP ImageNet-normalised pixels; true re-normalises with CLIP's own mean/std.
+    renormalize: bool = False
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_patch(cls, v: int) -> int:
+        if v % PATCH_SIZE:
+            raise ValueError(f"must be a multiple of the patch size {PATCH_SIZE}")
+        return v
+
+
+class TeachersConfig(Section):
+    dino: DinoTeacherConfig = DinoTeacherConfig()
+    clip: ClipTeacherConfig = ClipTeacherConfig()
+    # Compute precision of the frozen teachers on a GPU (the reference runs CLIP in fp16); fp32 on CPU.
+    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in ("dino", "clip") if getattr(self, name).enabled)
+
+
+class DistillConfig(Section):
+    translator_hidden: int = Field(1024, gt=0)
+    # L_dis = sum over teachers of weight * MSE(translated student feature, teacher feature).
+    weights: dict[TeacherName, float] = {"dino": 0.5, "clip": 0.5}
+    # Fuse translated features into the 4th DPT input; false gives "distillation without fusion".
+    fusion: bool = True
+    # f4' = student * f + dino * P_d(T_d(f)) + clip * P_c(up(T_c(f224))).
+    fusion_weights: dict[Literal["student", "dino", "clip"], float] = {"student": 0.8, "dino": 0.1, "clip": 0.1}
+
+    @field_validator("weights", "fusion_weights")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, w in v.items():
+            if w < 0:
+                raise ValueError(f"{k}: weight {w} is negative")
+        return v
+
+
+class FeatureDropConfig(Section):
+    """UniMatch V2's complementary channel dropout on the encoder features of the two strong views."""
+
+    channel_p: float = Field(0.5, ge=0, le=1)
+    pair_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class LossWeights(Section):
+    x: float = Field(1.0, ge=0)
+    u: float = Field(1.0, ge=0)
+    dis: float = Field(1.0, ge=0)
+
+
+class TrainConfig(Section):
+    method: Literal["supervised", "fixmatch", "unimatch_v2", "rs_mtdf"] = "rs_mtdf"
+    epochs: int = Field(60, gt=0)
+    # Per process, labelled; the unlabelled batch has the same size.
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(5e-6, gt=0)
+    # Every trainable parameter outside the encoder uses lr * lr_multi.
+    lr_multi: float = Field(40.0, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    poly_power: float = Field(0.9, ge=0)
+    conf_thresh: float = Field(0.95, ge=0, le=1)
+    ema_cap: float = Field(0.996, ge=0, le=1)
+    # The loss is the weighted mean of its terms: (x*L_x + u*L_u + dis*L_dis) / (x + u + dis).
+    loss_weights: LossWeights = LossWeights()
+    feature_drop: FeatureDropConfig = FeatureDropConfig()
+    precision: Precision = "auto"
+    seed: int = Field(42, ge=0)
+    num_workers: int = Field(4, ge=0)
+    eval_interval: int = Field(1, gt=0)
+    # Also save latest.pth every this many iterations (0: only at the end of each epoch).
+    checkpoint_interval: int = Field(0, ge=0)
+    best_by: Literal["student", "ema"] = "ema"
+    skip_nonfinite: bool = False
+    log_interval: int = Field(20, gt=0)
+    compile: bool = False
+    channels_last: bool = True
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("must be two numbers in [0, 1)")
+        return v
+
+
+class AugmentConfig(Section):
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    color_jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25)
+    color_jitter_p: float = Field(0.8, ge=0, le=1)
+    grayscale_p: float = Field(0.2, ge=0, le=1)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    cutmix_p: float = Field(0.5, ge=0, le=1)
+    # Box area as a fraction of the crop, and its aspect ratio range.
+    cutmix_area: tuple[float, float] = (0.02, 0.4)
+    cutmix_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(v, 1e-3, 100.0)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(v, 1e-6, 100.0)
+
+    @field_validator("cutmix_area")
+    @classmethod
+    def _area(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(v, 0.0, 1.0)
+
+    @field_validator("cutmix_aspect")
+    @classmethod
+    def _aspect(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(v, 1e-3, 1e3)
+
+    @field_validator("color_jitter")
+    @classmethod
+    def _jitter(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if min(v) < 0 or v[3] > 0.5:
+            raise ValueError("brightness, contrast, saturation must be >= 0 and hue within [0, 0.5]")
+        return v
+
+
+class EvalConfig(Section):
+    mode: Literal["original", "sliding_window"] = "original"
+    # Sliding window size and stride in pixels; null: window = crop_size, stride = 2/3 of the window.
+    window: int | None = Field(None, gt=0)
+    stride: int | None = Field(None, gt=0)
+    # Images per forward in `original` mode; windows per forward in `sliding_window` mode.
+    batch_size: int = Field(16, gt=0)
+    weights: Literal["student", "ema"] = "student"
+    # Images with ground truth and prediction written to TensorBoard at each evaluation.
+    num_visualize: int = Field(4, ge=0)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: int | None) -> int | None:
+        if v is not None and v % PATCH_SIZE:
+            raise ValueError(f"must be a multiple of the patch size {PATCH_SIZE}")
+        return v
+
+
+class Config(Section):
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    teachers: TeachersConfig = TeachersConfig()
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval: EvalConfig = EvalConfig()
+    # Where a run writes checkpoints, logs and the resolved config; {dataset}, {method}, {split} are filled in.
+    save_path: str = "exp/{dataset}/{method}/{split}"
+
+    @model_validator(mode="after")
+    def _method_and_teachers_agree(self) -> Config:
+        enabled = self.teachers.enabled
+        if self.train.method == "rs_mtdf" and not enabled:
+            raise ValueError("teachers: method rs_mtdf needs at least one enabled teacher (or use fixmatch)")
+        for name in ("dino", "clip"):
+            if name not in enabled and self.distill.fusion_weights.get(name, 0.0) != 0.0:
+                raise ValueError(
+                    f"distill.fusion_weights.{name}: is {self.distill.fusion_weights[name]} but "
+                    f"teachers.{name}.enabled is false; set it to 0 and give its share to another term")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.save_path.format(dataset=self.dataset.name, method=self.train.method,
+                                          split=self.dataset.split))
+
+    @property
+    def distill_teachers(self) -> tuple[str, ...]:
+        """Teachers whose translators the model carries: the enabled ones when the method distils."""
+        return self.teachers.enabled if self.train.method == "rs_mtdf" else ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _field_names(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
+    """Valid keys at `path` (the parent of a rejected key), for suggestions."""
+    for key in path:
+        annotation = model.model_fields[key].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        valid = _field_names(Config, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+        hint = f" (did you mean '{prefix}'?)" if prefix else f" (valid keys here: {', '.join(valid)})"
+        return f"{source}: unknown key '{key}'{hint}"
+    message = err["msg"].removeprefix("Value error, ")
+    # Cross-field checks name their own key as "sub.key: message"; attach it to the section's path.
+    head, sep, rest = message.partition(": ")
+    if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+        key, message = ".".join(p for p in (key, head) if p), rest
+        err = {**err, "input": None}
+    value = err.get("input")
+    shown = "" if value is None or isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: invalid value for '{key or 'config'}'{shown}: {message}"
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e.errors()[0], source)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (['train', 'lr'], 1e-4); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"command line: '{text}' is not an override of the form section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def _check_override_key(path: list[str], text: str) -> None:
+    """Reject an override whose key the schema does not have, naming the closest valid key."""
+    for depth, part in enumerate(path):
+        valid = _field_names(Config, tuple(path[:depth]))
+        if not valid:
+            return  # below a free-form mapping such as distill.weights: the schema checks the value
+        if part not in valid:
+            close = difflib.get_close_matches(part, valid, n=1, cutoff=0.5)
+            hint = (f" (did you mean '{'.'.join(path[:depth] + [close[0]])}'?)" if close
+                    else f" (valid keys here: {', '.join(valid)})")
+            raise ConfigError(f"command line override '{text}': unknown key '{'.'.join(path)}'{hint}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        _check_override_key(path, text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"command line: '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, validate it, apply `key.sub=value` overrides and validate again."""
+    raw = read_yaml(path)
+    _validate(raw, str(path))
+    return _validate(apply_overrides(raw, list(overrides or [])), f"{path} with overrides")
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved configuration (every value, defaults included) as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
