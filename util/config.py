@@ -52,6 +52,12 @@ class DatasetConfig(Section):
             raise ValueError(f"must be a multiple of the patch size {PATCH_SIZE} (e.g. {round(v / 14) * 14 or 14})")
         return v
 
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split_as_text(cls, v: Any) -> Any:
+        # `--split 5` and `dataset.split=5` arrive as numbers; the split is a folder name.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _agrees_with_dataset(self) -> DatasetConfig:
         info = DATASETS.get(self.name)
