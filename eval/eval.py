@@ -1,0 +1,122 @@
+"""Score a checkpoint on the val or test split: per-class IoU/F1, mIoU, mean F1, OA, kappa, confusion matrix.
+
+    python eval/eval.py --config configs/potsdam.yaml --checkpoint exp/.../best.pth [--split test]
+        [--mode sliding_window --window 518 --stride 345] [--weights ema] [--out DIR] [key=value ...]
+    torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the split
+
+Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (SPEC §8).
+Writes metrics.json, metrics.md and confusion_matrix.png into --out (default
+<checkpoint dir>/eval_<split>_<mode>_<weights>), each through a temporary file, after scoring has finished.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python eval/eval.py`, Python puts eval/ first on the path, where this file would shadow the
+# `eval` package; the repository root must come first so that the project's packages import.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+
+import torch  # noqa: E402
+
+from dataset.info import DATASETS  # noqa: E402
+from eval.evaluate import build_eval_loader, evaluate, metrics_table  # noqa: E402
+from eval.inference import resolve_window  # noqa: E402
+from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
+from util.config import Config  # noqa: E402
+from util.dist import cleanup, init_distributed  # noqa: E402
+from util.errors import DataError, WeightsError  # noqa: E402
+from util.visualize import plot_confusion_matrix  # noqa: E402
+
+
+def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str, device: torch.device) -> torch.nn.Module:
+    """The segmenter of `cfg` with the `which` ('student' | 'ema') weights of `checkpoint`, in eval mode."""
+    if not Path(checkpoint).is_file():
+        raise WeightsError(f"checkpoint not found: {checkpoint}")
+    from model.convert import load_segmenter_weights
+    from model.segmenter import build_segmenter
+
+    # The checkpoint holds every weight: the DINOv2 file named by model.pretrained is not read.
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
+    model = build_segmenter(cfg)
+    load_segmenter_weights(model, checkpoint, which)
+    return model.to(device).eval()
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The eval.* overrides that the command-line flags stand for."""
+    pairs = {"eval.mode": args.mode, "eval.window": args.window, "eval.stride": args.stride,
+             "eval.weights": args.weights, "eval.batch_size": args.batch_size}
+    return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth) written by train.py")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--mode", choices=("original", "sliding_window"), help="eval.mode")
+    parser.add_argument("--window", type=int, help="eval.window: sliding window size (multiple of 14)")
+    parser.add_argument("--stride", type=int, help="eval.stride: sliding window stride")
+    parser.add_argument("--weights", choices=("student", "ema"), help="eval.weights: which weights to score")
+    parser.add_argument("--batch-size", type=int, help="eval.batch_size: images or windows per forward")
+    parser.add_argument("--out", help="output folder (default: <checkpoint dir>/eval_<split>_<mode>_<weights>)")
+    return parser.parse_intermixed_args(argv)
+
+
+def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
+    """metrics.json, metrics.md and confusion_matrix.png: all rendered to temporary names, then renamed."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = DATASETS[cfg.dataset.name].class_names
+    per_class = {name: {"iou": result["iou"][c], "f1": result["f1"][c], "included": result["included"][c]}
+                 for c, name in enumerate(names)}
+    summary = {**report, "classes": per_class,
+               **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
+    title = f"# {report['checkpoint']} ({report['split']}, {report['mode']}, {report['weights']})"
+    tmp = {name: out / f".{name}.tmp" for name in ("metrics.json", "metrics.md", "confusion_matrix.png")}
+    tmp["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n")
+    tmp["metrics.md"].write_text(f"{title}\n\n{metrics_table(result, names)}\n")
+    plot_confusion_matrix(result["confusion_matrix"], names, tmp["confusion_matrix.png"],
+                          excluded=cfg.dataset.excluded_classes)
+    for name, path in tmp.items():
+        os.replace(path, out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args, flag_overrides(args))
+    split_file = Path(cfg.dataset.splits) / f"{args.split}.txt"
+    if not split_file.is_file():
+        raise DataError(f"split file not found: {split_file} (dataset.splits={cfg.dataset.splits})")
+    window, stride = resolve_window(cfg) if cfg.eval.mode == "sliding_window" else (None, None)
+
+    dist_info = init_distributed()
+    try:
+        model = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        from dataset.semi import SemiDataset
+
+        dataset = SemiDataset(cfg, args.split, split_file)
+        loader = build_eval_loader(dataset, cfg, dist_info)
+        result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
+        if dist_info.is_main:
+            mode = cfg.eval.mode
+            out = Path(args.out) if args.out else (
+                Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{mode}_{cfg.eval.weights}")
+            report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
+                      "window": window, "stride": stride, "weights": cfg.eval.weights, "images": len(dataset),
+                      "excluded_classes": list(cfg.dataset.excluded_classes)}
+            write_outputs(out, result, cfg, report)
+            print(metrics_table(result, DATASETS[cfg.dataset.name].class_names))
+            print(f"written to {out}")
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

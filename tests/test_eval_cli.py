@@ -1,0 +1,166 @@
+"""eval/eval.py and eval/predict.py: outputs, flags, and one-line errors (stub model and dataset stand in)."""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval.eval as eval_cli
+import eval.predict as predict_cli
+from dataset.info import DATASETS
+from util.errors import DataError, WeightsError
+
+REPO = Path(__file__).resolve().parents[1]
+PALETTE = np.array(DATASETS["loveda"].palette, dtype=np.uint8)
+
+
+def stub_model(cfg=None, checkpoint=None, which=None, device=None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, 7, 1).to(device).eval()
+
+
+def write_config(tmp_path: Path) -> Path:
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "val.txt").write_text("a.png a_mask.png\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"dataset: {{splits: {splits}, crop_size: 28}}\ntrain: {{num_workers: 0, method: fixmatch}}\n"
+                   "teachers: {dino: {enabled: false}, clip: {enabled: false}}\n"
+                   "distill: {fusion_weights: {student: 1.0, dino: 0.0, clip: 0.0}}\n"
+                   "model: {backbone: tiny, pretrained: null}\n")
+    return cfg
+
+
+class FakeSemiDataset(torch.utils.data.Dataset):
+    def __init__(self, cfg, mode, split_file):
+        g = torch.Generator().manual_seed(3)
+        self.items = [{"img": torch.randn(3, 30, 20, generator=g),
+                       "mask": torch.randint(0, 7, (30, 20), generator=g), "name": f"t{i}"} for i in range(3)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.fixture
+def stubs(monkeypatch):
+    monkeypatch.setattr(eval_cli, "load_model", stub_model)
+    monkeypatch.setattr(predict_cli, "load_model", stub_model)
+    monkeypatch.setitem(sys.modules, "dataset.semi", types.SimpleNamespace(SemiDataset=FakeSemiDataset))
+
+
+def test_eval_writes_metrics_table_and_confusion_matrix(tmp_path, stubs, capsys):
+    cfg = write_config(tmp_path)
+    ckpt = tmp_path / "run" / "best.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    assert eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt), "--mode", "sliding_window",
+                          "--weights", "ema"]) == 0
+    out = tmp_path / "run" / "eval_val_sliding_window_ema"
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "metrics.json", "metrics.md"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["mode"], metrics["weights"], metrics["window"], metrics["stride"]) == (
+        "sliding_window", "ema", 28, 19)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["pixels"] == 3 * 30 * 20
+    assert set(metrics["classes"]) == set(DATASETS["loveda"].class_names)
+    assert "| mIoU |" in (out / "metrics.md").read_text() and "| mIoU |" in capsys.readouterr().out
+    with Image.open(out / "confusion_matrix.png") as im:
+        assert im.format == "PNG"
+
+
+def test_eval_flags_become_config_overrides():
+    args = eval_cli.parse_args(["--config", "c.yaml", "--checkpoint", "x", "--mode", "original", "--window", "42",
+                                "--batch-size", "2", "train.seed=1"])
+    assert eval_cli.flag_overrides(args) == ["eval.mode=original", "eval.window=42", "eval.batch_size=2"]
+    assert args.overrides == ["train.seed=1"]
+
+
+def test_eval_missing_split_file_and_checkpoint_are_one_line_errors(tmp_path):
+    cfg = write_config(tmp_path)
+    with pytest.raises(DataError, match="test.txt"):
+        eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth", "--split", "test"])
+    with pytest.raises(WeightsError, match="missing.pth"):
+        eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth"])
+
+
+def test_eval_script_runs_from_the_repo_root_and_reports_errors_in_one_line(tmp_path):
+    cfg = write_config(tmp_path)
+    proc = subprocess.run([sys.executable, "eval/eval.py", "--config", str(cfg), "--checkpoint", "nope.pth"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: checkpoint not found: nope.pth"
+
+
+def write_images(folder: Path) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (33, 45, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(folder / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (40, 29, 3), dtype=np.uint8)).save(folder / "c.tif")
+
+
+def test_predict_writes_mask_colour_and_overlay_per_image(tmp_path, stubs):
+    cfg = write_config(tmp_path)
+    write_images(tmp_path / "imgs")
+    out = tmp_path / "pred"
+    assert predict_cli.main(["--config", str(cfg), "--checkpoint", "any.pth", str(tmp_path / "imgs"),
+                             "--out", str(out), "eval.batch_size=2"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}_{k}.png" for s in "abc" for k in ("mask", "color", "overlay"))
+    for stem, size in (("a", (33, 45)), ("b", (20, 16)), ("c", (40, 29))):
+        mask = Image.open(out / f"{stem}_mask.png")
+        color = np.asarray(Image.open(out / f"{stem}_color.png"))
+        assert mask.mode == "L" and mask.size == size[::-1]
+        assert np.asarray(mask).max() < 7
+        assert np.array_equal(color, PALETTE[np.asarray(mask)])
+        assert Image.open(out / f"{stem}_overlay.png").size == size[::-1]
+
+
+def test_predict_stops_at_an_unreadable_image_naming_it(tmp_path, stubs):
+    cfg = write_config(tmp_path)
+    write_images(tmp_path / "imgs")
+    (tmp_path / "imgs" / "b.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "pred"
+    with pytest.raises(DataError, match="b.jpg"):
+        predict_cli.main(["--config", str(cfg), "--checkpoint", "any.pth", str(tmp_path / "imgs"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png", "a_overlay.png"]
+
+
+def test_predict_inputs_must_exist_and_have_distinct_stems(tmp_path):
+    write_images(tmp_path / "imgs")
+    with pytest.raises(DataError, match="input not found"):
+        predict_cli.collect_inputs([str(tmp_path / "nothing.png")])
+    (tmp_path / "imgs" / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "sub" / "a.png")
+    with pytest.raises(DataError, match="same outputs"):
+        predict_cli.collect_inputs([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "sub")])
+
+
+def test_predict_allows_whole_potsdam_tiles():
+    assert Image.MAX_IMAGE_PIXELS >= 6000 * 6000
+
+
+def test_colorize_uses_the_palette_and_draws_ignore_black():
+    from util.visualize import colorize, overlay
+
+    mask = np.array([[0, 1], [6, 255]], dtype=np.uint8)
+    color = colorize(mask, DATASETS["loveda"].palette)
+    assert color[0, 0].tolist() == [255, 255, 255] and color[0, 1].tolist() == [255, 0, 0]
+    assert color[1, 0].tolist() == [255, 195, 128] and color[1, 1].tolist() == [0, 0, 0]
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    assert overlay(image, color, alpha=0.5)[0, 1].tolist() == [178, 50, 50]
+
+
+def test_denormalize_inverts_the_input_normalisation():
+    from util.visualize import denormalize
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    assert np.array_equal(denormalize(predict_cli.to_input(rgb, torch.device("cpu"))[0]), rgb)

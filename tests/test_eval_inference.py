@@ -1,0 +1,144 @@
+"""Whole-image inference: sliding windows cover, average and crop exactly; `original` mode feeds multiples of 14."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eval.inference import (autocast_dtype, default_stride, nearest_patch_multiple, predict_logits,
+                            resolve_window, window_starts)
+from util.config import Config
+from util.errors import ConfigError
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a model and remembers the input shape of every forward."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.fn(x)
+
+
+def pixelwise(x):
+    """Logits that depend only on the pixel itself: every window agrees, so averaging changes nothing."""
+    return torch.stack([x[:, 0], x[:, 1] - x[:, 2], -x[:, 0]], 1) * 3
+
+
+def window_mean(x):
+    """A constant per window (its mean intensity), so overlapping windows disagree and must be averaged."""
+    return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+
+
+def test_default_stride_is_two_thirds_of_the_window_rounded():
+    assert default_stride(518) == 345 and default_stride(512) == 341 and default_stride(14) == 9
+
+
+def test_window_starts_end_flush_with_the_border():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert window_starts(4, 4, 3) == [0]
+    assert window_starts(8, 4, 4) == [0, 4]
+
+
+@pytest.mark.parametrize("size", [(5, 7), (14, 14), (15, 14), (23, 37), (41, 29)],
+                         ids=["smaller", "equal", "one-larger", "odd", "odd-tall"])
+def test_sliding_window_of_a_pixelwise_model_is_exact(size):
+    torch.manual_seed(0)
+    img = torch.randn(2, 3, *size)
+    model = Recorder(pixelwise)
+    probs = predict_logits(model, img, "sliding_window", window=14, stride=9, batch_size=3)
+    assert probs.shape == (2, 3, *size)
+    torch.testing.assert_close(probs, pixelwise(img).softmax(1))
+    assert all(s[-2:] == (14, 14) and s[0] <= 3 for s in model.shapes)
+
+
+def test_sliding_window_averages_overlapping_windows_per_pixel():
+    torch.manual_seed(0)
+    img = torch.randn(1, 3, 10, 11)
+    probs = predict_logits(window_mean, img, "sliding_window", window=4, stride=3, batch_size=5)
+    # Windows by hand: rows start at 0, 3, 6; columns at 0, 3, 6, 7.
+    total = torch.zeros(2, 10, 11)
+    count = torch.zeros(10, 11)
+    for y in (0, 3, 6):
+        for x in (0, 3, 6, 7):
+            m = img[0, :, y:y + 4, x:x + 4].mean()
+            total[:, y:y + 4, x:x + 4] += torch.stack([m, -m]).softmax(0)[:, None, None]
+            count[y:y + 4, x:x + 4] += 1
+    torch.testing.assert_close(probs[0], total / count)
+
+
+def test_sliding_window_batches_windows_lazily_across_images():
+    model = Recorder(pixelwise)
+    predict_logits(model, torch.randn(2, 3, 10, 11), "sliding_window", window=4, stride=3, batch_size=5)
+    # 3 x 4 windows per image, 24 in all, at most 5 per forward.
+    assert [s[0] for s in model.shapes] == [5, 5, 5, 5, 4]
+
+
+def test_smaller_image_is_zero_padded_to_the_window():
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return pixelwise(x)
+
+    img = torch.randn(1, 3, 5, 7)
+    predict_logits(model, img, "sliding_window", window=14, stride=9)
+    assert seen[0].shape == (1, 3, 14, 14)
+    assert torch.equal(seen[0][..., :5, :7], img)
+    assert seen[0][..., 5:, :].abs().sum() == 0 and seen[0][..., :, 7:].abs().sum() == 0
+
+
+def test_sliding_window_rejects_a_stride_larger_than_the_window():
+    with pytest.raises(ValueError):
+        predict_logits(pixelwise, torch.randn(1, 3, 20, 20), "sliding_window", window=14, stride=15)
+
+
+@pytest.mark.parametrize(("size", "seen"), [((500, 300), (504, 294)), ((28, 42), (28, 42)), ((6, 20), (14, 14))])
+def test_original_mode_feeds_the_nearest_multiples_of_14_and_returns_input_size(size, seen):
+    model = Recorder(pixelwise)
+    probs = predict_logits(model, torch.randn(2, 3, *size), "original")
+    assert model.shapes == [(2, 3, *seen)]
+    assert probs.shape == (2, 3, *size)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, *size))
+
+
+def test_original_mode_resizes_logits_back_with_align_corners():
+    img = torch.randn(1, 3, 20, 30)
+    probs = predict_logits(pixelwise, img, "original")
+    x = F.interpolate(img, size=(14, 28), mode="bilinear", align_corners=True)
+    logits = F.interpolate(pixelwise(x), size=(20, 30), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(probs, logits.softmax(1))
+
+
+def test_original_mode_at_a_multiple_of_14_is_exact():
+    img = torch.randn(1, 3, 28, 14)
+    torch.testing.assert_close(predict_logits(pixelwise, img, "original"), pixelwise(img).softmax(1))
+
+
+def test_nearest_patch_multiple():
+    assert [nearest_patch_multiple(s) for s in (1, 7, 20, 21, 512, 6000)] == [14, 14, 14, 28, 518, 6006]
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        predict_logits(pixelwise, torch.randn(1, 3, 14, 14), "tiled")
+
+
+def test_window_defaults_to_crop_size_and_two_thirds_stride():
+    cfg = Config()
+    assert resolve_window(cfg) == (518, 345)
+    cfg.eval.window, cfg.eval.stride = 28, 14
+    assert resolve_window(cfg) == (28, 14)
+    cfg.eval.stride = 30
+    with pytest.raises(ConfigError, match="eval.stride"):
+        resolve_window(cfg)
+
+
+def test_cpu_runs_in_fp32():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None

@@ -1,0 +1,78 @@
+"""Pictures of predictions: palette colouring, overlays on the image, and a confusion-matrix figure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and compute nodes
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+# Ignore pixels (255) and any label outside the palette are drawn black.
+IGNORE_COLOR = (0, 0, 0)
+
+
+def colorize(mask: np.ndarray, palette: tuple[tuple[int, int, int], ...] | list) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours of the dataset palette."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:] = IGNORE_COLOR
+    lut[:len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Alpha-blend a colour mask onto an RGB image, both (H, W, 3) uint8."""
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
+    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+def denormalize(img: torch.Tensor) -> np.ndarray:
+    """An ImageNet-normalised (3, H, W) tensor back to (H, W, 3) uint8 RGB."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (img.detach().float().cpu() * std + mean).clamp(0, 1) * 255
+    return (rgb + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def sample_panel(img: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, palette) -> np.ndarray:
+    """Image | ground truth | prediction side by side, (H, 3W, 3) uint8, e.g. for TensorBoard."""
+    return np.concatenate([denormalize(img), colorize(mask.cpu().numpy(), palette), colorize(pred.cpu().numpy(), palette)], axis=1)
+
+
+def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple[str, ...], path: str | os.PathLike,
+                          excluded: tuple[int, ...] = ()) -> None:
+    """Save a row-normalised confusion matrix (rows ground truth) with class names on both axes."""
+    mat = np.asarray(mat, dtype=np.float64)
+    rows = mat.sum(1, keepdims=True)
+    norm = np.divide(mat, rows, out=np.zeros_like(mat), where=rows > 0)
+    names = [f"{n} (excluded)" if c in excluded else n for c, n in enumerate(class_names)]
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n), dpi=120)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title("confusion matrix, rows normalised")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array as PNG, through a temporary file so it is never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
