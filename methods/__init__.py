@@ -1,0 +1,27 @@
+"""Training methods: each turns one batch into its losses; train.py runs the same loop for all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from methods.common import Losses, StepContext
+from methods.fixmatch import fixmatch_step, rs_mtdf_step
+from methods.supervised import supervised_step
+from methods.unimatch_v2 import unimatch_v2_step
+
+
+@dataclass(frozen=True)
+class Method:
+    step: Callable[[StepContext, dict], Losses]
+    # Whether the method reads the unlabelled list, and how many strong views each unlabelled item carries.
+    unlabeled: bool
+    n_strong: int
+
+
+METHODS: dict[str, Method] = {
+    "supervised": Method(supervised_step, unlabeled=False, n_strong=0),
+    "fixmatch": Method(fixmatch_step, unlabeled=True, n_strong=1),
+    "unimatch_v2": Method(unimatch_v2_step, unlabeled=True, n_strong=2),
+    "rs_mtdf": Method(rs_mtdf_step, unlabeled=True, n_strong=1),
+}

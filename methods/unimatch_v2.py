@@ -1,0 +1,46 @@
+"""UniMatch V2: two strong views whose encoder features get complementary channel dropout."""
+
+from __future__ import annotations
+
+import torch
+
+from methods.common import Losses, StepContext, cross_entropy_x, unsupervised_loss, weighted_total
+from methods.fixmatch import add_pseudo_labels, cutmixed_targets
+
+
+def complementary_channel_masks(batch_size: int, dim: int, channel_p: float, pair_fraction: float,
+                                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks (B, D) for view 1 and view 2: kept channels of one are the dropped channels of the other.
+
+    keep ~ Bernoulli(1 - p); view 1 gets keep / (1 - p) and view 2 (1 - keep) / p, so each view keeps the
+    expected feature scale (x2 and its complement at p = 0.5). Pairs outside a random `pair_fraction` of the
+    batch are left whole (mask 1).
+    """
+    keep = torch.bernoulli(torch.full((batch_size, dim), 1.0 - channel_p), generator=generator)
+    mask1 = keep / max(1.0 - channel_p, 1e-6)
+    mask2 = (1.0 - keep) / max(channel_p, 1e-6)
+    n_dropped = round(batch_size * pair_fraction)
+    whole = torch.randperm(batch_size, generator=generator)[n_dropped:]
+    mask1[whole] = 1.0
+    mask2[whole] = 1.0
+    return mask1, mask2
+
+
+def unimatch_v2_step(ctx: StepContext, batch: dict) -> Losses:
+    """(L_x + (L_u1 + L_u2) / 2) / 2 from one student forward on labelled + both strong views."""
+    add_pseudo_labels(ctx, batch)
+    views = [cutmixed_targets(batch, view) for view in (0, 1)]
+    img_x = batch["img_x"]
+    b_x, b_u = len(img_x), len(views[0][0])
+    mask1, mask2 = complementary_channel_masks(b_u, ctx.embed_dim, ctx.cfg.train.feature_drop.channel_p,
+                                               ctx.cfg.train.feature_drop.pair_fraction, ctx.generator)
+    feature_mask = torch.cat((torch.ones(b_x, mask1.shape[1]), mask1, mask2)).to(img_x.device, img_x.dtype)
+    out = ctx.student(torch.cat((img_x, views[0][0], views[1][0])), feature_mask)
+    logits_x, logits_u1, logits_u2 = out.logits.split([b_x, b_u, b_u])
+    loss_x = cross_entropy_x(logits_x, batch["mask_x"])
+    thresh = ctx.cfg.train.conf_thresh
+    loss_u1, ratio1 = unsupervised_loss(logits_u1, *views[0][1:], thresh)
+    loss_u2, ratio2 = unsupervised_loss(logits_u2, *views[1][1:], thresh)
+    loss_u = (loss_u1 + loss_u2) / 2
+    return {"loss": weighted_total(ctx.cfg, loss_x, loss_u), "loss_x": loss_x.detach(),
+            "loss_u": loss_u.detach(), "mask_ratio": (ratio1 + ratio2) / 2}

@@ -1,0 +1,181 @@
+"""The training step's arithmetic (SPEC §4-5), checked against hand computations on tiny tensors."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.common import StepContext, mix, unsupervised_loss, weighted_total
+from methods.fixmatch import fixmatch_step
+from methods.supervised import supervised_step
+from methods.unimatch_v2 import complementary_channel_masks, unimatch_v2_step
+from util.config import Config
+from util.ema import ema_update, make_ema
+from util.schedule import ema_ratio, poly_lr, set_lr
+
+NCLASS, B, S = 3, 2, 4
+
+
+def test_poly_lr_follows_the_formula_and_reaches_zero_at_the_end():
+    assert poly_lr(1e-3, 0, 100) == pytest.approx(1e-3)
+    assert poly_lr(1e-3, 50, 100, 0.9) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert poly_lr(1e-3, 100, 100) == 0.0
+
+
+def test_set_lr_gives_the_head_lr_multi_times_the_encoder_lr():
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [a], "lr_scale": 1.0}, {"params": [b], "lr_scale": 40.0}], lr=1.0)
+    set_lr(opt, 5e-6)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-6, 2e-4])
+
+
+def test_ema_ratio_sequence_starts_at_zero_and_is_capped():
+    assert [ema_ratio(t, 0.996) for t in range(4)] == pytest.approx([0.0, 0.5, 2 / 3, 0.75])
+    assert ema_ratio(10_000, 0.996) == 0.996
+
+
+def test_ema_update_is_the_weighted_average_of_every_parameter():
+    model = nn.Linear(3, 2)
+    ema = make_ema(model)
+    before = [p.clone() for p in ema.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema_update(ema, model, 0.9)
+    for p_ema, p0, p in zip(ema.parameters(), before, model.parameters()):
+        torch.testing.assert_close(p_ema, 0.9 * p0 + 0.1 * p)
+        assert not p_ema.requires_grad
+
+
+def test_cutmix_takes_the_flipped_batch_inside_the_box_only():
+    x = torch.arange(3).view(3, 1, 1, 1).expand(3, 2, 2, 2).float()
+    box = torch.zeros(3, 2, 2, dtype=torch.long)
+    box[0, 0, 0] = 1
+    mixed = mix(x, box)
+    assert mixed[0, :, 0, 0].tolist() == [2.0, 2.0]    # sample 0 takes sample 2 inside its box
+    assert mixed[0, :, 1, 1].tolist() == [0.0, 0.0]    # and keeps its own pixels outside
+    assert torch.equal(mixed[1:], x[1:])               # empty boxes change nothing
+    labels = torch.tensor([[[0, 1], [1, 0]], [[2, 2], [2, 2]], [[1, 1], [1, 1]]])
+    assert mix(labels, box)[0].tolist() == [[1, 1], [1, 0]]
+
+
+def test_unsupervised_loss_divides_by_non_padded_pixels_not_by_confident_ones():
+    logits = torch.randn(1, NCLASS, 2, 2)
+    pseudo = torch.tensor([[[0, 1], [2, 0]]])
+    conf = torch.tensor([[[0.99, 0.5], [0.97, 0.99]]])
+    ignore = torch.tensor([[[0, 0], [0, 254]]])          # one padded pixel
+    loss, ratio = unsupervised_loss(logits, pseudo, conf, ignore, 0.95)
+    ce = F.cross_entropy(logits, pseudo, reduction="none")[0]
+    expected = (ce[0, 0] + ce[1, 0]) / 3                  # confident and not padded, over 3 real pixels
+    torch.testing.assert_close(loss, expected)
+    assert ratio.item() == pytest.approx(2 / 3)
+
+
+def test_loss_weights_average_the_terms_present():
+    cfg = Config()
+    one, two, three = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(6.0)
+    assert weighted_total(cfg, one, two, three).item() == pytest.approx(3.0)
+    assert weighted_total(cfg, one, two).item() == pytest.approx(1.5)
+    cfg = Config.model_validate({"train": {"loss_weights": {"x": 2.0, "u": 1.0, "dis": 1.0}}})
+    assert weighted_total(cfg, one, two, three).item() == pytest.approx((2 + 2 + 6) / 4)
+
+
+class FakeSegmenter(nn.Module):
+    """Logits from a fixed 1x1 convolution: a model whose output a test can recompute by hand."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, NCLASS, 1)
+        self.feature_masks = []
+
+    def forward(self, img, feature_mask=None):
+        return self.forward_train(img, feature_mask).logits
+
+    def forward_train(self, img, feature_mask=None):
+        self.feature_masks.append(feature_mask)
+        return SimpleNamespace(logits=self.conv(img), translated={})
+
+
+def make_batch(n_strong: int = 1) -> dict:
+    g = torch.Generator().manual_seed(0)
+    box = torch.zeros(B, n_strong, S, S, dtype=torch.long)
+    box[0, :, :2, :2] = 1
+    ignore = torch.zeros(B, S, S, dtype=torch.long)
+    ignore[1, -1] = 254
+    return {"img_x": torch.randn(B, 3, S, S, generator=g), "mask_x": torch.randint(0, NCLASS, (B, S, S), generator=g),
+            "img_u_w": torch.randn(B, 3, S, S, generator=g), "img_u_s": torch.randn(B, n_strong, 3, S, S, generator=g),
+            "ignore_mask": ignore, "cutmix_box": box}
+
+
+def make_ctx(cfg: Config, student: FakeSegmenter, ema: FakeSegmenter) -> StepContext:
+    return StepContext(cfg=cfg, student=student.forward_train, ema=ema, teachers=None,
+                       generator=torch.Generator().manual_seed(1), embed_dim=8)
+
+
+def hand_fixmatch_loss(cfg, student, ema, batch, view=0):
+    """SPEC §4 written out step by step, independently of methods/."""
+    with torch.no_grad():
+        probs = ema.conv(batch["img_u_w"]).softmax(1)
+    conf, pseudo = probs.max(1)
+    box = batch["cutmix_box"][:, view].bool()
+    img_s = batch["img_u_s"][:, view].clone()
+    img_s[0][:, box[0]] = batch["img_u_s"][1, view][:, box[0]]     # sample 0 takes sample B-1 = 1
+    pseudo_m, conf_m, ign_m = pseudo.clone(), conf.clone(), batch["ignore_mask"].clone()
+    pseudo_m[0][box[0]], conf_m[0][box[0]], ign_m[0][box[0]] = pseudo[1][box[0]], conf[1][box[0]], \
+        batch["ignore_mask"][1][box[0]]
+    loss_x = F.cross_entropy(student.conv(batch["img_x"]), batch["mask_x"], ignore_index=255)
+    ce = F.cross_entropy(student.conv(img_s), pseudo_m, reduction="none")
+    valid = ign_m != 254
+    loss_u = (ce * ((conf_m >= cfg.train.conf_thresh) & valid)).sum() / valid.sum()
+    return loss_x, loss_u
+
+
+@pytest.mark.parametrize("thresh", [0.0, 0.5, 0.95])
+def test_fixmatch_loss_equals_the_hand_computation(thresh):
+    cfg = Config.model_validate({"train": {"method": "fixmatch", "conf_thresh": thresh},
+                                 "teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
+                                 "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}})
+    student, ema = FakeSegmenter(0), FakeSegmenter(1)
+    batch = make_batch()
+    losses = fixmatch_step(make_ctx(cfg, student, ema), dict(batch))
+    loss_x, loss_u = hand_fixmatch_loss(cfg, student, ema, batch)
+    torch.testing.assert_close(losses["loss"], (loss_x + loss_u) / 2)
+    losses["loss"].backward()
+    assert student.conv.weight.grad is not None and ema.conv.weight.grad is None
+
+
+def test_supervised_loss_is_plain_cross_entropy_on_labelled_images():
+    cfg = Config.model_validate({"train": {"method": "supervised"},
+                                 "teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
+                                 "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}})
+    student = FakeSegmenter(0)
+    batch = make_batch()
+    losses = supervised_step(make_ctx(cfg, student, student), batch)
+    torch.testing.assert_close(losses["loss"], F.cross_entropy(student.conv(batch["img_x"]), batch["mask_x"]))
+
+
+def test_unimatch_v2_channel_masks_are_complementary_on_a_random_half_of_the_pairs():
+    g = torch.Generator().manual_seed(0)
+    m1, m2 = complementary_channel_masks(8, 64, 0.5, 0.5, g)
+    dropped = (m1 != 1).any(1) | (m2 != 1).any(1)
+    assert dropped.sum().item() == 4
+    assert torch.equal(m1[dropped] + m2[dropped], torch.full((4, 64), 2.0))
+    assert set(m1[dropped].unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(m1[~dropped], torch.ones(4, 64))
+
+
+def test_unimatch_v2_loss_averages_the_two_strong_views_and_masks_only_unlabelled_features():
+    cfg = Config.model_validate({"train": {"method": "unimatch_v2", "conf_thresh": 0.0},
+                                 "teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
+                                 "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}})
+    student, ema = FakeSegmenter(0), FakeSegmenter(1)
+    batch = make_batch(n_strong=2)
+    losses = unimatch_v2_step(make_ctx(cfg, student, ema), dict(batch))
+    loss_x, loss_u1 = hand_fixmatch_loss(cfg, student, ema, batch, view=0)
+    _, loss_u2 = hand_fixmatch_loss(cfg, student, ema, batch, view=1)
+    torch.testing.assert_close(losses["loss"], (loss_x + (loss_u1 + loss_u2) / 2) / 2)
+    mask = student.feature_masks[-1]
+    assert mask.shape == (3 * B, 8) and torch.equal(mask[:B], torch.ones(B, 8))
