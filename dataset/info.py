@@ -3,6 +3,9 @@
 from dataclasses import dataclass
 
 IGNORE_INDEX = 255
+# Value of the unlabelled `ignore_mask` on crop padding (UniMatch's convention); 0 elsewhere. The
+# unlabelled loss counts only pixels where ignore_mask != UNLABELED_PAD.
+UNLABELED_PAD = 254
 # ImageNet statistics: the student and (as in the reference) both teachers see images normalised this way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,160 @@
+"""dataset/prepare.py and dataset/synthetic.py on tiny raw trees: crops, label conversion, padding, splits, re-runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset.info import DATASETS
+from dataset.prepare import prepare
+from dataset.semi import SemiDataset
+from dataset.synthetic import write_deepglobe, write_loveda, write_potsdam
+from util.config import Config
+from util.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def split_names(splits: Path, percent: str) -> dict[str, set[str]]:
+    return {kind: {line.split()[0] for line in lines(file)} for kind, file in
+            {"labeled": splits / percent / "labeled.txt", "unlabeled": splits / percent / "unlabeled.txt",
+             "val": splits / "val.txt", "test": splits / "test.txt"}.items()}
+
+
+@pytest.fixture
+def loveda_raw(tmp_path: Path) -> Path:
+    """Train: 2 rural + 2 urban images; Val: 1 + 1; 32x32 each."""
+    raw = tmp_path / "raw"
+    write_loveda(raw, np.random.default_rng(0), size=32, count=2)
+    return raw
+
+
+def test_loveda_images_become_quadrants_with_shifted_labels(loveda_raw, tmp_path):
+    out, splits = tmp_path / "out", tmp_path / "splits"
+    summary = prepare("loveda", loveda_raw, out, splits)
+    assert summary["raw_images"] == 6 and summary["crops_written"] == 24 and not summary["failed"]
+    image = np.array(Image.open(loveda_raw / "Train/Urban/images_png/2.png"))
+    raw_mask = np.array(Image.open(loveda_raw / "Train/Urban/masks_png/2.png"))
+    expected = np.where(raw_mask == 0, 255, raw_mask.astype(int) - 1)
+    for q, (top, left) in enumerate([(0, 0), (0, 16), (16, 0), (16, 16)], start=1):
+        assert np.array_equal(np.array(Image.open(out / f"train/images/train_urban_2_{q}.png")),
+                              image[top:top + 16, left:left + 16])
+        assert np.array_equal(np.array(Image.open(out / f"train/masks/train_urban_2_{q}.png")),
+                              expected[top:top + 16, left:left + 16])
+
+
+def test_loveda_splits_are_disjoint_nested_and_val_test_come_from_official_val(loveda_raw, tmp_path):
+    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+    s = split_names(tmp_path / "splits", "10")
+    # One quadrant per domain (a share is at least one tile).
+    assert sorted(n.split("_")[1] for n in s["labeled"]) == ["rural", "urban"]
+    assert all(n.startswith("train/images/train_") for n in s["labeled"] | s["unlabeled"])
+    assert all(n.startswith("val/images/val_") for n in s["val"] | s["test"]) and len(s["val"]) == len(s["test"]) == 4
+    assert len(s["labeled"] | s["unlabeled"]) == 16 and not s["labeled"] & s["unlabeled"]
+    assert split_names(tmp_path / "splits", "1")["labeled"] <= s["labeled"]
+
+
+def test_prepared_loveda_reads_through_the_dataset(loveda_raw, tmp_path):
+    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+    cfg = Config()
+    cfg.dataset.root, cfg.dataset.crop_size = str(tmp_path / "out"), 14
+    item = SemiDataset(cfg, "val", tmp_path / "splits" / "val.txt")[0]
+    assert item["img"].shape == (3, 16, 16) and item["mask"].shape == (16, 16)
+    unlabeled = SemiDataset(cfg, "train_u", tmp_path / "splits" / "5" / "unlabeled.txt")
+    assert unlabeled[(0, 1)]["img_w"].shape == (3, 14, 14)
+
+
+def test_rerun_skips_existing_crops_and_writes_identical_splits(loveda_raw, tmp_path):
+    out = tmp_path / "out"
+    prepare("loveda", loveda_raw, out, tmp_path / "a", seed=3)
+    again = prepare("loveda", loveda_raw, out, tmp_path / "b", seed=3)
+    assert again["crops_written"] == 0 and again["crops_skipped"] == 24
+    for rel in ("val.txt", "test.txt", "1/labeled.txt", "10/unlabeled.txt"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert prepare("loveda", loveda_raw, out, tmp_path / "c", overwrite=True)["crops_written"] == 24
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_a_broken_raw_image_is_reported_and_no_splits_are_written(loveda_raw, tmp_path):
+    (loveda_raw / "Train/Rural/images_png/1.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="1 of 6 raw images failed .*train_rural_1"):
+        prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+    summary = json.loads((tmp_path / "out" / "prepare_summary.json").read_text())
+    assert [f["name"] for f in summary["failed"]] == ["train_rural_1"] and summary["crops_written"] == 20
+    assert not (tmp_path / "splits").exists()
+
+
+def test_potsdam_grid_pads_edges_with_ignore_and_maps_off_palette_colours(tmp_path):
+    raw = tmp_path / "raw"
+    write_potsdam(raw / "nested", np.random.default_rng(1), size=40, count=2)  # nested like unpacked zips
+    label_file = raw / "nested/5_Labels_all/top_potsdam_2_10_label.tif"
+    colours = np.array(Image.open(label_file))
+    palette = np.array(DATASETS["potsdam"].palette)
+    off_palette = int((~(colours[:, :, None, :] == palette).all(-1).any(-1)).sum())
+    summary = prepare("potsdam", raw, tmp_path / "out", tmp_path / "splits", tile=16)
+    assert summary["crops_written"] == 18  # ceil(40/16)^2 per tile, numbered row-major from 1
+    last = np.array(Image.open(tmp_path / "out/masks/top_potsdam_2_10_9.png"))
+    image = np.array(Image.open(tmp_path / "out/images/top_potsdam_2_10_9.png"))
+    assert last.shape == (16, 16) and (last[8:] == 255).all() and (last[:, 8:] == 255).all()
+    assert (image[8:] == 0).all() and (last[:8, :8] != 255).all()
+    first = np.array(Image.open(tmp_path / "out/masks/top_potsdam_2_10_1.png"))
+    exact = (colours[:16, :16, None, :] == palette).all(-1)
+    assert np.array_equal(first[exact.any(-1)], exact.argmax(-1)[exact.any(-1)])
+    assert summary["remapped_pixels"] >= off_palette > 0
+
+
+def test_deepglobe_thresholds_impure_colours_before_matching(tmp_path):
+    raw = tmp_path / "raw" / "train"
+    raw.mkdir(parents=True)
+    mask = np.zeros((24, 24, 3), np.uint8)
+    mask[:12] = (250, 10, 245)   # rangeland, blurred
+    mask[12:, :12] = (200, 201, 40)  # agriculture, blurred
+    mask[12:, 12:] = (255, 0, 0)   # no DeepGlobe class
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(raw / "7_sat.jpg")
+    Image.fromarray(mask).save(raw / "7_mask.png")
+    Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(raw / "8_sat.jpg")  # a test image: no mask
+    summary = prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=16)
+    assert summary["raw_images"] == 1 and summary["crops_written"] == 4
+    labels = np.array(Image.open(tmp_path / "out/masks/7_1.png"))
+    assert (labels[:12] == 2).all() and (labels[12:, :12] == 1).all() and (labels[12:, 12:] == 255).all()
+    assert summary["remapped_pixels"] == 144
+    assert (tmp_path / "splits" / "100" / "labeled.txt").is_file()
+
+
+def test_synthetic_deepglobe_prepares_with_every_class_learnable_from_colour(tmp_path):
+    write_deepglobe(tmp_path / "raw", np.random.default_rng(0), size=96, count=1)
+    prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=48)
+    img = np.concatenate([np.array(Image.open(p)).reshape(-1, 3) for p in sorted((tmp_path / "out/images").glob("*"))])
+    lab = np.concatenate([np.array(Image.open(p)).ravel() for p in sorted((tmp_path / "out/masks").glob("*"))])
+    means = {c: img[lab == c].mean(0) for c in np.unique(lab) if c != 255 and (lab == c).sum() > 50}
+    assert len(means) >= 3
+    for a in means:
+        for b in means:
+            assert a == b or np.abs(means[a] - means[b]).max() > 10, (a, b)
+
+
+def test_duplicate_raw_tiles_are_an_error(tmp_path):
+    write_potsdam(tmp_path / "raw/a", np.random.default_rng(0), size=20, count=1)
+    write_potsdam(tmp_path / "raw/b", np.random.default_rng(0), size=20, count=1)
+    with pytest.raises(DataError, match="appears twice"):
+        prepare("potsdam", tmp_path / "raw", tmp_path / "out", tmp_path / "splits")
+
+
+def test_command_line_synthetic_then_prepare_with_workers(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=REPO, capture_output=True, text=True, timeout=120)
+    made = run("dataset.synthetic", "--out", str(tmp_path / "raw"), "--size", "32", "--count", "1")
+    assert made.returncode == 0, made.stderr
+    done = run("dataset.prepare", "loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+               "--splits", str(tmp_path / "splits"), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "16 crops written" in done.stdout and len(lines(tmp_path / "splits" / "val.txt")) == 4
+    missing = run("dataset.prepare", "potsdam", "--raw", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: raw dataset folder not found")
