@@ -27,10 +27,16 @@ def setup_logger(run_dir: Path | None, is_main: bool, name: str = "rs_mtdf") -> 
     console = _TqdmHandler()
     console.setFormatter(fmt)
     logger.addHandler(console)
+    # Per-interval training statistics go to the file only: the console shows them on the progress bar.
+    metrics = logging.getLogger(f"{name}.metrics")
+    metrics.handlers.clear()
+    metrics.propagate = False
+    metrics.setLevel(logger.level)
     if is_main and run_dir is not None:
         file = logging.FileHandler(run_dir / "train.log")
         file.setFormatter(fmt)
         logger.addHandler(file)
+        metrics.addHandler(file)
     return logger
 
 

@@ -1,0 +1,407 @@
+"""Train a segmenter semi-supervised: supervised, FixMatch, UniMatch V2 or RS-MTDF, one loop for all.
+
+    python train.py --config configs/loveda.yaml [--split 1|5|10] [--save-path DIR] [key.sub=value ...]
+    torchrun --nproc_per_node 4 train.py --config ...        # or: sh scripts/train.sh 4 29500
+
+A run writes into its save path: config.yaml (the resolved configuration), train.log, tb/ (TensorBoard),
+latest.pth (every epoch, and every train.checkpoint_interval iterations) and best.pth. Started again with
+the same save path, it resumes from latest.pth where it stopped. SIGTERM saves and exits at the next
+iteration boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from dataset.info import DATASETS
+from dataset.sampler import SeededSampler
+from dataset.semi import SemiDataset
+from eval.evaluate import build_eval_loader, evaluate
+from eval.inference import autocast_dtype
+from methods import METHODS, Method
+from methods.common import StepContext
+from model.segmenter import build_segmenter
+from model.teachers import build_teachers
+from util.checkpoint import atomic_save, load_own_checkpoint
+from util.cli import add_config_args, config_from_args, run_main
+from util.config import Config, save_config
+from util.dist import DistInfo, cleanup, init_distributed, is_distributed
+from util.ema import ema_update, make_ema
+from util.errors import ConfigError, DataError, UserError, WeightsError
+from util.logging import code_version, setup_logger
+from util.schedule import ema_ratio, poly_lr, set_lr
+from util.visualize import sample_panel
+
+# Keys whose change makes a checkpoint unusable for resuming: another model or another task.
+RESUME_KEYS = ("dataset.name", "dataset.nclass", "model.backbone", "train.method")
+
+
+class NonFiniteLoss(UserError):
+    """A loss term became NaN or inf."""
+
+
+class TrainForward(nn.Module):
+    """Calls the segmenter's training forward through __call__, so DDP sees and synchronises it."""
+
+    def __init__(self, segmenter: nn.Module) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, img: torch.Tensor, feature_mask: torch.Tensor | None = None) -> Any:
+        return self.segmenter.forward_train(img, feature_mask)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW over trainable parameters only: the encoder at lr, everything else at lr * lr_multi."""
+    groups = [{"params": list(model.encoder_parameters()), "lr_scale": 1.0},
+              {"params": list(model.head_parameters()), "lr_scale": cfg.train.lr_multi}]
+    groups = [g for g in groups if g["params"]]
+    t = cfg.train
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+
+
+def split_path(cfg: Config, name: str) -> Path:
+    """labeled.txt / unlabeled.txt live under the labelled percent; val.txt and test.txt beside it."""
+    root = Path(cfg.dataset.splits)
+    return root / cfg.dataset.split / name if name in ("labeled.txt", "unlabeled.txt") else root / name
+
+
+def count_lines(path: Path) -> int:
+    if not path.is_file():
+        raise DataError(f"split file not found: {path} (dataset.splits={path.parent})")
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def train_loader(dataset: SemiDataset, length: int, seed: int, cfg: Config, info: DistInfo) -> DataLoader:
+    """A loader that draws `length` items per epoch (repeating a short list), sharded over processes."""
+    sampler = SeededSampler(len(dataset), length, seed, info.rank, info.world_size)
+    workers = cfg.train.num_workers
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+                      drop_last=True, pin_memory=info.device.type == "cuda", persistent_workers=workers > 0)
+
+
+class Trainer:
+    """One training run: model, EMA, teachers, optimizer, data, and the state that a checkpoint restores."""
+
+    def __init__(self, cfg: Config, info: DistInfo, with_data: bool = True) -> None:
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.method: Method = METHODS[cfg.train.method]
+        torch.manual_seed(cfg.train.seed)
+        # Without data (the benchmark feeds its own batches) an "epoch" is a single iteration.
+        self.loaders = self._build_data() if with_data else ()
+        self.iters_per_epoch = len(self.loaders[0]) if with_data else 1
+        if self.iters_per_epoch == 0:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} per process is more than the "
+                              f"{self.epoch_length} items of one epoch")
+        self.total_iters = cfg.train.epochs * self.iters_per_epoch
+
+        self.model = build_segmenter(cfg).to(self.device)
+        self.teachers = build_teachers(cfg, self.device) if cfg.train.method == "rs_mtdf" else None
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.ema = make_ema(self.model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        forward: nn.Module = TrainForward(self.model)
+        if is_distributed():
+            forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+        self.forward = torch.compile(forward) if cfg.train.compile else forward
+
+        self.iteration = 0
+        self.best = {"student": 0.0, "ema": 0.0, "epoch": -1}
+        self.skipped_steps = 0
+        self.stop_requested = False
+        # Per-step non-finite flags of each loss term, checked (one host sync) at log and save points.
+        self.nonfinite: list[torch.Tensor] = []
+        self.loss_names: list[str] = []
+        self.log = setup_logger(None, info.is_main)
+        self.writer: SummaryWriter | None = None
+        # A CPU group for the stop flag, so that agreeing on SIGTERM never waits on the GPU stream.
+        self.flag_group = dist.new_group(backend="gloo") if is_distributed() else None
+
+    # ------------------------------------------------------------------------------------------------
+    # Data
+
+    def _build_data(self) -> tuple[DataLoader, ...]:
+        cfg, info = self.cfg, self.info
+        # An epoch is one pass over the unlabelled list for every method, so iteration counts compare.
+        unlabeled_file = split_path(cfg, "unlabeled.txt")
+        self.epoch_length = count_lines(unlabeled_file)
+        labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled.txt"))
+        loaders = [train_loader(labeled, self.epoch_length, cfg.train.seed, cfg, info)]
+        if self.method.unlabeled:
+            unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)
+            loaders.append(train_loader(unlabeled, self.epoch_length, cfg.train.seed + 1, cfg, info))
+        val = SemiDataset(cfg, "val", split_path(cfg, "val.txt"))
+        self.val_loader = build_eval_loader(val, cfg, info)
+        return tuple(loaders)
+
+    def _batch(self, items: tuple[dict, ...]) -> dict[str, torch.Tensor]:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, non_blocking=True)
+
+        batch = {"img_x": move(items[0]["img"]), "mask_x": move(items[0]["mask"])}
+        if len(items) > 1:
+            u = items[1]
+            batch.update(img_u_w=move(u["img_w"]), img_u_s=move(u["img_s"]), ignore_mask=move(u["ignore_mask"]),
+                         cutmix_box=move(u["cutmix_box"]))
+        return batch
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def open_run_dir(self) -> None:
+        """Create the run folder with the resolved config, the log file and TensorBoard (rank 0)."""
+        run_dir = self.cfg.run_dir
+        if self.info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, run_dir / "config.yaml")
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.log = setup_logger(run_dir, self.info.is_main)
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to continue exactly: no teacher weights (they are rebuilt from pretrained/)."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "iteration": self.iteration, "iters_per_epoch": self.iters_per_epoch,
+                "best": dict(self.best), "skipped_steps": self.skipped_steps, "rng": rng,
+                "config": self.cfg.to_dict(), "version": code_version()}
+
+    def save(self, name: str, epoch: int) -> None:
+        self.check_finite()
+        if self.info.is_main:
+            atomic_save(self.state(epoch), self.cfg.run_dir / name)
+
+    def resume(self, path: Path) -> None:
+        ckpt = load_own_checkpoint(path)
+        saved = ckpt.get("config", {})
+        for key in RESUME_KEYS:
+            section, field = key.split(".")
+            ours, theirs = getattr(getattr(self.cfg, section), field), saved.get(section, {}).get(field)
+            if ours != theirs:
+                raise WeightsError(f"{path} belongs to a run with {key}={theirs}, this config says {ours}; "
+                                   f"use another save_path (or --save-path) for a new run")
+        if ckpt["iters_per_epoch"] != self.iters_per_epoch:
+            raise WeightsError(f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this "
+                               f"run has {self.iters_per_epoch} (batch size, split or process count changed)")
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["model_ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration, self.best = ckpt["iteration"], ckpt["best"]
+        self.skipped_steps = ckpt["skipped_steps"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    # ------------------------------------------------------------------------------------------------
+    # The step
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step at self.iteration: lr, forward, losses, backward, AdamW, EMA."""
+        cfg = self.cfg
+        set_lr(self.optimizer, poly_lr(cfg.train.lr, self.iteration, self.total_iters, cfg.train.poly_power))
+        # The step's random draws depend only on (seed, iteration, rank): resuming needs no generator state.
+        generator = torch.Generator().manual_seed(
+            (cfg.train.seed * 1_000_003 + self.iteration) * 1_009 + self.info.rank)
+        ctx = StepContext(cfg=cfg, student=self.forward, ema=self.ema, teachers=self.teachers,
+                          generator=generator, embed_dim=self.model.embed_dim)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+                    else contextlib.nullcontext())
+        with autocast:
+            losses = self.method.step(ctx, batch)
+        loss = losses["loss"]
+        if cfg.train.skip_nonfinite and not torch.isfinite(loss).item():
+            # Opt-in: one host sync per step buys skipping the poisoned update instead of stopping.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return {k: torch.zeros_like(v) for k, v in losses.items() if k != "loss"}
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        ema_update(self.ema, self.model, ema_ratio(self.iteration, cfg.train.ema_cap))
+        self.loss_names = list(losses)
+        self.nonfinite.append(torch.stack([v.detach().float() for v in losses.values()]).isfinite().logical_not())
+        return {k: v.detach() for k, v in losses.items()}
+
+    def check_finite(self) -> None:
+        """Stop before anything is saved if a loss since the last check was NaN or inf (one host sync)."""
+        if not self.nonfinite:
+            return
+        flags = torch.stack(self.nonfinite).cpu()
+        first = self.iteration - len(flags)
+        self.nonfinite = []
+        if flags.any():
+            row = int(flags.any(dim=1).nonzero()[0, 0])
+            terms = [name for name, bad in zip(self.loss_names, flags[row].tolist()) if bad and name != "loss"]
+            at = first + row
+            raise NonFiniteLoss(f"loss is not finite at iteration {at} ({', '.join(terms) or 'loss'}); "
+                                f"stopped without saving, {self.cfg.run_dir / 'latest.pth'} is the last good "
+                                f"checkpoint (train.skip_nonfinite: true skips such steps instead)")
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def should_stop(self) -> bool:
+        """Whether any process got SIGTERM: all must stop at the same iteration to save one state."""
+        if self.flag_group is None:
+            return self.stop_requested
+        flag = torch.tensor([int(self.stop_requested)])
+        dist.all_reduce(flag, group=self.flag_group)
+        return bool(flag.item())
+
+    def run(self) -> dict[str, Any]:
+        cfg, log = self.cfg, self.log
+        start_epoch = self.iteration // self.iters_per_epoch
+        for epoch in range(start_epoch, cfg.train.epochs):
+            done_in_epoch = self.iteration - epoch * self.iters_per_epoch
+            if not self.train_epoch(epoch, done_in_epoch):
+                log.info(f"stopped by SIGTERM at iteration {self.iteration}; saved {cfg.run_dir / 'latest.pth'}. "
+                         f"Run the same command to resume.")
+                return {"stopped": True, **self.best}
+            last = epoch + 1 == cfg.train.epochs
+            if (epoch + 1) % cfg.train.eval_interval == 0 or last:
+                self.evaluate_and_log(epoch)
+            self.save("latest.pth", epoch + 1)
+        log.info(f"finished: best mIoU student {100 * self.best['student']:.2f}, ema {100 * self.best['ema']:.2f} "
+                 f"(epoch {self.best['epoch']}); checkpoints in {cfg.run_dir}")
+        return {"stopped": False, **self.best}
+
+    def train_epoch(self, epoch: int, start: int) -> bool:
+        """Train from iteration `start` of `epoch` to its end; False if stopped by SIGTERM."""
+        cfg = self.cfg
+        for loader in self.loaders:
+            loader.sampler.set_epoch(epoch)
+            loader.sampler.set_start(start * cfg.train.batch_size)
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.info.is_main, dynamic_ncols=True)
+        tick, ticked_at = time.perf_counter(), self.iteration
+        for items in zip(*self.loaders):
+            losses = self.step(self._batch(items))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0) + v
+            self.iteration += 1
+            bar.update(1)
+            if self.iteration % cfg.train.log_interval == 0:
+                tick, ticked_at = self.log_interval(sums, tick, ticked_at, bar)
+                sums = {}
+            if cfg.train.checkpoint_interval and self.iteration % cfg.train.checkpoint_interval == 0 \
+                    and self.iteration % self.iters_per_epoch:
+                self.save("latest.pth", epoch)
+            if self.should_stop():
+                bar.close()
+                self.save("latest.pth", epoch)
+                return False
+        bar.close()
+        self.check_finite()
+        return True
+
+    def log_interval(self, sums: dict[str, torch.Tensor], tick: float, ticked_at: int, bar: tqdm) -> tuple[float, int]:
+        """Loss means, lr, throughput and memory to the bar and TensorBoard (the only host syncs)."""
+        self.check_finite()
+        steps = self.iteration - ticked_at
+        now = time.perf_counter()
+        per_step = self.cfg.train.batch_size * len(self.loaders) * self.info.world_size
+        scalars = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+        scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        scalars["train/images_per_s"] = per_step * steps / max(now - tick, 1e-9)
+        if self.device.type == "cuda":
+            scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.writer:
+            for k, v in scalars.items():
+                self.writer.add_scalar(k, v, self.iteration)
+        bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in scalars.items()}, refresh=False)
+        logging.getLogger(f"{self.log.name}.metrics").info(f"iteration {self.iteration}/{self.total_iters}: "
+                      + ", ".join(f"{k.split('/')[1]} {v:.4g}" for k, v in scalars.items()))
+        return now, self.iteration
+
+    def evaluate_and_log(self, epoch: int) -> None:
+        """Score student and EMA on val.txt; log per-class IoU; keep best.pth by train.best_by."""
+        cfg, names = self.cfg, DATASETS[self.cfg.dataset.name].class_names
+        scores = {}
+        for which, model in (("student", self.model), ("ema", self.ema)):
+            result = evaluate(model, self.val_loader, cfg, self.device, self.info,
+                              max_visualize=cfg.eval.num_visualize)
+            scores[which] = result["miou"] or 0.0
+            ious = ", ".join(f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, result["iou"]))
+            self.log.info(f"epoch {epoch + 1} {which}: mIoU {100 * scores[which]:.2f} | {ious}")
+            if self.writer:
+                self.writer.add_scalar(f"val/{which}_miou", scores[which], self.iteration)
+                for n, v in zip(names, result["iou"]):
+                    if v is not None:
+                        self.writer.add_scalar(f"val_iou_{which}/{n}", v, self.iteration)
+                palette = DATASETS[cfg.dataset.name].palette
+                for i, s in enumerate(result["samples"]):
+                    panel = sample_panel(s["img"], s["mask"], s["pred"], palette)
+                    self.writer.add_image(f"val_{which}/{i}_{s['name']}", panel, self.iteration, dataformats="HWC")
+        self.model.train()
+        key = cfg.train.best_by
+        if scores[key] > self.best[key] or self.best["epoch"] < 0:
+            self.best = {**scores, "epoch": epoch + 1}
+            self.save("best.pth", epoch + 1)
+            self.log.info(f"new best {key} mIoU {100 * scores[key]:.2f}: saved {cfg.run_dir / 'best.pth'}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--split", help="labelled percent (dataset.split): 1, 5, 10 (DeepGlobe also 100)")
+    parser.add_argument("--save-path", help="output folder of the run (save_path)")
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    extra = [f"dataset.split={args.split}"] * (args.split is not None)
+    extra += [f"save_path={args.save_path}"] * (args.save_path is not None)
+    cfg = config_from_args(args, extra)
+    info = init_distributed()
+    try:
+        # Everything that reads user files comes first: a bad input leaves no run folder behind.
+        trainer = Trainer(cfg, info)
+        run_dir = cfg.run_dir
+        trainer.open_run_dir()
+        latest = run_dir / "latest.pth"
+        if latest.is_file():
+            trainer.resume(latest)
+            trainer.log.info(f"resumed from {latest} at iteration {trainer.iteration}")
+        trainer.log.info(f"{cfg.train.method} on {cfg.dataset.name} split {cfg.dataset.split}: "
+                         f"{trainer.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
+                         f"{info.world_size} process(es) on {info.device}, precision "
+                         f"{trainer.amp_dtype or torch.float32}; writing to {run_dir}")
+        signal.signal(signal.SIGTERM, trainer.request_stop)
+        trainer.run()
+        if trainer.writer:
+            trainer.writer.close()
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
