@@ -259,6 +259,18 @@ class Trainer:
                                 f"stopped without saving, {self.cfg.run_dir / 'latest.pth'} is the last good "
                                 f"checkpoint (train.skip_nonfinite: true skips such steps instead)")
 
+    def check_replicas(self) -> None:
+        """Fail loudly if the processes' students have drifted apart (DDP keeps them equal bit for bit)."""
+        if not is_distributed():
+            return
+        sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        low, high = sums.clone(), sums.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"student parameters differ between processes at iteration {self.iteration}")
+        self.log.info(f"parameters identical on all {self.info.world_size} processes")
+
     # ------------------------------------------------------------------------------------------------
     # The loop
 
@@ -285,6 +297,7 @@ class Trainer:
             last = epoch + 1 == cfg.train.epochs
             if (epoch + 1) % cfg.train.eval_interval == 0 or last:
                 self.evaluate_and_log(epoch)
+            self.check_replicas()
             self.save("latest.pth", epoch + 1)
         log.info(f"finished: best mIoU student {100 * self.best['student']:.2f}, ema {100 * self.best['ema']:.2f} "
                  f"(epoch {self.best['epoch']}); checkpoints in {cfg.run_dir}")

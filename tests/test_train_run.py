@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,3 +106,23 @@ def test_sigkill_at_any_moment_then_restart_ends_with_identical_weights(data, tm
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_weights(full, load_own_checkpoint(save / "latest.pth"))
+
+
+def test_two_processes_under_torchrun_keep_identical_replicas(data, tmp_path):
+    """torchrun with gloo on the CPU: DDP trains, evaluation is sharded, rank 0 alone writes the run."""
+    root, splits = data
+    save = tmp_path / "ddp"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, splits, save, epochs=1)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (save / "train.log").read_text()
+    assert "parameters identical on all 2 processes" in log
+    assert "2 process(es)" in log
+    ckpt = load_own_checkpoint(save / "latest.pth")
+    # 8 unlabelled items over 2 processes with 2 per batch: 2 iterations per epoch.
+    assert ckpt["iteration"] == ckpt["iters_per_epoch"] == 2
