@@ -80,9 +80,10 @@ def split_path(cfg: Config, name: str) -> Path:
     return root / cfg.dataset.split / name if name in ("labeled.txt", "unlabeled.txt") else root / name
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: Path, cfg: Config) -> int:
     if not path.is_file():
-        raise DataError(f"split file not found: {path} (dataset.splits={path.parent})")
+        raise DataError(f"split file not found: {path} (dataset.splits={cfg.dataset.splits}, "
+                        f"dataset.split={cfg.dataset.split}); run python -m dataset.prepare first")
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
@@ -142,7 +143,7 @@ class Trainer:
         cfg, info = self.cfg, self.info
         # An epoch is one pass over the unlabelled list for every method, so iteration counts compare.
         unlabeled_file = split_path(cfg, "unlabeled.txt")
-        self.epoch_length = count_lines(unlabeled_file)
+        self.epoch_length = count_lines(unlabeled_file, cfg)
         labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled.txt"))
         loaders = [train_loader(labeled, self.epoch_length, cfg.train.seed, cfg, info)]
         if self.method.unlabeled:
@@ -311,26 +312,26 @@ class Trainer:
             loader.sampler.set_start(start * cfg.train.batch_size)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not self.info.is_main, dynamic_ncols=True)
         tick, ticked_at = time.perf_counter(), self.iteration
-        for items in zip(*self.loaders):
-            losses = self.step(self._batch(items))
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0) + v
-            self.iteration += 1
-            bar.update(1)
-            if self.iteration % cfg.train.log_interval == 0:
-                tick, ticked_at = self.log_interval(sums, tick, ticked_at, bar)
-                sums = {}
-            if cfg.train.checkpoint_interval and self.iteration % cfg.train.checkpoint_interval == 0 \
-                    and self.iteration % self.iters_per_epoch:
-                self.save("latest.pth", epoch)
-            if self.should_stop():
-                bar.close()
-                self.save("latest.pth", epoch)
-                return False
-        bar.close()
+        # A context manager, so that an error mid-epoch closes the bar before its one-line message.
+        with tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                  disable=not self.info.is_main, dynamic_ncols=True) as bar:
+            for items in zip(*self.loaders):
+                losses = self.step(self._batch(items))
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0) + v
+                self.iteration += 1
+                bar.update(1)
+                if self.iteration % cfg.train.log_interval == 0:
+                    tick, ticked_at = self.log_interval(sums, tick, ticked_at, bar)
+                    sums = {}
+                if cfg.train.checkpoint_interval and self.iteration % cfg.train.checkpoint_interval == 0 \
+                        and self.iteration % self.iters_per_epoch:
+                    self.save("latest.pth", epoch)
+                if self.should_stop():
+                    bar.close()
+                    self.save("latest.pth", epoch)
+                    return False
         self.check_finite()
         return True
 
@@ -398,10 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         # Everything that reads user files comes first: a bad input leaves no run folder behind.
         trainer = Trainer(cfg, info)
         run_dir = cfg.run_dir
-        trainer.open_run_dir()
         latest = run_dir / "latest.pth"
-        if latest.is_file():
+        # A checkpoint of another run is refused before config.yaml or logs of this one are written.
+        resumed = latest.is_file()
+        if resumed:
             trainer.resume(latest)
+        trainer.open_run_dir()
+        if resumed:
             trainer.log.info(f"resumed from {latest} at iteration {trainer.iteration}")
         trainer.log.info(f"{cfg.train.method} on {cfg.dataset.name} split {cfg.dataset.split}: "
                          f"{trainer.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "

@@ -86,18 +86,21 @@ def to_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, device: torch.device,
                   mode: str, alpha: float = 0.5) -> None:
     """Write <stem>_mask.png, <stem>_color.png and <stem>_overlay.png into `out` for every image."""
-    out.mkdir(parents=True, exist_ok=True)
     palette = DATASETS[cfg.dataset.name].palette
     window, stride = resolve_window(cfg)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
-    for path in tqdm(paths, desc="predict", unit="img"):
-        rgb = read_rgb(path)
-        probs = predict_logits(model, to_input(rgb, device), mode, window, stride, cfg.eval.batch_size, amp_dtype)
-        pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
-        color = colorize(pred, palette)
-        save_png(pred, out / f"{path.stem}_mask.png")
-        save_png(color, out / f"{path.stem}_color.png")
-        save_png(overlay(rgb, color, alpha), out / f"{path.stem}_overlay.png")
+    with tqdm(paths, desc="predict", unit="img") as bar:
+        for path in bar:
+            rgb = read_rgb(path)
+            probs = predict_logits(model, to_input(rgb, device), mode, window, stride, cfg.eval.batch_size,
+                                   amp_dtype)
+            pred = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+            color = colorize(pred, palette)
+            # Created only once there is something to put in it: a failure on the first image leaves nothing.
+            out.mkdir(parents=True, exist_ok=True)
+            save_png(pred, out / f"{path.stem}_mask.png")
+            save_png(color, out / f"{path.stem}_color.png")
+            save_png(overlay(rgb, color, alpha), out / f"{path.stem}_overlay.png")
 
 
 def main(argv: list[str] | None = None) -> int:

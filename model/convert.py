@@ -13,7 +13,7 @@ import torch
 from model.encoder import SIZES, dinov2_key
 from model.segmenter import Segmenter
 from model.weights import mismatch, require_file
-from util.errors import WeightsError
+from util.errors import WeightsError, short_reason
 
 # The authors keep their frozen teachers inside every checkpoint; ours are rebuilt from pretrained/.
 TEACHER_PREFIXES = ("Dino_teacher_model.", "clip_model.", "dino_teacher_model.", "clip_teacher_model.")
@@ -79,7 +79,7 @@ def read_checkpoint(path: Path) -> dict:
             needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001
             needs = []
-        why = f"it needs {', '.join(needs[:3])} to unpickle" if needs else (str(e).strip().splitlines() or [""])[0][:150]
+        why = f"it needs {', '.join(needs[:3])} to unpickle" if needs else short_reason(e)
         raise WeightsError(f"checkpoint {path}: cannot be read safely (weights_only=True): {why}; "
                            "not a checkpoint of this project or of the RS-MTDF release") from None
     if not isinstance(obj, dict):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from util.errors import WeightsError
+from util.errors import WeightsError, short_reason
 
 SHOWN = 3  # mismatching keys named in an error message
 
@@ -37,8 +37,7 @@ def load_tensors(path: Path, config_key: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is not ours to read
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{config_key}: cannot read {path} as a weight file ({reason[:200]})") from None
+        raise WeightsError(f"{config_key}: cannot read {path} as a weight file ({short_reason(e)})") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{config_key}: {path} holds a {type(obj).__name__}, not a state dict")
     return obj

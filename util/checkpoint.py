@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from util.errors import WeightsError
+from util.errors import WeightsError, short_reason
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -57,9 +57,8 @@ def load_own_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"cannot read checkpoint {path}: truncated or not a checkpoint of this code "
-                           f"({reason[:200]})") from None
+                           f"({short_reason(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a checkpoint of this code (no 'model' entry)")
     return ckpt

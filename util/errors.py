@@ -15,3 +15,9 @@ class DataError(UserError):
 
 class WeightsError(UserError):
     """A weight file or checkpoint is missing, unreadable, or belongs to another model."""
+
+
+def short_reason(error: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message (library messages often add advice for other cases)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0][:limit] if text else type(error).__name__

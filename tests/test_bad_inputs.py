@@ -1,0 +1,662 @@
+"""The bad-input catalogue: real user mistakes through the real entry points, each one line and exit code 2.
+
+Every case runs the entry point's own code path, `run_main(lambda: module.main(argv))` (what
+`python train.py ...` runs, minus interpreter start-up), and checks: exit code 2; `error: <one line>` that
+names the offending thing; no traceback; no partial output (the tmp tree is compared before and after);
+existing checkpoints byte-for-byte untouched. A few cases run as real subprocesses to prove the same at the
+process level (DataLoader worker included). Errors that happen once the run has started (an image read
+inside the loop) may follow progress and log lines on stderr; there the error must be the last line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset.synthetic import write_loveda
+from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
+from util.cli import run_main
+from util.config import load_config
+
+DEMO = str(REPO / "configs" / "demo.yaml")
+# What a run that has started (data read inside the loop) may leave: its config, log and TensorBoard folder.
+RUN_STARTED = ("run", "run/config.yaml", "run/train.log", "run/tb", "run/tb/*")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut a file to a fraction of its bytes, as an interrupted copy or download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file (content hash) and folder under `root`, by relative path."""
+    return {p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in root.rglob("*")}
+
+
+def entry_main(entry: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], int | None]:
+    """The `main` of an entry point; train.py needs the model package, so it skips until that exists."""
+    if entry == "train":
+        return pytest.importorskip("train").main
+    if entry == "eval":
+        from eval import eval as module
+        return module.main
+    if entry == "predict":
+        from eval import predict as module
+        return module.main
+    from dataset import prepare as module
+
+    def prepare_main(argv: list[str]) -> int:
+        # dataset.prepare reads sys.argv itself.
+        monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
+        return module.main()
+    return prepare_main
+
+
+def invoke(main: Callable[[list[str]], int | None], argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:
+    """Exit code and stderr of `run_main` around `main(argv)`; stderr at the file-descriptor level."""
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(argv))
+    return exit_info.value.code, capfd.readouterr().err
+
+
+def screen(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: \\r goes to column 0, \\n to the next line, ESC[A one line up."""
+    rows: list[list[str]] = [[]]
+    row = col = i = 0
+    while i < len(text):
+        if text.startswith("\x1b[A", i):
+            row, i = max(row - 1, 0), i + 3
+            continue
+        ch, i = text[i], i + 1
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            row, col = row + 1, 0
+            rows += [[] for _ in range(row + 1 - len(rows))]
+        else:
+            line = rows[row]
+            line += [" "] * (col + 1 - len(line))
+            line[col], col = ch, col + 1
+    return ["".join(line).rstrip() for line in rows if "".join(line).strip()]
+
+
+class NotOneLine(AssertionError):
+    """stderr is not the single `error:` line (or, once a run has started, its error is not a line of its own)."""
+
+
+class NotNamed(AssertionError):
+    """The error line does not name the offending thing (or misstates it)."""
+
+
+class CheckpointTouched(AssertionError):
+    """A checkpoint that existed before the failed command is not byte-for-byte the same."""
+
+
+class LeftBehind(AssertionError):
+    """The failed command created or changed files other than those its case allows."""
+
+
+def assert_one_line_error(code: int, err: str, needles: list[str], started: bool = False) -> str:
+    """Exit 2, `error: ...` naming every needle (not saying "!needle"), no traceback; the only stderr line
+    unless the run had started."""
+    assert "Traceback" not in err, err
+    assert code == 2, err
+    lines = screen(err)
+    hits = [line for line in lines if "error: " in line]
+    assert hits, repr(err)
+    message = hits[-1][hits[-1].index("error: "):]
+    for needle in needles:
+        # "!text": the line must not say this (a misleading hint).
+        if needle.startswith("!") and needle[1:] in message:
+            raise NotNamed(f"{needle[1:]!r} is misleading in: {message}")
+        if not needle.startswith("!") and needle not in message:
+            raise NotNamed(f"{needle!r} not named in: {message}")
+    if started:
+        # Progress bars and log lines may come first; on the terminal the error must be a line of its own,
+        # the last one, and the only error line.
+        if hits != lines[-1:] or not lines[-1].startswith("error: "):
+            raise NotOneLine(f"the error is not the last line of its own on the terminal: {err!r}")
+    elif not (err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1 and "\r" not in err):
+        raise NotOneLine(f"stderr is not exactly one error line: {err!r}")
+    return message
+
+
+def assert_checkpoints_untouched(before: dict[str, str], after: dict[str, str]) -> None:
+    """Every .pth that existed before is byte-for-byte the same."""
+    touched = sorted(k for k in before if k.endswith(".pth") and after.get(k) != before[k])
+    if touched:
+        raise CheckpointTouched(f"checkpoints changed or removed: {touched}")
+
+
+def assert_nothing_left(before: dict[str, str], after: dict[str, str], allow: tuple[str, ...] = ()) -> None:
+    """No file changed, vanished or appeared except where `allow` (fnmatch patterns) permits."""
+    def allowed(key: str) -> bool:
+        return any(fnmatch.fnmatch(key, p) for p in allow)
+
+    changed = sorted(k for k in before if after.get(k) != before[k] and not allowed(k))
+    new = sorted(k for k in after.keys() - before.keys() if not allowed(k))
+    if changed or new:
+        raise LeftBehind(f"changed or removed: {changed}; left behind: {new}")
+
+
+def check_all(*checks: Callable[[], object]) -> None:
+    """Run every check; one failure is raised as it is (xfail's `raises` matches it), several as one plain
+    AssertionError naming them all (which no xfail matches: a second bug must not hide behind the first)."""
+    failures = []
+    for check in checks:
+        try:
+            check()
+        except AssertionError as e:
+            failures.append(e)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise AssertionError(" | ".join(f"{type(e).__name__}: {e}" for e in failures))
+
+
+@pytest.fixture(autouse=True)
+def close_leaked_progress_bars():
+    """A bar left open by a failed in-process run would shift every later bar (tqdm positions)."""
+    yield
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared tiny run: its checkpoints feed the eval/predict/resume cases; its data holds images smaller than the crop
+
+
+def write_small_images(root: Path, splits: Path) -> None:
+    """Make one labelled and one unlabelled image 20x30, below the 42-pixel crop: padding, not an error."""
+    rng = np.random.default_rng(1)
+    for line in ((splits / "10" / "labeled.txt").read_text().split("\n")[0],
+                 (splits / "10" / "unlabeled.txt").read_text().split("\n")[0]):
+        fields = line.split()
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(root / fields[0])
+        if len(fields) == 2:
+            Image.fromarray(rng.integers(0, 7, (20, 30), dtype=np.uint8)).save(root / fields[1])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One 1-epoch FixMatch run of the tiny model (through run_main) and a 6-class Potsdam checkpoint."""
+    train = pytest.importorskip("train")
+    pytest.importorskip("model.segmenter")
+    from model.segmenter import build_segmenter
+
+    base = tmp_path_factory.mktemp("trained")
+    root = base / "data"
+    splits = write_tiny_dataset(root, n_unlabeled=4)
+    write_small_images(root, splits)
+    run_dir = base / "run"
+    argv = ["--config", DEMO, *tiny_overrides(root, splits, run_dir, "fixmatch", 1)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: train.main(argv))
+
+    overrides = tiny_overrides(root, splits, run_dir, "fixmatch", 1) + ["dataset.name=potsdam", "dataset.nclass=6"]
+    cfg = load_config(DEMO, overrides)
+    torch.manual_seed(0)
+    state = build_segmenter(cfg).state_dict()
+    potsdam = base / "potsdam.pth"
+    torch.save({"model": state, "model_ema": state, "config": cfg.to_dict()}, potsdam)
+    return {"code": exit_info.value.code, "run": run_dir, "potsdam": potsdam}
+
+
+class Env:
+    """A case's workspace: the tiny dataset under tmp/data, runs under tmp/run, checkpoints copied in on demand."""
+
+    def __init__(self, tmp: Path, request: pytest.FixtureRequest) -> None:
+        self.tmp, self.request = tmp, request
+        self.root = tmp / "data"
+        self.splits = write_tiny_dataset(self.root)
+        self.save = tmp / "run"
+
+    def overrides(self, method: str = "fixmatch") -> list[str]:
+        return tiny_overrides(self.root, self.splits, self.save, method, 1)
+
+    def train(self, *extra: str, method: str = "fixmatch") -> list[str]:
+        return ["--config", DEMO, *self.overrides(method), *extra]
+
+    def checkpoint(self, source: str = "best.pth") -> Path:
+        """A copy of a checkpoint of the shared run ('best.pth', 'latest.pth' or 'potsdam') in tmp/ckpt/."""
+        trained = self.request.getfixturevalue("trained")
+        path = trained["potsdam"] if source == "potsdam" else trained["run"] / source
+        target = self.tmp / "ckpt" / "best.pth"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(path, target)
+        return target
+
+    def eval(self, *extra: str, checkpoint: Path | None = None) -> list[str]:
+        ckpt = checkpoint if checkpoint is not None else self.checkpoint()
+        return ["--config", DEMO, *self.overrides(), "--checkpoint", str(ckpt), *extra]
+
+    def predict(self, *inputs: str, checkpoint: Path | None = None) -> list[str]:
+        ckpt = checkpoint if checkpoint is not None else self.checkpoint()
+        return ["--config", DEMO, *self.overrides(), "--checkpoint", str(ckpt), *inputs,
+                "--out", str(self.tmp / "pred")]
+
+    def only_labeled(self, index: int) -> None:
+        """A labelled list of one tile, so that the first batch reads it (the sampler's order is its own)."""
+        (self.splits / "10" / "labeled.txt").write_text(f"img/{index}.png ann/{index}.png\n")
+
+    def shorten_epoch(self, tiles: int = 2) -> None:
+        """Fewer unlabelled tiles: 2 make an epoch of one iteration (batch size 2), 4 that of the shared run."""
+        unlabeled = self.splits / "10" / "unlabeled.txt"
+        unlabeled.write_text("\n".join(unlabeled.read_text().splitlines()[:tiles]) + "\n")
+
+    def image(self, index: int) -> Path:
+        return self.root / "img" / f"{index}.png"
+
+    def mask(self, index: int) -> Path:
+        return self.root / "ann" / f"{index}.png"
+
+    def write_yaml(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
+
+# Index of the tiny dataset's files: labelled 0-3, unlabelled 4-11, val (and test) 12-13.
+LABELED, VAL = 0, 12
+
+
+@dataclass(frozen=True)
+class Case:
+    entry: str                           # train | eval | predict | prepare
+    setup: Callable[[Env], tuple[list[str], list[str]]]  # -> (argv, strings the error line must contain)
+    started: bool = False                # the error comes from inside the running loop
+    allow: tuple[str, ...] = ()          # new paths (fnmatch, relative to tmp) that may appear
+
+
+CASES: list = []
+
+
+def case(case_id: str, entry: str, *, started: bool = False, allow: tuple[str, ...] = (), xfail: str = "",
+         raises: type[AssertionError] = AssertionError):
+    """Register a setup function as a catalogue entry; `xfail` (with the check that fails) marks a known bug."""
+    def register(setup: Callable[[Env], tuple[list[str], list[str]]]) -> Callable:
+        marks = [pytest.mark.xfail(strict=True, reason=xfail, raises=raises)] if xfail else []
+        CASES.append(pytest.param(Case(entry, setup, started, allow), id=case_id, marks=marks))
+        return setup
+    return register
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config mistakes
+
+
+@case("config-unknown-key-in-yaml", "train")
+def _(env: Env):
+    path = env.write_yaml("typo.yaml", Path(DEMO).read_text().replace("  epochs: 4", "  epoch: 4"))
+    argv = env.train()
+    argv[1] = str(path)
+    return argv, ["typo.yaml", "train.epoch", "train.epochs"]
+
+
+@case("config-unknown-override-key", "train")
+def _(env: Env):
+    return env.train("train.lrr=1e-4"), ["train.lrr", "train.lr'"]
+
+
+@case("config-wrong-type", "train")
+def _(env: Env):
+    return env.train("train.epochs=abc"), ["train.epochs", "abc"]
+
+
+@case("config-negative-lr", "train")
+def _(env: Env):
+    return env.train("train.lr=-1"), ["train.lr", "-1"]
+
+
+@case("config-conf-thresh-above-1", "train")
+def _(env: Env):
+    return env.train("train.conf_thresh=1.5"), ["train.conf_thresh", "1.5"]
+
+
+@case("config-crop-not-multiple-of-14", "eval")
+def _(env: Env):
+    return env.eval("dataset.crop_size=500", checkpoint=env.tmp / "absent.pth"), ["dataset.crop_size", "500", "14"]
+
+
+@case("config-file-missing", "eval")
+def _(env: Env):
+    argv = env.eval(checkpoint=env.tmp / "absent.pth")
+    argv[1] = str(env.tmp / "configs" / "lovda.yaml")
+    return argv, ["lovda.yaml"]
+
+
+@case("config-nclass-disagrees-with-dataset", "train")
+def _(env: Env):
+    return env.train("dataset.nclass=6"), ["dataset.nclass", "loveda", "7", "6"]
+
+
+@case("config-override-without-equals", "train")
+def _(env: Env):
+    # `train.lr 1e-4`: a space instead of '='.
+    return env.train("train.lr", "1e-4"), ["train.lr"]
+
+
+@case("config-rs-mtdf-without-teachers", "train")
+def _(env: Env):
+    return env.train("train.method=rs_mtdf"), ["rs_mtdf", "teachers"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data mistakes
+
+
+@case("data-train-split-not-prepared", "train")
+def _(env: Env):
+    # --split 5 on a dataset prepared only for 10 %.
+    return env.train("--split", "5"), [str(env.splits / "5" / "unlabeled.txt"), f"!dataset.splits={env.splits / '5'}"]
+
+
+@case("data-eval-test-split-missing", "eval")
+def _(env: Env):
+    (env.splits / "test.txt").unlink()
+    return env.eval("--split", "test", checkpoint=env.tmp / "absent.pth"), [str(env.splits / "test.txt")]
+
+
+@case("data-train-empty-labeled-split", "train")
+def _(env: Env):
+    (env.splits / "10" / "labeled.txt").write_text("\n")
+    return env.train(), ["empty", str(env.splits / "10" / "labeled.txt")]
+
+
+@case("data-train-split-line-missing-image", "train")
+def _(env: Env):
+    labeled = env.splits / "10" / "labeled.txt"
+    lines = labeled.read_text().splitlines()
+    lines[2] = "img/2.jpg ann/2.png"   # the tiles are PNGs
+    labeled.write_text("\n".join(lines) + "\n")
+    return env.train(), [f"{labeled}:3", "img/2.jpg"]
+
+
+@case("data-eval-malformed-split-line", "eval")
+def _(env: Env):
+    val = env.splits / "val.txt"
+    lines = val.read_text().splitlines()
+    lines[1] = lines[1].replace(" ", ",")   # a comma-separated list
+    val.write_text("\n".join(lines) + "\n")
+    return env.eval(), [f"{val}:2", "<image> <mask>"]
+
+
+@case("data-train-truncated-png", "train", started=True, allow=RUN_STARTED)
+def _(env: Env):
+    truncate(env.image(LABELED))
+    env.only_labeled(LABELED)
+    return env.train(), [str(env.image(LABELED)), "truncated"]
+
+
+@case("data-eval-truncated-jpeg", "eval", started=True)
+def _(env: Env):
+    jpeg = env.root / "img" / "val.jpg"
+    Image.open(env.image(VAL)).save(jpeg, quality=90)
+    truncate(jpeg)
+    val = env.splits / "val.txt"
+    val.write_text(val.read_text().replace(f"img/{VAL}.png", "img/val.jpg"))
+    return env.eval(), [str(jpeg), "truncated"]
+
+
+@case("data-eval-mask-size-differs", "eval", started=True)
+def _(env: Env):
+    Image.fromarray(np.zeros((40, 44), np.uint8)).save(env.mask(VAL + 1))
+    return env.eval(), [str(env.mask(VAL + 1)), "44x40", "48x48"]
+
+
+@case("data-train-label-out-of-range", "train", started=True, allow=RUN_STARTED)
+def _(env: Env):
+    mask = np.array(Image.open(env.mask(LABELED)))
+    mask[5, 5] = 9   # 9 in a 7-class dataset
+    Image.fromarray(mask).save(env.mask(LABELED))
+    env.only_labeled(LABELED)
+    return env.train(), [str(env.mask(LABELED)), "value 9", "[0, 7)"]
+
+
+@case("data-eval-rgb-mask", "eval", started=True)
+def _(env: Env):
+    mask = np.array(Image.open(env.mask(VAL)))
+    Image.fromarray(np.stack([mask] * 3, -1)).save(env.mask(VAL))   # saved from a viewer as RGB
+    return env.eval(), [str(env.mask(VAL)), "RGB"]
+
+
+@case("data-train-val-image-unreadable", "train", started=True, allow=RUN_STARTED)
+def _(env: Env):
+    # The training lists are fine; the validation tile fails at the end of the first epoch: no checkpoint.
+    env.image(VAL).write_bytes(b"<html>404 Not Found</html>")
+    env.shorten_epoch()
+    return env.train(), [str(env.image(VAL))]
+
+
+@case("data-train-resumed-run-reads-bad-image", "train", started=True, allow=RUN_STARTED)
+def _(env: Env):
+    # A finished 1-epoch run continued for a second epoch, after a labelled tile was overwritten by a broken
+    # copy: the error must leave latest.pth and best.pth as they were.
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    env.shorten_epoch(4)
+    truncate(env.image(LABELED))
+    env.only_labeled(LABELED)
+    return env.train("train.epochs=2"), [str(env.image(LABELED))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weights and checkpoints
+
+
+@case("weights-pretrained-missing", "train")
+def _(env: Env):
+    return env.train(f"model.pretrained={env.tmp / 'dinov2_small.pth'}"), ["model.pretrained", "dinov2_small.pth"]
+
+
+@case("weights-dino-teacher-missing", "train")
+def _(env: Env):
+    return (env.train(f"teachers.dino.weights={env.tmp / 'dinov2_base.pth'}", method="rs_mtdf"),
+            ["teachers.dino.weights", "dinov2_base.pth"])
+
+
+@case("weights-clip-teacher-missing", "train")
+def _(env: Env):
+    return (env.train(f"teachers.clip.weights={env.tmp / 'ViT-L-14.pt'}", method="rs_mtdf"),
+            ["teachers.clip.weights", "ViT-L-14.pt"])
+
+
+@case("weights-dinov2-file-of-another-size", "train")
+def _(env: Env):
+    # Official DINOv2 key names and a ViT-S depth, but tiny-width tensors: the wrong download for `small`.
+    from model.encoder import SIZES, DinoEncoder
+
+    tiny = DinoEncoder("tiny").state_dict()
+    state = {k: v for k, v in tiny.items() if not k.startswith("blocks.")}
+    state["mask_token"] = torch.zeros(1, SIZES["tiny"].embed_dim)
+    for i in range(SIZES["small"].depth):
+        state.update({k.replace("blocks.0.", f"blocks.{i}.", 1): v for k, v in tiny.items()
+                      if k.startswith("blocks.0.")})
+    path = env.tmp / "dinov2_small.pth"
+    torch.save(state, path)
+    return env.train("model.backbone=small", f"model.pretrained={path}"), ["model.pretrained", str(path)]
+
+
+@case("weights-clip-file-is-not-clip", "train")
+def _(env: Env):
+    path = env.tmp / "ViT-L-14.pt"
+    torch.save({"encoder.layer1.weight": torch.randn(4, 4), "head.bias": torch.randn(4)}, path)
+    return env.train(f"teachers.clip.weights={path}", method="rs_mtdf"), ["ViT-L-14.pt"]
+
+
+@case("eval-checkpoint-other-class-count", "eval")
+def _(env: Env):
+    return env.eval(checkpoint=env.checkpoint("potsdam")), [str(env.tmp / "ckpt" / "best.pth"), "6 classes", "7",
+                                                          "dataset.nclass"]
+
+
+@case("eval-checkpoint-other-backbone", "eval")
+def _(env: Env):
+    return env.eval("model.backbone=small"), [str(env.tmp / "ckpt" / "best.pth"), "tiny", "small", "model.backbone"]
+
+
+@case("eval-checkpoint-truncated", "eval")
+def _(env: Env):
+    ckpt = env.checkpoint()
+    truncate(ckpt)
+    return env.eval(checkpoint=ckpt), [str(ckpt)]
+
+
+@case("eval-checkpoint-missing", "eval")
+def _(env: Env):
+    # A path with the run's {method} placeholder left unfilled.
+    ckpt = env.tmp / "exp" / "{method}" / "best.pth"
+    return env.eval(checkpoint=ckpt), [str(ckpt)]
+
+
+@case("train-resume-run-of-another-method", "train")
+def _(env: Env):
+    # Same --save-path as a finished FixMatch run, now with rs_mtdf: resuming would mix two methods.
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    return env.train(method="rs_mtdf"), [str(env.save / "latest.pth"), "train.method=fixmatch"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# predict
+
+
+@case("predict-unreadable-image", "predict", started=True, allow=("pred", "pred/a_*.png"))
+def _(env: Env):
+    folder = env.tmp / "tiles"
+    folder.mkdir()
+    shutil.copy(env.image(VAL), folder / "a.png")      # a good tile first: its outputs are complete
+    (folder / "b.png").write_bytes(b"GIF89a not really")
+    return env.predict(str(folder)), [str(folder / "b.png")]
+
+
+@case("predict-only-image-unreadable", "predict", started=True)
+def _(env: Env):
+    bad = env.tmp / "tile.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    return env.predict(str(bad)), [str(bad)]
+
+
+@case("predict-input-missing", "predict")
+def _(env: Env):
+    missing = env.tmp / "tiles" / "top_potsdam_2_10_RGB.tif"
+    return env.predict(str(missing), checkpoint=env.tmp / "absent.pth"), [str(missing)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare_argv(env: Env, raw: Path) -> list[str]:
+    return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--splits", str(env.tmp / "splits_out"),
+            "--workers", "1"]
+
+
+@case("prepare-raw-folder-missing", "prepare")
+def _(env: Env):
+    raw = env.tmp / "LoveDA"
+    return prepare_argv(env, raw), [str(raw)]
+
+
+@case("prepare-raw-tree-of-another-dataset", "prepare")
+def _(env: Env):
+    raw = env.tmp / "raw"
+    (raw / "2_Ortho_RGB").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(raw / "2_Ortho_RGB" / "top_potsdam_2_10_RGB.tif")
+    return prepare_argv(env, raw), [str(raw), "LoveDA"]
+
+
+@case("prepare-corrupt-raw-image", "prepare", started=True, allow=("out", "out/*"))
+def _(env: Env):
+    raw = env.tmp / "raw"
+    write_loveda(raw, np.random.default_rng(0), size=32, count=1)
+    bad = raw / "Train" / "Urban" / "images_png" / "1.png"
+    truncate(bad)
+    return prepare_argv(env, raw), ["train_urban_1", str(bad), str(env.tmp / "out" / "prepare_summary.json")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The catalogue
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_bad_input_is_one_line_error_and_leaves_nothing(spec: Case, tmp_path, request, capfd, monkeypatch):
+    main = entry_main(spec.entry, monkeypatch)
+    env = Env(tmp_path, request)
+    argv, needles = spec.setup(env)
+    before = snapshot(tmp_path)
+    code, err = invoke(main, argv, capfd)
+    after = snapshot(tmp_path)
+    check_all(lambda: assert_checkpoints_untouched(before, after),
+              lambda: assert_one_line_error(code, err, needles, spec.started),
+              lambda: assert_nothing_left(before, after, spec.allow))
+
+
+def test_catalogue_has_at_least_24_distinct_cases():
+    assert len({p.id for p in CASES}) == len(CASES) >= 24
+
+
+def test_image_smaller_than_the_crop_trains(trained):
+    """Positive control: tiles below the crop size are padded (255 in the mask), not rejected."""
+    assert trained["code"] == 0
+    assert {"latest.pth", "best.pth", "config.yaml"} <= {p.name for p in trained["run"].iterdir()}
+    assert torch.load(trained["run"] / "latest.pth", weights_only=True)["iteration"] == 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The same at the process level
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_process_train_data_error_in_a_worker_is_one_line(tmp_path, request):
+    pytest.importorskip("model.segmenter")
+    env = Env(tmp_path, request)
+    truncate(env.image(LABELED))
+    env.only_labeled(LABELED)
+    before = snapshot(tmp_path)
+    proc = run_script("train.py", *env.train("train.num_workers=1"))
+    after = snapshot(tmp_path)
+    check_all(lambda: assert_one_line_error(proc.returncode, proc.stderr, [str(env.image(LABELED)), "truncated"],
+                                            started=True),
+              lambda: assert_nothing_left(before, after, RUN_STARTED))
+
+
+def test_process_eval_missing_checkpoint_is_one_line(tmp_path, request):
+    env = Env(tmp_path, request)
+    ckpt = tmp_path / "exp" / "loveda" / "rs_mtdf" / "10" / "best.pth"
+    before = snapshot(tmp_path)
+    proc = run_script("eval/eval.py", *env.eval(checkpoint=ckpt))
+    assert_one_line_error(proc.returncode, proc.stderr, [str(ckpt)])
+    assert_nothing_left(before, snapshot(tmp_path))
+
+
+def test_process_prepare_corrupt_raw_image_is_one_line(tmp_path, request):
+    env = Env(tmp_path, request)
+    raw = tmp_path / "raw"
+    write_loveda(raw, np.random.default_rng(0), size=32, count=1)
+    bad = raw / "Val" / "Rural" / "images_png" / "2.png"
+    truncate(bad)
+    before = snapshot(tmp_path)
+    proc = run_script("-m", "dataset.prepare", *prepare_argv(env, raw))
+    assert_one_line_error(proc.returncode, proc.stderr, ["val_rural_2", str(bad)], started=True)
+    assert_nothing_left(before, snapshot(tmp_path), ("out", "out/*"))
