@@ -86,43 +86,81 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint
     assert (save / "latest.pth").read_bytes() == before
 
 
-def test_sigkill_at_any_moment_then_restart_ends_with_identical_weights(data, tmp_path):
-    """A real process killed with SIGKILL mid-run (after its first iteration checkpoint) resumes exactly."""
-    root, splits = data
-    assert run(data, tmp_path / "full") == 0
-    full = load_own_checkpoint(tmp_path / "full" / "latest.pth")
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict:
+    """The reference: the tiny two-epoch run of 8 iterations, never interrupted."""
+    save = tmp_path_factory.mktemp("uninterrupted")
+    assert run(data, save) == 0
+    return load_own_checkpoint(save / "latest.pth")
 
+
+# Saves in the killed runs (checkpoint_interval=3, 4 iterations per epoch): latest after iteration 3,
+# best and latest at the end of epoch 1, latest after iteration 6, then epoch 2's end.
+KILL_POINTS = {
+    "mid-iteration": ("step", 6),  # in iteration 6's update: resumes from the epoch-1 checkpoint
+    "mid-evaluation": ("evaluate", 3),  # in epoch 2's student pass, after best.pth exists
+    "mid-save": ("save", 3),  # half-way through writing epoch 1's latest.pth
+}
+
+
+@pytest.mark.parametrize("where", KILL_POINTS)
+def test_sigkill_then_restart_ends_with_identical_weights(data, uninterrupted, tmp_path, where):
+    """A real process killed with SIGKILL, then started again with the same command, resumes exactly."""
+    root, splits = data
     save = tmp_path / "killed"
-    cmd = [sys.executable, "train.py", "--config", "configs/demo.yaml",
-           *tiny_overrides(root, splits, save), "train.checkpoint_interval=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (save / "latest.pth").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_args = ["--config", "configs/demo.yaml", *tiny_overrides(root, splits, save),
+                  "train.checkpoint_interval=3"]
+    killed = subprocess.run([sys.executable, "tests/kill_at.py", *map(str, KILL_POINTS[where]), "--", *train_args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = load_own_checkpoint(save / "latest.pth")
-    assert partial["iteration"] < 8
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert 0 < partial["iteration"] < 8
+    assert (save / ".latest.pth.tmp").exists() == (where == "mid-save")
+
+    done = subprocess.run([sys.executable, "train.py", *train_args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert_same_weights(full, load_own_checkpoint(save / "latest.pth"))
+    assert f"resumed from {save / 'latest.pth'} at iteration {partial['iteration']}" in done.stderr + done.stdout
+    resumed = load_own_checkpoint(save / "latest.pth")
+    assert_same_weights(uninterrupted, resumed)
+    assert resumed["best"] == uninterrupted["best"]
+    assert not (save / ".latest.pth.tmp").exists()
 
 
-def test_two_processes_under_torchrun_keep_identical_replicas(data, tmp_path):
-    """torchrun with gloo on the CPU: DDP trains, evaluation is sharded, rank 0 alone writes the run."""
-    root, splits = data
-    save = tmp_path / "ddp"
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, splits, save, epochs=1)]
+        return sock.getsockname()[1]
+
+
+def torchrun(*args: str, max_restarts: int = 0) -> subprocess.CompletedProcess:
+    """Two CPU processes under torchrun (gloo), one thread each, launched as scripts/train.sh launches them."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{free_port()}", "--max-restarts",
+           str(max_restarts), *args]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_processes_under_torchrun_keep_identical_replicas_and_survive_a_killed_rank(data, tmp_path):
+    """torchrun with gloo on the CPU: DDP trains, evaluation is sharded, rank 0 alone writes the run; a rank
+    killed mid-step is restarted by torchrun (--max-restarts) and the run ends as if nothing had happened."""
+    root, splits = data
+    save = tmp_path / "ddp"
+    done = torchrun("train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, splits, save))
     assert done.returncode == 0, done.stderr[-3000:]
     log = (save / "train.log").read_text()
     assert "parameters identical on all 2 processes" in log
     assert "2 process(es)" in log
-    ckpt = load_own_checkpoint(save / "latest.pth")
-    # 8 unlabelled items over 2 processes with 2 per batch: 2 iterations per epoch.
-    assert ckpt["iteration"] == ckpt["iters_per_epoch"] == 2
+    full = load_own_checkpoint(save / "latest.pth")
+    # 8 unlabelled items over 2 processes with 2 per batch: 2 iterations per epoch, 4 in all.
+    assert full["iters_per_epoch"] == 2 and full["iteration"] == 4
+
+    save = tmp_path / "ddp_killed"
+    done = torchrun("tests/kill_at.py", "step", "4", "--rank", "1", "--", "--config", "configs/demo.yaml",
+                    *tiny_overrides(root, splits, save), "train.checkpoint_interval=1", max_restarts=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {save / 'latest.pth'} at iteration 3" in (save / "train.log").read_text()
+    resumed = load_own_checkpoint(save / "latest.pth")
+    assert_same_weights(full, resumed)
+    assert resumed["best"] == full["best"]

@@ -44,8 +44,19 @@ def init_distributed() -> DistInfo:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, store=_store_of_this_attempt(rank, world_size), rank=rank,
+                                world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, is_main=rank == 0)
+
+
+def _store_of_this_attempt(rank: int, world_size: int) -> dist.Store:
+    """torchrun's key-value store, seen through a prefix private to this restart attempt.
+
+    torchrun keeps one store across `--max-restarts` restarts: without the prefix, restarted processes read
+    the dead processes' addresses from it and fail to connect (gloo) or wait on a dead peer (NCCL).
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
