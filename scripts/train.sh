@@ -2,9 +2,8 @@
 # Train on <num_gpu> processes of this machine:   sh scripts/train.sh <num_gpu> <port> [key.sub=value ...]
 # Dataset, method, split and save path are the variables below; each can also come from the environment:
 #   DATASET=potsdam METHOD=fixmatch SPLIT=5 sh scripts/train.sh 4 29500
-# Several machines: the same command on each node, naming the first node (ranks are assigned by torchrun):
-#   NNODES=2 MASTER_ADDR=10.0.0.1 sh scripts/train.sh 8 29500
-# torchrun's other options pass through TORCHRUN_ARGS.
+# Several machines: pass torchrun's own options through TORCHRUN_ARGS, e.g. on each node
+#   TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --master_addr 10.0.0.1" sh scripts/train.sh 8 29500
 # With no GPU the processes run on the CPU (gloo), which is how the demo and the tests use it.
 set -eu
 
@@ -26,7 +25,6 @@ cd "$(dirname "$0")/.."
 mkdir -p "$SAVE_PATH"
 # --max-restarts lets torchrun restart crashed workers; the trainer resumes from latest.pth by itself.
 # shellcheck disable=SC2086
-exec torchrun --nproc_per_node "$NUM_GPU" --nnodes "${NNODES:-1}" --rdzv-backend c10d \
-    --rdzv-endpoint "${MASTER_ADDR:-localhost}:$PORT" --max-restarts "${MAX_RESTARTS:-0}" \
+exec torchrun --nproc_per_node "$NUM_GPU" --master_port "$PORT" --max-restarts "${MAX_RESTARTS:-0}" \
     ${TORCHRUN_ARGS:-} train.py --config "$CONFIG" --split "$SPLIT" --save-path "$SAVE_PATH" \
     train.method="$METHOD" "$@" 2>&1 | tee -a "$SAVE_PATH/out.log"
