@@ -89,7 +89,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool) -> dict[s
     trainer = Trainer(cfg, info, with_data=False)
     trainer.total_iters = 10 * (iters + warmup) + 10
     if reference:
-        use_unfused_attention(trainer.model, trainer.ema, *getattr(trainer.teachers, "modules", lambda: [])())
+        use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
     batch = synthetic_batch(cfg, trainer.method.n_strong, device)
 
     def step() -> None:
