@@ -141,10 +141,15 @@ class Trainer:
 
     def _build_data(self) -> tuple[DataLoader, ...]:
         cfg, info = self.cfg, self.info
-        # An epoch is one pass over the unlabelled list for every method, so iteration counts compare.
+        # An epoch is one pass over the unlabelled list for every method, so iteration counts compare; where
+        # every image is labelled (DeepGlobe 100 %) the list is empty and an epoch is the labelled list.
         unlabeled_file = split_path(cfg, "unlabeled.txt")
-        self.epoch_length = count_lines(unlabeled_file, cfg)
+        n_unlabeled = count_lines(unlabeled_file, cfg)
+        if n_unlabeled == 0 and self.method.unlabeled:
+            raise DataError(f"{unlabeled_file} is empty (dataset.split={cfg.dataset.split} labels every image): "
+                            f"train.method={cfg.train.method} needs unlabelled images; use train.method=supervised")
         labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled.txt"))
+        self.epoch_length = n_unlabeled or len(labeled)
         loaders = [train_loader(labeled, self.epoch_length, cfg.train.seed, cfg, info)]
         if self.method.unlabeled:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)

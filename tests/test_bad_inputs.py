@@ -382,6 +382,12 @@ def _(env: Env):
     return env.train(), ["empty", str(env.splits / "10" / "labeled.txt")]
 
 
+@case("data-semi-supervised-method-on-a-split-with-no-unlabelled-images", "train")
+def _(env: Env):
+    (env.splits / "10" / "unlabeled.txt").write_text("")   # what DeepGlobe's 100 % split has
+    return env.train(), [str(env.splits / "10" / "unlabeled.txt"), "train.method=fixmatch", "train.method=supervised"]
+
+
 @case("data-train-split-line-missing-image", "train")
 def _(env: Env):
     labeled = env.splits / "10" / "labeled.txt"

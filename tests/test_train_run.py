@@ -48,6 +48,17 @@ def test_every_method_trains_and_writes_a_complete_run(data, tmp_path, method):
     assert 0.0 <= ckpt["best"]["ema"] <= 1.0
 
 
+def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_labelled_list(tmp_path):
+    """DeepGlobe's 100 % split has an empty unlabeled.txt: the upper bound trains on the labelled list."""
+    root = tmp_path / "data"
+    splits = write_tiny_dataset(root)
+    (splits / "10" / "unlabeled.txt").write_text("")
+    argv = ["--config", "configs/demo.yaml", *tiny_overrides(root, splits, tmp_path / "run", "supervised", 1)]
+    assert train.main(argv) == 0
+    # 4 labelled tiles, batch size 2.
+    assert load_own_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 2
+
+
 def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / "full") == 0
     full = load_own_checkpoint(tmp_path / "full" / "latest.pth")
