@@ -59,10 +59,16 @@ def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_label
     assert load_own_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 2
 
 
-def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, tmp_path, monkeypatch):
-    assert run(data, tmp_path / "full") == 0
-    full = load_own_checkpoint(tmp_path / "full" / "latest.pth")
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict:
+    """The reference: the tiny two-epoch run of 8 iterations, never interrupted."""
+    save = tmp_path_factory.mktemp("uninterrupted")
+    assert run(data, save) == 0
+    return load_own_checkpoint(save / "latest.pth")
 
+
+def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, uninterrupted, tmp_path, monkeypatch):
+    full = uninterrupted
     # Stop (as on SIGTERM) after 3 of 8 iterations, mid-epoch; then run the same command again.
     original = train.Trainer.should_stop
     monkeypatch.setattr(train.Trainer, "should_stop", lambda self: self.iteration == 3 or original(self))
@@ -95,14 +101,6 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint
     with pytest.raises(train.NonFiniteLoss, match="iteration 5"):
         run(data, save, "train.epochs=2")
     assert (save / "latest.pth").read_bytes() == before
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory) -> dict:
-    """The reference: the tiny two-epoch run of 8 iterations, never interrupted."""
-    save = tmp_path_factory.mktemp("uninterrupted")
-    assert run(data, save) == 0
-    return load_own_checkpoint(save / "latest.pth")
 
 
 # Saves in the killed runs (checkpoint_interval=3, 4 iterations per epoch): latest after iteration 3,

@@ -53,7 +53,8 @@ def _store_of_this_attempt(rank: int, world_size: int) -> dist.Store:
     """torchrun's key-value store, seen through a prefix private to this restart attempt.
 
     torchrun keeps one store across `--max-restarts` restarts: without the prefix, restarted processes read
-    the dead processes' addresses from it and fail to connect (gloo) or wait on a dead peer (NCCL).
+    the dead processes' gloo addresses from it and fail to connect (tests/test_train_run.py); NCCL exchanges
+    its connection id through the same store.
     """
     store, _, _ = next(dist.rendezvous("env://", rank, world_size))
     return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
