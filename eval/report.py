@@ -1,0 +1,533 @@
+"""Table and plot of a set of training runs: best val mIoU (student, EMA), test scores, seeds pooled.
+
+    python eval/report.py exp/ [more folders ...] [--out report/]
+
+Walks the folders for run folders (config.yaml plus progress.json, latest.pth or best.pth), reads each run's
+progress.json (or, for runs written before it existed, latest.pth) and the metrics.json of its evaluations,
+and writes report.md, report.json and report.png into --out (default <first folder>/report), each through
+a temporary file. One row per dataset, method, labelled split and ablation; mIoU in percent, mean ± sample
+standard deviation over seeds. Folders that look like runs but cannot be read are listed, never fatal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python eval/report.py`, Python puts eval/ first on the path, where eval.py would shadow the
+# `eval` package; the repository root must come first so that the project's packages import.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+from util.cli import run_main  # noqa: E402
+from util.config import Config, read_yaml  # noqa: E402
+from util.errors import UserError, short_reason  # noqa: E402
+
+METHOD_ORDER = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+RUN_MARKERS = ("progress.json", "latest.pth", "best.pth")
+# Only train.py writes these two names: a folder holding one without config.yaml is a damaged run, whereas a
+# lone best.pth is as likely a downloaded checkpoint.
+OWN_MARKERS = ("progress.json", "latest.pth")
+REQUIRED = object()
+
+
+class SkipRun(Exception):
+    """A run folder that cannot be reported; the message is the one-line reason."""
+
+
+@dataclass
+class Run:
+    """What the report needs of one run folder, mIoU values in percent."""
+
+    folder: str
+    source: str  # progress.json | latest.pth | best.pth
+    dataset: str
+    method: str
+    split: str
+    seed: int | None
+    ablation: str
+    selected_by: str
+    finished: bool
+    epoch: int | None
+    epochs: int | None
+    iteration: int | None
+    total_iters: int | None
+    wall_seconds: float | None
+    best_student: float | None
+    best_student_epoch: int | None
+    best_ema: float | None
+    best_ema_epoch: int | None
+    test: dict[str, Any] | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding and reading runs
+
+
+def find_run_folders(roots: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Run folders under `roots` (sorted), and folders holding a run's files but no config.yaml."""
+    found: list[Path] = []
+    orphans: list[tuple[str, str]] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            names = set(filenames)
+            folder = Path(dirpath)
+            if "config.yaml" in names and names.intersection(RUN_MARKERS):
+                if folder not in found:
+                    found.append(folder)
+            elif "config.yaml" not in names and names.intersection(OWN_MARKERS):
+                marker = min(names.intersection(OWN_MARKERS))
+                orphans.append((str(folder), f"has {marker} but no config.yaml"))
+    return found, orphans
+
+
+def _lookup(raw: dict[str, Any], key: str, default: Any = REQUIRED) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is REQUIRED:
+                raise SkipRun(f"config.yaml has no '{key}'")
+            return default
+        node = node[part]
+    return node
+
+
+def ablation_label(raw: dict[str, Any]) -> str:
+    """rs_mtdf: 'dino+clip' | 'dino only' | 'clip only' [', no fusion'] [', teachers: <folder>']; others: '-'."""
+    method = _lookup(raw, "train.method")
+    if method == "supervised":
+        # The baseline on the semi-supervised schedule makes other steps than the reference one: its own row.
+        protocol = _lookup(raw, "train.supervised_protocol", "reference")
+        return "-" if protocol == "reference" else str(protocol).replace("_", " ")
+    if method != "rs_mtdf":
+        return "-"
+    enabled = [name for name in ("dino", "clip") if _lookup(raw, f"teachers.{name}.enabled", True)]
+    label = {("dino", "clip"): "dino+clip", ("dino",): "dino only", ("clip",): "clip only"}.get(tuple(enabled),
+                                                                                                  "no teachers")
+    if _lookup(raw, "distill.fusion", True) is False:
+        label += ", no fusion"
+    if enabled:
+        default = getattr(Config().teachers, enabled[0]).weights
+        weights = _lookup(raw, f"teachers.{enabled[0]}.weights", default)
+        # Random-teacher controls differ from the real run only in where the teacher weights come from:
+        # they must get a row of their own.
+        if weights is None:
+            label += ", teachers: random init"
+        else:
+            folder = Path(str(weights)).parent.name or "."
+            if folder != "pretrained":
+                label += f", teachers: {folder}"
+    return label
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The fields of config.yaml the report needs: dataset, method, split, seed, ablation, best_by, epochs."""
+    try:
+        raw = read_yaml(folder / "config.yaml")
+    except UserError as e:
+        # The message names the file by its full path; the skipped list names the folder already.
+        raise SkipRun(short_reason(e).replace(str(folder / "config.yaml"), "config.yaml")) from None
+    dataset, method, split = (_lookup(raw, k) for k in ("dataset.name", "train.method", "dataset.split"))
+    for key, value in (("dataset.name", dataset), ("train.method", method)):
+        if not isinstance(value, str) or not value:
+            raise SkipRun(f"config.yaml: '{key}' is {value!r}, not a name")
+    if isinstance(split, bool) or not isinstance(split, (str, int)):
+        raise SkipRun(f"config.yaml: 'dataset.split' is {split!r}, not a labelled percent")
+    seed = _lookup(raw, "train.seed", None)
+    epochs = _lookup(raw, "train.epochs", None)
+    return {"dataset": dataset, "method": method, "split": str(split),
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            "ablation": ablation_label(raw), "best_by": str(_lookup(raw, "train.best_by", Config().train.best_by)),
+            "epochs": epochs if isinstance(epochs, int) else None}
+
+
+def _number(value: Any, what: str, scale: float = 1.0) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SkipRun(f"{what} is {value!r}, not a number")
+    return float(value) * scale
+
+
+def _int(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SkipRun(f"{what} is {value!r}, not an integer")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SkipRun(f"{path.name} is not readable JSON ({short_reason(e)})") from None
+
+
+def read_progress(path: Path) -> dict[str, Any]:
+    """progress.json's scores (percent), epochs, iterations, wall time and whether the run has finished."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise SkipRun("progress.json is not a JSON object")
+    best = data.get("best")
+    if not isinstance(best, dict):
+        raise SkipRun("progress.json has no 'best' object")
+    out = _best_entries(best, "progress.json")
+    if "finished" not in data:
+        raise SkipRun("progress.json has no 'finished'")
+    out.update(finished=bool(data["finished"]), epoch=_int(data.get("epoch"), "progress.json epoch"),
+               epochs=_int(data.get("epochs"), "progress.json epochs"),
+               iteration=_int(data.get("iteration"), "progress.json iteration"),
+               total_iters=_int(data.get("total_iters"), "progress.json total_iters"),
+               wall_seconds=_number(data.get("wall_seconds"), "progress.json wall_seconds"),
+               selected_by=data.get("selected_by") if data.get("selected_by") in ("student", "ema") else None)
+    return out
+
+
+def _best_entries(best: dict[str, Any], name: str) -> dict[str, Any]:
+    """progress.json's (and newer checkpoints') best: {which: {"miou": percent, "epoch": 1-based}}."""
+    out: dict[str, Any] = {}
+    for which in ("student", "ema"):
+        entry = best.get(which) or {}
+        if not isinstance(entry, dict):
+            raise SkipRun(f"{name}: best.{which} is not an object")
+        out[f"best_{which}"] = _number(entry.get("miou"), f"{name} best.{which}.miou")
+        out[f"best_{which}_epoch"] = _int(entry.get("epoch"), f"{name} best.{which}.epoch")
+    return out
+
+
+def read_checkpoint(path: Path, epochs: int | None) -> dict[str, Any]:
+    """The same fields from the checkpoint of a run without progress.json (older runs: fractions, no wall time)."""
+    from util.checkpoint import load_own_checkpoint
+
+    try:
+        ckpt = load_own_checkpoint(path)
+    except UserError as e:
+        raise SkipRun(short_reason(e)) from None
+    best = ckpt.get("best")
+    if not isinstance(best, dict):
+        raise SkipRun(f"{path.name} has no 'best' scores")
+    if isinstance(best.get("student"), dict):
+        # Written by the same code as progress.json: per-weights best in percent.
+        scores = _best_entries(best, path.name)
+    else:
+        # Before progress.json, `best` held both scores (fractions) at the one epoch chosen by train.best_by;
+        # epoch -1: never scored.
+        best_epoch = _int(best.get("epoch"), f"{path.name} best.epoch")
+        scored = best_epoch is not None and best_epoch > 0
+        scores = {f"best_{which}": _number(best.get(which), f"{path.name} best.{which}", 100) if scored else None
+                  for which in ("student", "ema")}
+        scores.update(best_student_epoch=best_epoch if scored else None, best_ema_epoch=best_epoch if scored else None)
+    iteration = _int(ckpt.get("iteration"), f"{path.name} iteration")
+    per_epoch = _int(ckpt.get("iters_per_epoch"), f"{path.name} iters_per_epoch")
+    total = per_epoch * epochs if per_epoch is not None and epochs is not None else None
+    selected = ckpt.get("selected_by")
+    return {**scores, "finished": iteration is not None and total is not None and iteration >= total,
+            "epoch": _int(ckpt.get("epoch"), f"{path.name} epoch"), "epochs": epochs,
+            "iteration": iteration, "total_iters": total,
+            "wall_seconds": _number(ckpt.get("wall_seconds"), f"{path.name} wall_seconds"),
+            "selected_by": selected if selected in ("student", "ema") else None}
+
+
+def read_evals(folder: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every metrics.json in a direct subfolder, scores in percent; unreadable ones as (folder, reason)."""
+    evals, bad = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
+        try:
+            data = _read_json(sub / "metrics.json")
+            if not isinstance(data, dict) or data.get("split") not in ("val", "test"):
+                raise SkipRun("metrics.json has no 'split' of val or test")
+            # Files written before the unit key hold fractions in [0, 1].
+            scale = 1.0 if data.get("unit") == "percent" else 100.0
+            evals.append({"folder": str(sub), "split": data["split"], "mode": data.get("mode"),
+                          "weights": data.get("weights"), "checkpoint": data.get("checkpoint"),
+                          **{k: _number(data.get(k), f"metrics.json {k}", scale)
+                             for k in ("miou", "mean_f1", "oa", "kappa")}})
+        except SkipRun as e:
+            bad.append((str(sub), f"ignored evaluation: {e}"))
+    return evals, bad
+
+
+def pick_test(evals: list[dict[str, Any]], selected_by: str) -> dict[str, Any] | None:
+    """The test evaluation to report: the weights the run selects best.pth by if scored, else any other."""
+    tests = [e for e in evals if e["split"] == "test" and e["miou"] is not None]
+    # Among equals the folder name decides (sorted), so `original` comes before `sliding_window`.
+    tests.sort(key=lambda e: (e["weights"] != selected_by, e["folder"]))
+    return tests[0] if tests else None
+
+
+def read_run(folder: Path) -> tuple[Run, list[tuple[str, str]]]:
+    """One run folder; raises SkipRun with the reason when it cannot be reported."""
+    cfg = read_config(folder)
+    if (folder / "progress.json").is_file():
+        source, state = "progress.json", read_progress(folder / "progress.json")
+    else:
+        source = "latest.pth" if (folder / "latest.pth").is_file() else "best.pth"
+        state = read_checkpoint(folder / source, cfg["epochs"])
+    state["selected_by"] = state["selected_by"] or cfg["best_by"]
+    evals, bad = read_evals(folder)
+    run = Run(folder=str(folder), source=source, dataset=cfg["dataset"], method=cfg["method"], split=cfg["split"],
+              seed=cfg["seed"], ablation=cfg["ablation"], **state, evals=evals)
+    run.test = pick_test(evals, run.selected_by)
+    return run, bad
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pooling seeds into rows
+
+
+def _split_key(split: str) -> tuple[int, float, str]:
+    try:
+        return 0, float(split), split
+    except ValueError:
+        return 1, 0.0, split
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """Sort order: dataset, split (numeric), method (baselines first), full method before its ablations."""
+    method = row["method"]
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (row["dataset"], _split_key(row["split"]), rank, method,
+            row["ablation"] not in ("-", "dino+clip"), row["ablation"])
+
+
+def stats(values: list[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n - 1) of the known values; std is null for fewer than two."""
+    known = [v for v in values if v is not None]
+    return {"mean": statistics.fmean(known) if known else None,
+            "std": statistics.stdev(known) if len(known) > 1 else None, "n": len(known), "values": values}
+
+
+def build_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per (dataset, method, split, ablation) with the runs' seeds pooled, sorted for the table."""
+    groups: dict[tuple[str, str, str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.dataset, run.method, run.split, run.ablation), []).append(run)
+    rows = []
+    for (dataset, method, split, ablation), members in groups.items():
+        members.sort(key=lambda r: (r.seed is None, r.seed or 0, r.folder))
+        tests = [r.test for r in members]
+        walls = [r.wall_seconds for r in members]
+        rows.append({
+            "dataset": dataset, "method": method, "ablation": ablation, "split": split,
+            "seeds": [r.seed for r in members], "n": len(members),
+            "in_progress": [r.folder for r in members if not r.finished],
+            "best_val_student": {**stats([r.best_student for r in members]),
+                                 "epochs": [r.best_student_epoch for r in members]},
+            "best_val_ema": {**stats([r.best_ema for r in members]), "epochs": [r.best_ema_epoch for r in members]},
+            "test_miou": stats([t["miou"] if t else None for t in tests]),
+            "test_mean_f1": stats([t["mean_f1"] if t else None for t in tests]),
+            "test_weights": [t["weights"] if t else None for t in tests],
+            "iterations": [r.iteration for r in members], "total_iters": [r.total_iters for r in members],
+            "wall_seconds": {**stats(walls), "unknown": sum(w is None for w in walls)},
+            "runs": [asdict(r) for r in members],
+        })
+    return sorted(rows, key=row_key)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _score(s: dict[str, Any], total: int) -> str:
+    if s["mean"] is None:
+        return "-"
+    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+    return text + (f" ({s['n']} of {total})" if s["n"] < total else "")
+
+
+def _epochs(epochs: list[int | None]) -> str:
+    known = [str(e) for e in epochs if e is not None]
+    if not known:
+        return ""
+    return f" (ep {known[0]})" if len(set(known)) == 1 else f" (ep {', '.join(known)})"
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _iterations(row: dict[str, Any]) -> str:
+    texts = []
+    for run in row["runs"]:
+        it, total = run["iteration"], run["total_iters"]
+        text = "?" if it is None else str(it) if run["finished"] or total is None else f"{it}/{total}"
+        if text not in texts:
+            texts.append(text)
+    return ", ".join(texts)
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """The markdown cells of one row, in the order of HEADER."""
+    n = row["n"]
+    in_progress = set(row["in_progress"])
+    seeds = ", ".join(("?" if r["seed"] is None else str(r["seed"])) + ("*" if r["folder"] in in_progress else "")
+                      for r in row["runs"])
+    weights = sorted({w for w in row["test_weights"] if w})
+    test = _score(row["test_miou"], n)
+    if weights:
+        test += f" ({'/'.join(weights)})"
+    wall = row["wall_seconds"]
+    wall_text = "unknown" if wall["mean"] is None else _duration(wall["mean"]) + (
+        f" ({wall['unknown']} unknown)" if wall["unknown"] else "")
+    return [row["dataset"], row["method"], row["ablation"], row["split"], f"{n} ({seeds})",
+            _score(row["best_val_student"], n) + _epochs(row["best_val_student"]["epochs"]),
+            _score(row["best_val_ema"], n) + _epochs(row["best_val_ema"]["epochs"]),
+            test, _score(row["test_mean_f1"], n), _iterations(row), wall_text]
+
+
+HEADER = ["dataset", "method", "ablation", "labelled %", "seeds (n)", "best val mIoU student",
+          "best val mIoU EMA", "test mIoU (weights)", "test mF1", "iterations", "wall time / run"]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The table of rows in markdown, scores right-aligned."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * 4 + "---:|" * (len(HEADER) - 4)]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    if not rows:
+        lines.append("| " + " | ".join(["-"] * len(HEADER)) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[dict[str, Any]], skipped: list[tuple[str, str]], roots: list[Path],
+                    plot_title: str) -> str:
+    """report.md: the table, its footnotes, the plot and the skipped folders."""
+    lines = [f"# Training runs in {', '.join(str(r) for r in roots)}", "",
+             ("Scores in percent: mean ± sample standard deviation over seeds (no ± for one seed; \"k of n\": only "
+              "k runs have the score). (ep E): 1-based epoch of the best validation score, per seed. Test scores "
+              "prefer the weights that chose best.pth (train.best_by)."), "", markdown_table(rows), ""]
+    if any(row["in_progress"] for row in rows):
+        lines += ["\\* in progress: the run has not finished (seed marked `*`); its numbers are those so far.", ""]
+    if any(row["wall_seconds"]["unknown"] for row in rows):
+        lines += ["Wall time is unknown for runs read from a checkpoint (written before progress.json).", ""]
+    lines += [f"![{plot_title}](report.png)", "", "## Skipped folders", ""]
+    lines += [f"- `{folder}`: {reason}" for folder, reason in skipped] or ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_metric(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """Which score the plot shows: test mIoU where every run has one, else best val mIoU of the student."""
+    if rows and all(r["test_miou"]["n"] == r["n"] for r in rows):
+        weights = sorted({w for r in rows for w in r["test_weights"]})
+        return "test_miou", f"test mIoU ({'/'.join(weights)} weights)"
+    return "best_val_student", "best val mIoU (student)"
+
+
+def _line_label(row: dict[str, Any]) -> str:
+    return row["method"] + ("" if row["ablation"] == "-" else f" ({row['ablation']})")
+
+
+def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> None:
+    """Plot mIoU against labelled fraction: one subplot per dataset, one line per method (+ ablation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows}) or ["no runs"]
+    cols = min(len(datasets), 3)
+    nrows = math.ceil(len(datasets) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4.2 * nrows), squeeze=False)
+    # More axes than datasets when the grid is not full: the spare ones are blanked below.
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        # Categorical positions: the splits are 1, 5, 10 (and 100), roughly evenly spaced on a log scale.
+        splits = sorted({r["split"] for r in mine}, key=_split_key)
+        for label in dict.fromkeys(_line_label(r) for r in mine):
+            points = [(splits.index(r["split"]), r[key]["mean"], r[key]["std"] or 0.0) for r in mine
+                      if _line_label(r) == label and r[key]["mean"] is not None]
+            if points:
+                xs, ys, es = zip(*points, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.set_xticks(range(len(splits)), splits)
+        ax.set_xlim(-0.5, max(len(splits) - 0.5, 0.5))
+        ax.set_xlabel("labelled %")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}, mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str, str]], roots: list[Path]) -> None:
+    """report.md, report.json and report.png: all rendered to temporary names, then renamed."""
+    out.mkdir(parents=True, exist_ok=True)
+    key, title = plot_metric(rows)
+    tmp = {name: out / f".{name}.tmp" for name in ("report.md", "report.json", "report.png")}
+    try:
+        tmp["report.md"].write_text(render_markdown(rows, skipped, roots, title))
+        summary = {"unit": "percent", "roots": [str(r) for r in roots], "plot": {"metric": key, "title": title},
+                   "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped]}
+        tmp["report.json"].write_text(json.dumps(summary, indent=2) + "\n")
+        plot_report(rows, key, title, tmp["report.png"])
+        for name, path in tmp.items():
+            os.replace(path, out / name)
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The folders to search and --out."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path,
+                        help="folders searched recursively for run folders (config.yaml plus progress.json, "
+                             "latest.pth or best.pth), e.g. exp/")
+    parser.add_argument("--out", type=Path,
+                        help="output folder for report.md, report.json, report.png (default: <first folder>/report)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Find the runs, pool them into rows, write report.md, report.json and report.png; 0 on success."""
+    args = parse_args(argv)
+    for folder in args.folders:
+        if not folder.is_dir():
+            raise UserError(f"folder not found: {folder}")
+    folders, skipped = find_run_folders(args.folders)
+    if not folders:
+        raise UserError(f"no run folder (config.yaml with progress.json, latest.pth or best.pth) under "
+                        f"{', '.join(str(f) for f in args.folders)}")
+    runs = []
+    for folder in folders:
+        try:
+            run, bad = read_run(folder)
+        except SkipRun as e:
+            skipped.append((str(folder), str(e)))
+            continue
+        runs.append(run)
+        skipped += bad
+    rows = build_rows(runs)
+    out = args.out or args.folders[0] / "report"
+    write_report(out, rows, sorted(skipped), args.folders)
+    print(markdown_table(rows))
+    print(f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} skipped; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
