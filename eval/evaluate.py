@@ -77,11 +77,11 @@ def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    return "-" if value is None else f"{value:.2f}"
 
 
 def metrics_table(result: dict[str, Any], class_names: tuple[str, ...] | list[str]) -> str:
-    """A Markdown table of per-class IoU and F1 and the summary scores, all x100; printable as it is."""
+    """A Markdown table of per-class IoU and F1 and the summary scores, in percent; printable as it is."""
     lines = ["| class | IoU | F1 |", "|---|---:|---:|"]
     for c, name in enumerate(class_names):
         if not result["included"][c]:

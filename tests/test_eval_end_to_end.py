@@ -60,7 +60,7 @@ def test_eval_script_scores_a_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((ckpt.parent / "eval_val_sliding_window_ema" / "metrics.json").read_text())
     assert 0 < metrics["pixels"] <= 42 * 56 + 30 * 44
-    assert metrics["miou"] is not None and 0 <= metrics["miou"] <= 1
+    assert metrics["unit"] == "percent" and metrics["miou"] is not None and 0 <= metrics["miou"] <= 100
     assert "mIoU" in proc.stdout
 
 

@@ -35,8 +35,8 @@ def test_counts_land_in_gt_rows_and_prediction_columns():
 
 def test_perfect_prediction_scores_one_everywhere():
     r = scores([[2, 0, 0], [0, 1, 0], [0, 0, 3]])
-    assert r["iou"] == [1.0, 1.0, 1.0] and r["f1"] == [1.0, 1.0, 1.0]
-    assert (r["miou"], r["mean_f1"], r["oa"], r["kappa"]) == (1.0, 1.0, 1.0, 1.0)
+    assert r["iou"] == [100.0] * 3 and r["f1"] == [100.0] * 3
+    assert (r["miou"], r["mean_f1"], r["oa"], r["kappa"]) == (100.0, 100.0, 100.0, 100.0)
 
 
 def test_all_wrong_scores_zero_and_kappa_minus_one():
@@ -44,31 +44,32 @@ def test_all_wrong_scores_zero_and_kappa_minus_one():
     assert r["iou"] == [0.0, 0.0] and r["f1"] == [0.0, 0.0]
     assert (r["miou"], r["mean_f1"], r["oa"]) == (0.0, 0.0, 0.0)
     # chance agreement (1*1 + 1*1) / 2^2 = 0.5, so kappa = (0 - 0.5) / (1 - 0.5)
-    assert r["kappa"] == pytest.approx(-1.0)
+    assert r["kappa"] == pytest.approx(-100.0)
 
 
 def test_hand_computed_matrix():
     r = scores(HAND)
-    assert r["iou"] == pytest.approx([3 / 5, 2 / 3, 1 / 2])
-    assert r["f1"] == pytest.approx([6 / 8, 4 / 5, 2 / 3])
-    assert r["miou"] == pytest.approx((3 / 5 + 2 / 3 + 1 / 2) / 3)
-    assert r["mean_f1"] == pytest.approx((6 / 8 + 4 / 5 + 2 / 3) / 3)
-    assert r["oa"] == pytest.approx(6 / 8)
+    assert r["iou"] == pytest.approx([100 * 3 / 5, 100 * 2 / 3, 100 * 1 / 2])
+    assert r["f1"] == pytest.approx([100 * 6 / 8, 100 * 4 / 5, 100 * 2 / 3])
+    assert r["miou"] == pytest.approx(100 * (3 / 5 + 2 / 3 + 1 / 2) / 3)
+    assert r["mean_f1"] == pytest.approx(100 * (6 / 8 + 4 / 5 + 2 / 3) / 3)
+    assert r["oa"] == pytest.approx(100 * 6 / 8)
     # chance = (4*4 + 2*3 + 2*1) / 64 = 0.375; kappa = (0.75 - 0.375) / 0.625
-    assert r["kappa"] == pytest.approx(0.6)
+    assert r["kappa"] == pytest.approx(100 * 0.6)
     assert r["pixels"] == 8
 
 
 def test_class_absent_from_gt_and_prediction_is_none_and_left_out_of_the_means():
     r = scores(HAND, nclass=4)
     assert r["iou"][3] is None and r["f1"][3] is None and r["included"][3]
-    assert r["miou"] == pytest.approx((3 / 5 + 2 / 3 + 1 / 2) / 3)
-    assert r["kappa"] == pytest.approx(0.6)
+    assert r["classes_in_mean"] == [0, 1, 2]
+    assert r["miou"] == pytest.approx(100 * (3 / 5 + 2 / 3 + 1 / 2) / 3)
+    assert r["kappa"] == pytest.approx(100 * 0.6)
 
 
 def test_class_only_predicted_scores_zero_not_none():
     r = scores([[1, 1], [0, 0]])
-    assert r["iou"] == [0.5, 0.0] and r["miou"] == 0.25
+    assert r["iou"] == [50.0, 0.0] and r["miou"] == 25.0
 
 
 def test_ignore_and_out_of_range_ground_truth_are_not_counted():
@@ -76,20 +77,28 @@ def test_ignore_and_out_of_range_ground_truth_are_not_counted():
     cm = ConfusionMatrix(3)
     cm.update(torch.cat([pred, torch.tensor([0, 1, 2, 2])]), torch.cat([target, torch.tensor([255, 255, 3, -1])]))
     assert cm.mat.tolist() == HAND
-    assert cm.compute()["miou"] == pytest.approx((3 / 5 + 2 / 3 + 1 / 2) / 3)
+    assert cm.compute()["miou"] == pytest.approx(100 * (3 / 5 + 2 / 3 + 1 / 2) / 3)
 
 
-def test_excluded_class_loses_its_row_and_column():
-    r = scores(HAND, exclude=(2,))
-    # Left: [[3, 1], [0, 2]]: tp (3, 2), gt (4, 2), pred (3, 3), 6 pixels.
+def test_excluded_ground_truth_is_ignored_but_predicting_an_excluded_class_stays_an_error():
+    # As the authors' evaluation scripts score Potsdam clutter / DeepGlobe unknown: class 2 is excluded.
+    # Row 2 (its ground truth) goes; column 2 stays in the unions of the true classes 0 and 1.
+    mat = [[3, 1, 1],
+           [0, 2, 1],
+           [1, 0, 1]]
+    r = scores(mat, exclude=(2,))
+    # Scored rows [[3, 1, 1], [0, 2, 1]]: tp (3, 2), gt (5, 3), predicted as 0/1 (3, 3), 8 pixels.
     assert r["included"] == [True, True, False]
-    assert r["iou"] == pytest.approx([3 / 4, 2 / 3, None])
-    assert r["f1"] == pytest.approx([6 / 7, 4 / 5, None])
-    assert r["miou"] == pytest.approx((3 / 4 + 2 / 3) / 2)
-    assert r["oa"] == pytest.approx(5 / 6)
-    # chance = (4*3 + 2*3) / 36 = 0.5
-    assert r["kappa"] == pytest.approx((5 / 6 - 0.5) / 0.5)
-    assert r["pixels"] == 6
+    assert r["iou"] == pytest.approx([100 * 3 / 5, 100 * 2 / 4, None])
+    assert r["f1"] == pytest.approx([100 * 6 / 8, 100 * 4 / 6, None])
+    assert r["miou"] == pytest.approx(100 * (3 / 5 + 2 / 4) / 2)
+    assert r["oa"] == pytest.approx(100 * 5 / 8)
+    # chance = (5*3 + 3*3) / 64 = 0.375; kappa = (0.625 - 0.375) / 0.625
+    assert r["kappa"] == pytest.approx(100 * 0.4)
+    assert r["pixels"] == 8
+    assert r["classes_in_mean"] == [0, 1]
+    # Dropping the column as well would have forgiven the two pixels predicted as class 2.
+    assert r["miou"] < 100 * (3 / 4 + 2 / 3) / 2
 
 
 def test_updates_accumulate_over_batched_maps():

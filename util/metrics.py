@@ -3,11 +3,15 @@
 Conventions (SPEC §7):
 - The matrix counts pixels as `mat[gt, pred]`, accumulated on the device without a host sync.
 - Ignore pixels (255) and ground truth outside [0, nclass) are never counted.
-- Excluded classes (the dataset protocol, e.g. Potsdam clutter) lose their row AND column before scoring:
-  their pixels, and the pixels of included classes predicted as them, leave the score entirely.
+- Excluded classes (the dataset protocol, e.g. Potsdam clutter) are scored as the authors' evaluation
+  scripts score them: pixels whose GROUND TRUTH is excluded are ignored (the row goes), but a scored pixel
+  PREDICTED as an excluded class stays an error of its true class (the column stays in that class's
+  union). Dropping the column too would forgive those errors and inflate every score.
 - A class absent from both ground truth and prediction has IoU and F1 of 0/0: it is reported as None and
-  left out of the means (as mmsegmentation does), rather than counted as 0 or 1.
-- Every score is a fraction in [0, 1]; tables print percentages. An undefined score is None.
+  left out of the means (as mmsegmentation does), rather than counted as 0 or 1. `classes_in_mean` says
+  which classes a mean is over.
+- Every score is a percentage in [0, 100], everywhere (screen, logs, metrics.json, checkpoints). An
+  undefined score is None.
 """
 
 from __future__ import annotations
@@ -48,17 +52,15 @@ class ConfusionMatrix:
         """Sum the counts over all processes (a no-op in a single process)."""
         all_reduce_sum(self._bins)
 
-    def reset(self) -> None:
-        self._bins.zero_()
-
     def compute(self, exclude: tuple[int, ...] | list[int] = ()) -> dict:
-        """Scores over the classes not in `exclude`; per-class lists hold None for excluded classes."""
+        """Scores (percent) over the classes not in `exclude`; per-class lists hold None for excluded classes."""
         included = [c not in set(exclude) for c in range(self.nclass)]
         keep = [c for c in range(self.nclass) if included[c]]
-        mat = self.mat.detach().to("cpu", torch.float64)[keep][:, keep]
-        tp = mat.diagonal()
-        gt, pred = mat.sum(1), mat.sum(0)
-        total = mat.sum().item()
+        # Rows of excluded ground truth go; every prediction column stays (see the module docstring).
+        scored = self.mat.detach().to("cpu", torch.float64)[keep]
+        tp = scored[:, keep].diagonal()
+        gt, pred = scored.sum(1), scored[:, keep].sum(0)
+        total = scored.sum().item()
 
         iou_kept = _ratio(tp, gt + pred - tp)
         f1_kept = _ratio(2 * tp, gt + pred)
@@ -69,14 +71,17 @@ class ConfusionMatrix:
 
         oa = kappa = None
         if total > 0:
-            oa = tp.sum().item() / total
-            # Cohen's kappa: agreement beyond what the two label marginals give by chance.
+            agreement = tp.sum().item() / total
+            # Cohen's kappa: agreement beyond what the two label marginals give by chance. Predictions of an
+            # excluded class agree with no scored class, so they only lower the observed agreement.
             chance = (gt * pred).sum().item() / total**2
-            kappa = (oa - chance) / (1 - chance) if chance < 1 else None
+            oa = 100 * agreement
+            kappa = 100 * (agreement - chance) / (1 - chance) if chance < 1 else None
         return {
             "iou": iou,
             "f1": f1,
             "included": included,
+            "classes_in_mean": [c for c, v in zip(keep, iou_kept) if v is not None],
             "miou": _mean(iou_kept),
             "mean_f1": _mean(f1_kept),
             "oa": oa,
@@ -86,7 +91,7 @@ class ConfusionMatrix:
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
-    return [n / d if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
+    return [100 * n / d if d > 0 else None for n, d in zip(num.tolist(), den.tolist())]
 
 
 def _mean(values: list[float | None]) -> float | None:
