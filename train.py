@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
 import logging
 import signal
 import time
@@ -36,7 +38,7 @@ from methods import METHODS, Method
 from methods.common import StepContext
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
-from util.checkpoint import atomic_save, load_own_checkpoint
+from util.checkpoint import atomic_save, atomic_write_text, load_own_checkpoint
 from util.cli import add_config_args, config_from_args, run_main
 from util.config import Config, save_config
 from util.dist import DistInfo, cleanup, init_distributed, is_distributed
@@ -87,12 +89,21 @@ def count_lines(path: Path, cfg: Config) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
-def train_loader(dataset: SemiDataset, length: int, seed: int, cfg: Config, info: DistInfo) -> DataLoader:
+def train_loader(dataset: SemiDataset, length: int, batch_size: int, seed: int, cfg: Config,
+                 info: DistInfo) -> DataLoader:
     """A loader that draws `length` items per epoch (repeating a short list), sharded over processes."""
     sampler = SeededSampler(len(dataset), length, seed, info.rank, info.world_size)
     workers = cfg.train.num_workers
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       drop_last=True, pin_memory=info.device.type == "cuda", persistent_workers=workers > 0)
+
+
+def upgrade_best(best: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Best scores of a checkpoint in today's form; earlier versions kept one epoch and fractions."""
+    if all(isinstance(best.get(w), dict) for w in ("student", "ema")):
+        return best
+    epoch = best.get("epoch") if best.get("epoch", -1) >= 0 else None
+    return {w: {"miou": None if epoch is None else 100 * best[w], "epoch": epoch} for w in ("student", "ema")}
 
 
 class Trainer:
@@ -101,12 +112,15 @@ class Trainer:
     def __init__(self, cfg: Config, info: DistInfo, with_data: bool = True) -> None:
         self.cfg, self.info, self.device = cfg, info, info.device
         self.method: Method = METHODS[cfg.train.method]
+        # The authors' supervised.py doubles the batch and draws a fixed number of labelled samples per epoch.
+        self.reference_supervised = not self.method.unlabeled and cfg.train.supervised_protocol == "reference"
+        self.batch_size = cfg.train.batch_size * (2 if self.reference_supervised else 1)
         torch.manual_seed(cfg.train.seed)
         # Without data (the benchmark feeds its own batches) an "epoch" is a single iteration.
         self.loaders = self._build_data() if with_data else ()
         self.iters_per_epoch = len(self.loaders[0]) if with_data else 1
         if self.iters_per_epoch == 0:
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} per process is more than the "
+            raise ConfigError(f"train.batch_size: {self.batch_size} per process is more than the "
                               f"{self.epoch_length} items of one epoch")
         self.total_iters = cfg.train.epochs * self.iters_per_epoch
 
@@ -125,7 +139,12 @@ class Trainer:
         self.forward = torch.compile(forward) if cfg.train.compile else forward
 
         self.iteration = 0
-        self.best = {"student": 0.0, "ema": 0.0, "epoch": -1}
+        # Best val mIoU (percent) of each weight set and its 1-based epoch, each the maximum over epochs;
+        # best.pth holds the epoch that is best by train.best_by. history: every evaluation's scores.
+        self.best: dict[str, dict[str, Any]] = {w: {"miou": None, "epoch": None} for w in ("student", "ema")}
+        self.history: list[dict[str, Any]] = []
+        # Training wall time of earlier processes of this run (restored on resume) and this one's start.
+        self.wall_before, self.started = 0.0, time.perf_counter()
         self.skipped_steps = 0
         self.stop_requested = False
         # Per-step non-finite flags of each loss term, checked (one host sync) at log and save points.
@@ -150,10 +169,12 @@ class Trainer:
                             f"train.method={cfg.train.method} needs unlabelled images; use train.method=supervised")
         labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled.txt"))
         self.epoch_length = n_unlabeled or len(labeled)
-        loaders = [train_loader(labeled, self.epoch_length, cfg.train.seed, cfg, info)]
+        if self.reference_supervised:
+            self.epoch_length = cfg.train.supervised_epoch_samples
+        loaders = [train_loader(labeled, self.epoch_length, self.batch_size, cfg.train.seed, cfg, info)]
         if self.method.unlabeled:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)
-            loaders.append(train_loader(unlabeled, self.epoch_length, cfg.train.seed + 1, cfg, info))
+            loaders.append(train_loader(unlabeled, self.epoch_length, self.batch_size, cfg.train.seed + 1, cfg, info))
         val = SemiDataset(cfg, "val", split_path(cfg, "val.txt"))
         self.val_loader = build_eval_loader(val, cfg, info)
         return tuple(loaders)
@@ -189,13 +210,30 @@ class Trainer:
         return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "iteration": self.iteration, "iters_per_epoch": self.iters_per_epoch,
-                "best": dict(self.best), "skipped_steps": self.skipped_steps, "rng": rng,
+                "best": copy.deepcopy(self.best), "selected_by": self.cfg.train.best_by,
+                "history": list(self.history), "wall_seconds": self.wall_seconds(),
+                "skipped_steps": self.skipped_steps, "rng": rng,
                 "config": self.cfg.to_dict(), "version": code_version()}
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
 
     def save(self, name: str, epoch: int) -> None:
         self.check_finite()
         if self.info.is_main:
             atomic_save(self.state(epoch), self.cfg.run_dir / name)
+
+    def write_progress(self, epoch: int) -> None:
+        """progress.json: where the run stands and its best scores, for people and eval/report.py (rank 0)."""
+        if not self.info.is_main:
+            return
+        cfg = self.cfg
+        progress = {"dataset": cfg.dataset.name, "method": cfg.train.method, "split": cfg.dataset.split,
+                    "seed": cfg.train.seed, "epoch": epoch, "epochs": cfg.train.epochs,
+                    "iteration": self.iteration, "total_iters": self.total_iters,
+                    "finished": self.iteration >= self.total_iters, "wall_seconds": round(self.wall_seconds(), 1),
+                    "unit": "percent", "selected_by": cfg.train.best_by, "best": self.best, "history": self.history}
+        atomic_write_text(cfg.run_dir / "progress.json", json.dumps(progress, indent=2) + "\n")
 
     def resume(self, path: Path) -> None:
         ckpt = load_own_checkpoint(path)
@@ -213,7 +251,9 @@ class Trainer:
         self.ema.load_state_dict(ckpt["model_ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.iteration, self.best = ckpt["iteration"], ckpt["best"]
+        self.iteration = ckpt["iteration"]
+        self.best, self.history = upgrade_best(ckpt["best"]), ckpt.get("history", [])
+        self.wall_before = ckpt.get("wall_seconds", 0.0)
         self.skipped_steps = ckpt["skipped_steps"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
@@ -297,24 +337,33 @@ class Trainer:
         for epoch in range(start_epoch, cfg.train.epochs):
             done_in_epoch = self.iteration - epoch * self.iters_per_epoch
             if not self.train_epoch(epoch, done_in_epoch):
+                self.write_progress(epoch)
                 log.info(f"stopped by SIGTERM at iteration {self.iteration}; saved {cfg.run_dir / 'latest.pth'}. "
                          f"Run the same command to resume.")
-                return {"stopped": True, **self.best}
+                return {"stopped": True, "best": self.best}
             last = epoch + 1 == cfg.train.epochs
             if (epoch + 1) % cfg.train.eval_interval == 0 or last:
                 self.evaluate_and_log(epoch)
             self.check_replicas()
             self.save("latest.pth", epoch + 1)
-        log.info(f"finished: best mIoU student {100 * self.best['student']:.2f}, ema {100 * self.best['ema']:.2f} "
-                 f"(epoch {self.best['epoch']}); checkpoints in {cfg.run_dir}")
-        return {"stopped": False, **self.best}
+            self.write_progress(epoch + 1)
+        log.info(f"finished: {self.describe_best()}; best.pth holds the best {cfg.train.best_by} "
+                 f"(train.best_by); checkpoints in {cfg.run_dir}")
+        return {"stopped": False, "best": self.best}
+
+    def describe_best(self) -> str:
+        """'best val mIoU student 61.20 (epoch 7), ema 60.85 (epoch 9)': each the maximum over epochs."""
+        def one(which: str) -> str:
+            b = self.best[which]
+            return f"{which} -" if b["miou"] is None else f"{which} {b['miou']:.2f} (epoch {b['epoch']})"
+        return "best val mIoU " + ", ".join(one(w) for w in self.best)
 
     def train_epoch(self, epoch: int, start: int) -> bool:
         """Train from iteration `start` of `epoch` to its end; False if stopped by SIGTERM."""
         cfg = self.cfg
         for loader in self.loaders:
             loader.sampler.set_epoch(epoch)
-            loader.sampler.set_start(start * cfg.train.batch_size)
+            loader.sampler.set_start(start * self.batch_size)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         tick, ticked_at = time.perf_counter(), self.iteration
@@ -345,7 +394,7 @@ class Trainer:
         self.check_finite()
         steps = self.iteration - ticked_at
         now = time.perf_counter()
-        per_step = self.cfg.train.batch_size * len(self.loaders) * self.info.world_size
+        per_step = self.batch_size * len(self.loaders) * self.info.world_size
         scalars = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
         scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
         scalars["train/images_per_s"] = per_step * steps / max(now - tick, 1e-9)
@@ -362,28 +411,42 @@ class Trainer:
     def evaluate_and_log(self, epoch: int) -> None:
         """Score student and EMA on val.txt; log per-class IoU; keep best.pth by train.best_by."""
         cfg, names = self.cfg, DATASETS[self.cfg.dataset.name].class_names
-        scores = {}
+        scores: dict[str, float] = {}
         for which, model in (("student", self.model), ("ema", self.ema)):
             result = evaluate(model, self.val_loader, cfg, self.device, self.info,
                               max_visualize=cfg.eval.num_visualize)
             scores[which] = result["miou"] or 0.0
-            ious = ", ".join(f"{n} {'-' if v is None else f'{100 * v:.1f}'}" for n, v in zip(names, result["iou"]))
-            self.log.info(f"epoch {epoch + 1} {which}: mIoU {100 * scores[which]:.2f} | {ious}")
+            ious = ", ".join(f"{n} {'-' if v is None else f'{v:.1f}'}" for n, v in zip(names, result["iou"]))
+            self.log.info(f"epoch {epoch + 1} {which}: mIoU {scores[which]:.2f} over classes "
+                          f"{result['classes_in_mean']} | {ious}")
             if self.writer:
-                self.writer.add_scalar(f"val/{which}_miou", scores[which], self.iteration)
-                for n, v in zip(names, result["iou"]):
-                    if v is not None:
-                        self.writer.add_scalar(f"val_iou_{which}/{n}", v, self.iteration)
-                palette = DATASETS[cfg.dataset.name].palette
-                for i, s in enumerate(result["samples"]):
-                    panel = sample_panel(s["img"], s["mask"], s["pred"], palette)
-                    self.writer.add_image(f"val_{which}/{i}_{s['name']}", panel, self.iteration, dataformats="HWC")
+                self.write_eval_to_tensorboard(which, result, scores[which])
         self.model.train()
+        self.history.append({"epoch": epoch + 1, **scores})
+        improved = {w: self.best[w]["miou"] is None or scores[w] >= self.best[w]["miou"] for w in scores}
+        for which, better in improved.items():
+            # Ties go to the later epoch, as in the reference (is_best = mIoU >= previous_best).
+            if better:
+                self.best[which] = {"miou": scores[which], "epoch": epoch + 1}
+        if self.writer:
+            for which in scores:
+                self.writer.add_scalar(f"val/best_{which}_miou", self.best[which]["miou"], self.iteration)
         key = cfg.train.best_by
-        if scores[key] > self.best[key] or self.best["epoch"] < 0:
-            self.best = {**scores, "epoch": epoch + 1}
+        if improved[key]:
             self.save("best.pth", epoch + 1)
-            self.log.info(f"new best {key} mIoU {100 * scores[key]:.2f}: saved {cfg.run_dir / 'best.pth'}")
+            self.log.info(f"new best {key} mIoU {scores[key]:.2f}: saved {cfg.run_dir / 'best.pth'}")
+        self.log.info(self.describe_best())
+
+    def write_eval_to_tensorboard(self, which: str, result: dict[str, Any], miou: float) -> None:
+        names, palette = DATASETS[self.cfg.dataset.name].class_names, DATASETS[self.cfg.dataset.name].palette
+        assert self.writer is not None
+        self.writer.add_scalar(f"val/{which}_miou", miou, self.iteration)
+        for n, v in zip(names, result["iou"]):
+            if v is not None:
+                self.writer.add_scalar(f"val_iou_{which}/{n}", v, self.iteration)
+        for i, s in enumerate(result["samples"]):
+            panel = sample_panel(s["img"], s["mask"], s["pred"], palette)
+            self.writer.add_image(f"val_{which}/{i}_{s['name']}", panel, self.iteration, dataformats="HWC")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,8 +34,12 @@ from util.errors import DataError, WeightsError  # noqa: E402
 from util.visualize import plot_confusion_matrix  # noqa: E402
 
 
-def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str, device: torch.device) -> torch.nn.Module:
-    """The segmenter of `cfg` with the `which` ('student' | 'ema') weights of `checkpoint`, in eval mode."""
+def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
+               device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The segmenter of `cfg` with the `which` weights of `checkpoint` in eval mode, and which they were.
+
+    `which` is 'student', 'ema', or None for the weights the checkpoint was selected by (train.best_by).
+    """
     if not Path(checkpoint).is_file():
         raise WeightsError(f"checkpoint not found: {checkpoint}")
     from model.convert import load_segmenter_weights
@@ -44,8 +48,8 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str, device: t
     # The checkpoint holds every weight: the DINOv2 file named by model.pretrained is not read.
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
     model = build_segmenter(cfg)
-    load_segmenter_weights(model, checkpoint, which)
-    return model.to(device).eval()
+    which = load_segmenter_weights(model, checkpoint, which)
+    return model.to(device).eval(), which
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -63,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("original", "sliding_window"), help="eval.mode")
     parser.add_argument("--window", type=int, help="eval.window: sliding window size (multiple of 14)")
     parser.add_argument("--stride", type=int, help="eval.stride: sliding window stride")
-    parser.add_argument("--weights", choices=("student", "ema"), help="eval.weights: which weights to score")
+    parser.add_argument("--weights", choices=("student", "ema"),
+                        help="eval.weights: which weights to score (default: those best.pth was selected by)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: images or windows per forward")
     parser.add_argument("--out", help="output folder (default: <checkpoint dir>/eval_<split>_<mode>_<weights>)")
     return parser.parse_intermixed_args(argv)
@@ -75,7 +80,7 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
     names = DATASETS[cfg.dataset.name].class_names
     per_class = {name: {"iou": result["iou"][c], "f1": result["f1"][c], "included": result["included"][c]}
                  for c, name in enumerate(names)}
-    summary = {**report, "classes": per_class,
+    summary = {"unit": "percent", **report, "classes": per_class, "classes_in_mean": result["classes_in_mean"],
                **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
     title = f"# {report['checkpoint']} ({report['split']}, {report['mode']}, {report['weights']})"
     tmp = {name: out / f".{name}.tmp" for name in ("metrics.json", "metrics.md", "confusion_matrix.png")}
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dist_info = init_distributed()
     try:
-        model = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        model, weights = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
         from dataset.semi import SemiDataset
 
         dataset = SemiDataset(cfg, args.split, split_file)
@@ -106,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if dist_info.is_main:
             mode = cfg.eval.mode
             out = Path(args.out) if args.out else (
-                Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{mode}_{cfg.eval.weights}")
+                Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{mode}_{weights}")
             report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
-                      "window": window, "stride": stride, "weights": cfg.eval.weights, "images": len(dataset),
+                      "window": window, "stride": stride, "weights": weights, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}
             write_outputs(out, result, cfg, report)
             print(metrics_table(result, DATASETS[cfg.dataset.name].class_names))

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("original", "sliding_window"), default="sliding_window")
     parser.add_argument("--window", type=int, help="eval.window: sliding window size (multiple of 14)")
     parser.add_argument("--stride", type=int, help="eval.stride: sliding window stride")
-    parser.add_argument("--weights", choices=("student", "ema"), help="eval.weights: which weights to use")
+    parser.add_argument("--weights", choices=("student", "ema"),
+                        help="eval.weights: which weights to use (default: those the checkpoint was selected by)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: windows per forward")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the mask in the overlay")
     args = parser.parse_intermixed_args(argv)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, [f"{k}={v}" for k, v in flags.items() if v is not None])
     paths = collect_inputs(inputs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
+    model, _ = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
     predict_files(model, paths, Path(args.out), cfg, device, args.mode, args.alpha)
     print(f"{len(paths)} image(s) written to {args.out}")
     return 0

@@ -111,10 +111,16 @@ def _describe(state: dict[str, torch.Tensor], model: Segmenter, path: Path) -> s
 
 
 def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
-                           which: Literal["student", "ema"] = "student") -> None:
-    """Load the student or EMA weights of our checkpoint or the authors' (latest.pth / best.pth) into `model`."""
+                           which: Literal["student", "ema"] | None = None) -> str:
+    """Load the student or EMA weights of our checkpoint or the authors' (latest.pth / best.pth) into `model`.
+
+    `which` None takes the weights the checkpoint was selected by (its `selected_by`, written from
+    train.best_by), or the student where it does not say (the authors' files). Returns the weights loaded.
+    """
     path = require_file(path, "checkpoint")
     ckpt = read_checkpoint(path)
+    if which is None:
+        which = "ema" if ckpt.get("selected_by") == "ema" else "student"
     entry = "model" if which == "student" else "model_ema"
     state = ckpt.get(entry)
     if not isinstance(state, dict):
@@ -128,3 +134,4 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
     if problem:
         raise WeightsError(problem)
     model.load_state_dict(state, strict=True)
+    return which

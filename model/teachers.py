@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -134,22 +133,29 @@ def freeze(module: nn.Module) -> nn.Module:
 class Teachers:
     """The frozen teachers: called on the student's batch, returns {'dino': (B, h*w, Dd), 'clip': (B, n, Dc)}."""
 
-    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: str) -> None:
+    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: dict[str, str]) -> None:
         self.models = {name: freeze(m).to(device) for name, m in models.items()}
         self.device = torch.device(device)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         # Reduced precision only on a GPU: CPU autocast is slow and the tests want exact fp32.
-        self.autocast_dtype = dtype if self.device.type == "cuda" else None
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+        self.autocast_dtype = {name: dtypes[precision[name]] if self.device.type == "cuda" else None
+                               for name in models}
 
     def modules(self) -> list[nn.Module]:
         """The teacher networks (for switches such as attention kernels)."""
         return list(self.models.values())
 
+    def _precision(self, name: str) -> torch.autocast:
+        # Explicit either way: a teacher asked for fp32 must not inherit the training step's bf16 autocast.
+        dtype = self.autocast_dtype[name]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            raw = {name: model(img) for name, model in self.models.items()}
+        raw = {}
+        with torch.inference_mode():
+            for name, model in self.models.items():
+                with self._precision(name):
+                    raw[name] = model(img)
         # Copies made outside inference mode are ordinary tensors, so the loss may save them for backward.
         return {name: t.to(torch.float32, copy=True) for name, t in raw.items()}
 
@@ -168,4 +174,5 @@ def build_teachers(cfg: Config, device: torch.device | str) -> Teachers | None:
         if t.clip.weights is not None:
             load_clip_weights(clip.visual, t.clip.weights, "teachers.clip.weights", t.clip.arch)
         models["clip"] = clip
-    return Teachers(models, torch.device(device), t.precision) if models else None
+    precision = {"dino": t.dino.precision, "clip": t.clip.precision}
+    return Teachers(models, torch.device(device), precision) if models else None

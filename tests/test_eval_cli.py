@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array(DATASETS["loveda"].palette, dtype=np.uint8)
 
 
-def stub_model(cfg=None, checkpoint=None, which=None, device=None) -> torch.nn.Module:
+def stub_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(0)
-    return torch.nn.Conv2d(3, 7, 1).to(device).eval()
+    return torch.nn.Conv2d(3, 7, 1).to(device).eval(), which or "student"
 
 
 def write_config(tmp_path: Path) -> Path:

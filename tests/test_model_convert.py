@@ -93,6 +93,19 @@ def test_our_checkpoint_loads_student_and_ema(tmp_path, trained):
     assert all(torch.equal(v, ema[k]) for k, v in loaded.state_dict().items())
 
 
+def test_without_a_choice_the_weights_the_checkpoint_was_selected_by_are_loaded(tmp_path, trained):
+    model, ema = trained
+    for selected_by, expected in (("ema", ema), ("student", model.state_dict()), (None, model.state_dict())):
+        path = tmp_path / f"best_{selected_by}.pth"
+        ckpt = {"model": model.state_dict(), "model_ema": ema, "config": tiny_cfg().to_dict()}
+        if selected_by:
+            ckpt["selected_by"] = selected_by
+        torch.save(ckpt, path)
+        loaded = fresh()
+        assert load_segmenter_weights(loaded, path) == (selected_by or "student")
+        assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
 def test_unknown_authors_key_is_an_error(trained):
     state = authors_checkpoint(trained[0].state_dict(), trained[1])["model"]
     state["module.head.scratch.stem_transpose.weight"] = torch.zeros(1)

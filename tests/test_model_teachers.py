@@ -22,7 +22,7 @@ def tiny_cfg(**sections) -> Config:
     """A tiny RS-MTDF config with random weights everywhere; `sections` update the defaults one level deep."""
     raw = {"model": {"backbone": "tiny", "pretrained": None},
            "teachers": {"dino": {"arch": "tiny", "weights": None},
-                        "clip": {"arch": "tiny", "weights": None, "input_size": 28}, "precision": "fp32"},
+                        "clip": {"arch": "tiny", "weights": None, "input_size": 28}},
            "distill": {"translator_hidden": 32}}
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
@@ -200,3 +200,19 @@ def test_teachers_are_frozen_and_return_ordinary_tensors():
     assert not any(t.is_inference() or t.requires_grad for t in out.values())
     for module in teachers.modules():
         assert not module.training and not any(p.requires_grad for p in module.parameters())
+
+
+def test_teacher_precision_defaults_are_the_references_dino_fp32_clip_fp16():
+    cfg = Config()
+    assert (cfg.teachers.dino.precision, cfg.teachers.clip.precision) == ("fp32", "fp16")
+
+
+def test_an_fp32_teacher_does_not_inherit_the_training_steps_autocast():
+    """The step runs under bf16 autocast on GPUs; a teacher set to fp32 must compute in fp32 inside it."""
+    teachers = build_teachers(tiny_cfg(), "cpu")
+    img = torch.randn(2, 3, 42, 56)
+    plain = teachers(img)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = teachers(img)
+    for name in plain:
+        torch.testing.assert_close(inside[name], plain[name], atol=0, rtol=0)

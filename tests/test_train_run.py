@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -45,7 +46,60 @@ def test_every_method_trains_and_writes_a_complete_run(data, tmp_path, method):
     assert ckpt["iteration"] == 4 and ckpt["epoch"] == 1
     assert not any(k.startswith(("teacher", "dino_teacher", "clip_teacher")) for k in ckpt["model"])
     assert ckpt["config"]["train"]["method"] == method
-    assert 0.0 <= ckpt["best"]["ema"] <= 1.0
+    assert 0.0 <= ckpt["best"]["ema"]["miou"] <= 100.0 and ckpt["best"]["ema"]["epoch"] == 1
+    progress = json.loads((save / "progress.json").read_text())
+    assert progress["finished"] and progress["unit"] == "percent" and progress["best"] == ckpt["best"]
+    assert (progress["iteration"], progress["total_iters"], progress["method"]) == (4, 4, method)
+
+
+def test_reference_supervised_protocol_doubles_the_batch_and_draws_a_fixed_number_of_samples(data, tmp_path):
+    """The authors' supervised.py: batch 2 x batch_size, an epoch of supervised_epoch_samples labelled draws."""
+    save = tmp_path / "run"
+    assert run(data, save, "train.supervised_protocol=reference", "train.supervised_epoch_samples=12",
+               method="supervised", epochs=1) == 0
+    # 12 samples in batches of 2 x 2: 3 iterations (the same-iterations protocol would make 4 of 2).
+    assert load_own_checkpoint(save / "latest.pth")["iteration"] == 3
+
+
+SCRIPTED = {"student": [40.0, 50.0, 50.0], "ema": [60.0, 30.0, 20.0]}
+
+
+def test_best_checkpoint_is_the_best_student_epoch_ties_going_to_the_later_one(data, tmp_path, monkeypatch):
+    calls = []
+
+    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0):
+        which = "student" if len(calls) % 2 == 0 else "ema"
+        miou = SCRIPTED[which][len(calls) // 2]
+        calls.append(which)
+        return {"miou": miou, "iou": [miou] * 7, "classes_in_mean": list(range(7)), "samples": []}
+
+    monkeypatch.setattr(train, "evaluate", scripted_evaluate)
+    save = tmp_path / "run"
+    assert run(data, save, method="fixmatch", epochs=3) == 0
+    best = load_own_checkpoint(save / "best.pth")
+    assert best["selected_by"] == "student" and best["epoch"] == 3
+    assert best["best"] == {"student": {"miou": 50.0, "epoch": 3}, "ema": {"miou": 60.0, "epoch": 1}}
+    progress = json.loads((save / "progress.json").read_text())
+    assert progress["best"] == best["best"] and progress["selected_by"] == "student"
+    assert [h["student"] for h in progress["history"]] == SCRIPTED["student"]
+    log = (save / "train.log").read_text()
+    assert "best val mIoU student 50.00 (epoch 3), ema 60.00 (epoch 1)" in log.splitlines()[-1]
+
+
+def test_best_by_ema_keeps_the_best_ema_epoch(data, tmp_path, monkeypatch):
+    calls = []
+
+    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0):
+        which = "student" if len(calls) % 2 == 0 else "ema"
+        calls.append(which)
+        miou = SCRIPTED[which][(len(calls) - 1) // 2]
+        return {"miou": miou, "iou": [miou] * 7, "classes_in_mean": list(range(7)), "samples": []}
+
+    monkeypatch.setattr(train, "evaluate", scripted_evaluate)
+    save = tmp_path / "run"
+    assert run(data, save, "train.best_by=ema", method="fixmatch", epochs=3) == 0
+    best = load_own_checkpoint(save / "best.pth")
+    assert best["selected_by"] == "ema" and best["epoch"] == 1
 
 
 def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_labelled_list(tmp_path):

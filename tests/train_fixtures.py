@@ -47,4 +47,4 @@ def tiny_overrides(root: Path, splits: Path, save: Path, method: str = "rs_mtdf"
             "train.precision=fp32", "train.log_interval=2", "train.conf_thresh=0.5",
             f"teachers.dino.enabled={str(teachers).lower()}", f"teachers.clip.enabled={str(teachers).lower()}",
             "teachers.clip.input_size=28", "distill.translator_hidden=16", f"distill.fusion_weights={fusion}",
-            "eval.num_visualize=1", f"save_path={save}"]
+            "eval.num_visualize=1", "train.supervised_protocol=same_iterations", f"save_path={save}"]

@@ -35,6 +35,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (JSON, YAML) so that readers see the old or the new content, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"could not write {path}: {e.strerror or e}") from None
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename itself is only durable once the folder's entry is on disk.
     try:

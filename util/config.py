@@ -22,6 +22,8 @@ PATCH_SIZE = 14
 Backbone = Literal["tiny", "small", "base", "large", "giant"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 TeacherName = Literal["dino", "clip"]
+# A frozen teacher's compute precision on a GPU (on a CPU teachers always run in fp32).
+TeacherPrecision = Literal["fp16", "bf16", "fp32"]
 
 
 class Section(BaseModel):
@@ -89,6 +91,8 @@ class DinoTeacherConfig(Section):
     enabled: bool = True
     arch: Backbone = "base"
     weights: str | None = "pretrained/dinov2_base.pth"
+    # The reference runs DINOv2-B in fp32.
+    precision: TeacherPrecision = "fp32"
 
 
 class ClipTeacherConfig(Section):
@@ -98,6 +102,8 @@ class ClipTeacherConfig(Section):
     input_size: int = Field(224, gt=0)
     # The reference feeds CLIP ImageNet-normalised pixels; true re-normalises with CLIP's own mean/std.
     renormalize: bool = False
+    # The reference runs CLIP in fp16 (OpenAI's clip.load keeps fp16 weights on a GPU).
+    precision: TeacherPrecision = "fp16"
 
     @field_validator("input_size")
     @classmethod
@@ -110,8 +116,6 @@ class ClipTeacherConfig(Section):
 class TeachersConfig(Section):
     dino: DinoTeacherConfig = DinoTeacherConfig()
     clip: ClipTeacherConfig = ClipTeacherConfig()
-    # Compute precision of the frozen teachers on a GPU (the reference runs CLIP in fp16); fp32 on CPU.
-    precision: Literal["fp16", "bf16", "fp32"] = "fp16"
 
     @property
     def enabled(self) -> tuple[str, ...]:
@@ -171,7 +175,15 @@ class TrainConfig(Section):
     eval_interval: int = Field(1, gt=0)
     # Also save latest.pth every this many iterations (0: only at the end of each epoch).
     checkpoint_interval: int = Field(0, ge=0)
-    best_by: Literal["student", "ema"] = "ema"
+    # best.pth keeps the epoch of the best val mIoU of these weights (ties: the later epoch). The reference
+    # selects by the student, and its evaluation scripts load the student.
+    best_by: Literal["student", "ema"] = "student"
+    # Only for method `supervised`: `reference` trains as the authors' supervised.py (batch doubled to
+    # 2 x batch_size labelled crops, an epoch of `supervised_epoch_samples` draws from the repeated labelled
+    # list); `same_iterations` uses the semi-supervised schedule (batch_size labelled crops per step, an epoch
+    # as long as the unlabelled list), so that every method makes the same number of steps.
+    supervised_protocol: Literal["reference", "same_iterations"] = "reference"
+    supervised_epoch_samples: int = Field(3000, gt=0)
     skip_nonfinite: bool = False
     log_interval: int = Field(20, gt=0)
     compile: bool = False
@@ -233,7 +245,9 @@ class EvalConfig(Section):
     stride: int | None = Field(None, gt=0)
     # Images per forward in `original` mode; windows per forward in `sliding_window` mode.
     batch_size: int = Field(16, gt=0)
-    weights: Literal["student", "ema"] = "student"
+    # Which weights of a checkpoint to score; null: those the checkpoint was selected by (train.best_by;
+    # the student for checkpoints that do not say, such as the authors').
+    weights: Literal["student", "ema"] | None = None
     # Images with ground truth and prediction written to TensorBoard at each evaluation.
     num_visualize: int = Field(4, ge=0)
 
