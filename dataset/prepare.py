@@ -1,12 +1,16 @@
-"""Turn a raw dataset download into 512-px PNG tiles, label maps and seeded split lists (SPEC §6).
+"""Turn a raw dataset download into 512-px PNG tiles and label maps, checked against the shipped split lists.
 
-    python -m dataset.prepare loveda --raw /data/LoveDA --out dataset/loveda --splits splits/loveda
-    python -m dataset.prepare potsdam --raw /data/Potsdam [--tile 512] [--workers 8] [--seed 0]
+    python -m dataset.prepare loveda --raw /data/LoveDA [--out dataset/loveda]
+    python -m dataset.prepare potsdam --raw /data/Potsdam [--workers 8]
     python -m dataset.prepare deepglobe --raw /data/DeepGlobe [--overwrite]
+    python -m dataset.prepare potsdam --raw /data/Potsdam --resplit --seed 1 --splits my_splits/potsdam
 
 Output: <out>/images/<name>.png (RGB) and <out>/masks/<name>.png (class index, 255 = ignore) - for LoveDA
-under <out>/train/ and <out>/val/ after its official split - split lists under --splits (paths relative to
-<out>), and <out>/prepare_summary.json. Raw files are found anywhere under --raw, so nested archive
+under <out>/train/ and <out>/val/ after its official split - and <out>/prepare_summary.json. The split
+lists ship with the code in splits/<dataset> (Potsdam and DeepGlobe: the authors' published lists, tile for
+tile; LoveDA: seeded lists from the official file names); prepare checks that every tile they name was
+written. `--resplit` instead writes new seeded lists of the tiles present into --splits (own data, other
+seeds). Raw files are found anywhere under --raw, so nested archive
 layouts (2_Ortho_RGB/2_Ortho_RGB/...) work. One worker handles one raw image at a time and cuts it crop by
 crop, so memory stays bounded (peak 0.35 GB per worker on a 6000x6000 Potsdam tile). A re-run skips raw
 images whose crops all exist; a raw image that fails is named in the summary and no split list is written.
@@ -30,7 +34,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset.info import DATASETS, IGNORE_INDEX
-from dataset.splits import Splits, deepglobe_splits, loveda_splits, potsdam_splits, write_splits
+from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, loveda_splits, missing_tiles,
+                            potsdam_splits, write_splits)
 from util.cli import run_main
 from util.errors import DataError
 
@@ -282,10 +287,17 @@ def _run_jobs(jobs: list[Job], out: Path, tile: int, overwrite: bool, workers: i
 
 
 def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0, workers: int = 1,
-            overwrite: bool = False, tile: int = 512) -> dict:
-    """Cut every raw image, write the split lists and <out>/prepare_summary.json; returns the summary."""
+            overwrite: bool = False, tile: int = 512, resplit: bool = False) -> dict:
+    """Cut every raw image and write <out>/prepare_summary.json; returns the summary.
+
+    Without `resplit` the lists in `splits_dir` (the shipped ones) are checked: every tile they name must now
+    exist under `out`. With `resplit`, new seeded lists of the tiles present are written into `splits_dir`.
+    """
     if not raw.is_dir():
         raise DataError(f"raw dataset folder not found: {raw}")
+    if not resplit and not (splits_dir / "val.txt").is_file():
+        raise DataError(f"no split lists in {splits_dir} to check the tiles against; pass --resplit to write "
+                        f"new ones there")
     started = time.perf_counter()
     jobs = FINDERS[dataset](raw)
     for folder in {job.folder for job in jobs}:
@@ -304,12 +316,15 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
                          "ignore": int(histogram[IGNORE_INDEX])},
         # Potsdam: off-palette pixels mapped to the nearest colour; DeepGlobe: unmatched colours set to 255.
         "remapped_pixels": sum(r.remapped for r in results),
-        "split_counts": {},
+        "split_counts": {}, "resplit": resplit,
     }
-    if not failed:
-        lines = {name: " ".join(str(Path(r.folder, kind, f"{name}.png")) for kind in ("images", "masks"))
-                 for r in results for name in r.crops}
+    missing, first_missing = 0, None
+    if not failed and resplit:
+        lines = {name: crop_line(r.folder, name) for r in results for name in r.crops}
         summary["split_counts"] = write_splits(make_splits(dataset, results, seed), splits_dir, lines.__getitem__)
+    elif not failed:
+        missing, first_missing = missing_tiles(splits_dir, out)
+        summary["missing_listed_files"] = missing
     summary["seconds"] = round(time.perf_counter() - started, 1)
     tmp = out / "prepare_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -317,6 +332,9 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
     if failed:
         raise DataError(f"{len(failed)} of {len(jobs)} raw images failed (first: {failed[0].name}: "
                         f"{failed[0].error}); no split lists written; all listed in {out / 'prepare_summary.json'}")
+    if missing:
+        raise DataError(f"{missing} files named by the split lists in {splits_dir} are missing, first {first_missing}; "
+                        f"is --raw the complete download? (--resplit makes new lists of the tiles present)")
     return summary
 
 
@@ -333,6 +351,8 @@ def print_summary(summary: dict) -> None:
               f"({'mapped to the nearest' if summary['dataset'] == 'potsdam' else 'set to ignore'})")
     for rel, count in summary["split_counts"].items():
         print(f"  {summary['splits']}/{rel}: {count}")
+    if not summary["resplit"]:
+        print(f"  every tile named by the split lists in {summary['splits']} is present")
 
 
 def main() -> int:
@@ -342,16 +362,23 @@ def main() -> int:
     parser.add_argument("dataset", choices=sorted(FINDERS))
     parser.add_argument("--raw", type=Path, required=True, help="folder of the raw download (archives unpacked)")
     parser.add_argument("--out", type=Path, help="tile folder (default dataset/<dataset>)")
-    parser.add_argument("--splits", type=Path, help="split-list folder (default splits/<dataset>)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffles")
+    parser.add_argument("--splits", type=Path,
+                        help="split lists to check the tiles against (default: the shipped splits/<dataset>); "
+                             "with --resplit, the folder to write new lists into")
+    parser.add_argument("--resplit", action="store_true",
+                        help="write new seeded lists of the tiles present instead of checking the shipped ones")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffles (with --resplit)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--overwrite", action="store_true", help="rewrite crops that already exist")
     parser.add_argument("--tile", type=int, default=512, help="crop size for potsdam/deepglobe (LoveDA: quadrants)")
     args = parser.parse_args()
     if args.tile <= 0:
         parser.error("--tile must be positive")
+    if args.resplit and args.splits is None:
+        parser.error("--resplit needs --splits DIR: the shipped splits/ lists are not overwritten")
     summary = prepare(args.dataset, args.raw, args.out or Path("dataset", args.dataset),
-                      args.splits or Path("splits", args.dataset), args.seed, args.workers, args.overwrite, args.tile)
+                      args.splits or SHIPPED / args.dataset, args.seed, args.workers, args.overwrite, args.tile,
+                      args.resplit)
     print_summary(summary)
     return 0
 

@@ -14,6 +14,7 @@ never changes the real counts.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -88,6 +89,91 @@ def deepglobe_splits(crops: Iterable[str], seed: int) -> Splits:
     return ratio_splits(crops, seed, PERCENTS + ("100",))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The lists shipped in splits/: the authors' published Potsdam and DeepGlobe lists, and LoveDA's seeded lists
+
+SHIPPED = Path(__file__).resolve().parents[1] / "splits"
+
+# LoveDA's image ids are contiguous integers per folder. Train: Rural 0-1365, Urban 1366-2521 (the dataset's
+# own counts, 1,366 + 1,156). Val: Rural 2522-3513, Urban 3514-4190 (992 + 677 images; rural before urban as
+# in Train, consistent with every Val path seen in public code). If a download disagrees, prepare reports the
+# first missing tile and `--resplit` makes lists from the files present.
+LOVEDA_IDS = {("train", "rural"): range(0, 1366), ("train", "urban"): range(1366, 2522),
+              ("val", "rural"): range(2522, 3514), ("val", "urban"): range(3514, 4191)}
+
+
+def crop_line(folder: str, name: str) -> str:
+    """The split-list line of crop `name` as dataset.prepare writes it: '<folder>/images/<name>.png <...masks...>'."""
+    return " ".join(str(Path(folder, kind, f"{name}.png")) for kind in ("images", "masks"))
+
+
+def loveda_crop_names(ids: Mapping[tuple[str, str], range] = LOVEDA_IDS) -> dict[str, list[str]]:
+    """LoveDA's quadrant names per split group ('train_rural', 'train_urban', 'val'), as dataset.prepare names them."""
+    groups: dict[str, list[str]] = {"train_rural": [], "train_urban": [], "val": []}
+    for (split, domain), id_range in ids.items():
+        group = f"train_{domain}" if split == "train" else "val"
+        groups[group] += [f"{split}_{domain}_{i}_{q}" for i in id_range for q in range(1, 5)]
+    return groups
+
+
+def loveda_published_splits(seed: int = 0) -> Splits:
+    """The LoveDA lists shipped in splits/loveda: the seeded procedure over the official file names alone."""
+    groups = loveda_crop_names()
+    return loveda_splits(groups["train_rural"], groups["train_urban"], groups["val"], seed)
+
+
+def reference_crop_name(dataset: str, image_path: str) -> str:
+    """The crop name dataset.prepare gives to a tile of the authors' published lists.
+
+    Potsdam 'image/top_potsdam_2_10_7_RGB.tif' -> 'top_potsdam_2_10_7'; DeepGlobe
+    'data_cropped/100694_sat_3.jpg' -> '100694_3'. Both number crops 1-based, row-major, as prepare does.
+    """
+    stem = Path(image_path).stem
+    if dataset == "potsdam" and stem.startswith("top_potsdam_") and stem.endswith("_RGB"):
+        return stem.removesuffix("_RGB")
+    if dataset == "deepglobe" and "_sat_" in stem:
+        image_id, _, k = stem.rpartition("_sat_")
+        return f"{image_id}_{k}"
+    raise ValueError(f"{image_path}: not a {dataset} tile name of the published lists")
+
+
+def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
+    """The authors' published lists under `folder` (<percent>/{labeled,unlabeled}.txt, val.txt, test.txt)."""
+    folder = Path(folder)
+
+    def names(path: Path) -> list[str]:
+        return sorted(reference_crop_name(dataset, line.split()[0]) for line in path.read_text().splitlines()
+                      if line.strip())
+
+    percents = sorted((p.name for p in folder.iterdir() if (p / "labeled.txt").is_file()), key=int)
+    return Splits(labeled={p: names(folder / p / "labeled.txt") for p in percents},
+                  unlabeled={p: names(folder / p / "unlabeled.txt") for p in percents},
+                  val=names(folder / "val.txt"), test=names(folder / "test.txt"))
+
+
+def list_files(splits_dir: str | os.PathLike) -> list[Path]:
+    """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
+    splits_dir = Path(splits_dir)
+    return sorted([*splits_dir.glob("*/labeled.txt"), *splits_dir.glob("*/unlabeled.txt"),
+                   *(splits_dir / n for n in ("val.txt", "test.txt") if (splits_dir / n).is_file())])
+
+
+def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
+    """How many files named by the lists under `splits_dir` are absent from `root`, and the first one (file:line)."""
+    root, count, first = Path(root), 0, None
+    seen: set[str] = set()
+    for path in list_files(splits_dir):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            for rel in line.split():
+                if rel in seen:
+                    continue
+                seen.add(rel)
+                if not (root / rel).is_file():
+                    count += 1
+                    first = first or f"{root / rel} (listed in {path}:{number})"
+    return count, first
+
+
 def _write_atomic(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -107,3 +193,29 @@ def write_splits(splits: Splits, out_dir: str | os.PathLike, line: Callable[[str
         _write_atomic(out_dir / rel, [line(n) for n in names])
         counts[rel] = len(names)
     return counts
+
+
+def write_published_splits(reference_dir: str | os.PathLike, out: str | os.PathLike = SHIPPED) -> dict[str, dict]:
+    """Write splits/{potsdam,deepglobe} from the authors' published lists and splits/loveda from LoveDA's names."""
+    reference_dir, out = Path(reference_dir), Path(out)
+    counts = {name: write_splits(read_reference_splits(name, reference_dir / name), out / name,
+                                 lambda crop: crop_line("", crop)) for name in ("potsdam", "deepglobe")}
+    counts["loveda"] = write_splits(loveda_published_splits(), out / "loveda",
+                                    lambda crop: crop_line(crop.split("_")[0], crop))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Maintainers: regenerate the shipped splits/ folder (users never need this; prepare checks against it)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--reference", type=Path, required=True,
+                        help="folder of the authors' published lists, holding potsdam/ and deepglobe/")
+    parser.add_argument("--out", type=Path, default=SHIPPED, help="where to write (default: the repository's splits/)")
+    args = parser.parse_args(argv)
+    for dataset, counts in write_published_splits(args.reference, args.out).items():
+        print(dataset, counts)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

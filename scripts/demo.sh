@@ -12,7 +12,7 @@ RUN=${RUN:-exp/demo}
 
 if [ ! -f dataset/synthetic/splits/val.txt ]; then
     python -m dataset.synthetic --dataset loveda --out "$RAW" --size 256 --count 24 --seed 0
-    python -m dataset.prepare loveda --raw "$RAW" --out dataset/synthetic/loveda --splits dataset/synthetic/splits \
+    python -m dataset.prepare loveda --raw "$RAW" --out dataset/synthetic/loveda --splits dataset/synthetic/splits --resplit \
         --tile 128
 fi
 

@@ -572,7 +572,7 @@ def _(env: Env):
 
 def prepare_argv(env: Env, raw: Path) -> list[str]:
     return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--splits", str(env.tmp / "splits_out"),
-            "--workers", "1"]
+            "--resplit", "--workers", "1"]
 
 
 @case("prepare-raw-folder-missing", "prepare")

@@ -39,7 +39,7 @@ def loveda_raw(tmp_path: Path) -> Path:
 
 def test_loveda_images_become_quadrants_with_shifted_labels(loveda_raw, tmp_path):
     out, splits = tmp_path / "out", tmp_path / "splits"
-    summary = prepare("loveda", loveda_raw, out, splits)
+    summary = prepare("loveda", loveda_raw, out, splits, resplit=True)
     assert summary["raw_images"] == 6 and summary["crops_written"] == 24 and not summary["failed"]
     image = np.array(Image.open(loveda_raw / "Train/Urban/images_png/2.png"))
     raw_mask = np.array(Image.open(loveda_raw / "Train/Urban/masks_png/2.png"))
@@ -52,7 +52,7 @@ def test_loveda_images_become_quadrants_with_shifted_labels(loveda_raw, tmp_path
 
 
 def test_loveda_splits_are_disjoint_nested_and_val_test_come_from_official_val(loveda_raw, tmp_path):
-    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits", resplit=True)
     s = split_names(tmp_path / "splits", "10")
     # One quadrant per domain (a share is at least one tile).
     assert sorted(n.split("_")[1] for n in s["labeled"]) == ["rural", "urban"]
@@ -63,7 +63,7 @@ def test_loveda_splits_are_disjoint_nested_and_val_test_come_from_official_val(l
 
 
 def test_prepared_loveda_reads_through_the_dataset(loveda_raw, tmp_path):
-    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+    prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits", resplit=True)
     cfg = Config()
     cfg.dataset.root, cfg.dataset.crop_size = str(tmp_path / "out"), 14
     item = SemiDataset(cfg, "val", tmp_path / "splits" / "val.txt")[0]
@@ -74,19 +74,19 @@ def test_prepared_loveda_reads_through_the_dataset(loveda_raw, tmp_path):
 
 def test_rerun_skips_existing_crops_and_writes_identical_splits(loveda_raw, tmp_path):
     out = tmp_path / "out"
-    prepare("loveda", loveda_raw, out, tmp_path / "a", seed=3)
-    again = prepare("loveda", loveda_raw, out, tmp_path / "b", seed=3)
+    prepare("loveda", loveda_raw, out, tmp_path / "a", seed=3, resplit=True)
+    again = prepare("loveda", loveda_raw, out, tmp_path / "b", seed=3, resplit=True)
     assert again["crops_written"] == 0 and again["crops_skipped"] == 24
     for rel in ("val.txt", "test.txt", "1/labeled.txt", "10/unlabeled.txt"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
-    assert prepare("loveda", loveda_raw, out, tmp_path / "c", overwrite=True)["crops_written"] == 24
+    assert prepare("loveda", loveda_raw, out, tmp_path / "c", overwrite=True, resplit=True)["crops_written"] == 24
     assert not list(out.rglob("*.tmp"))
 
 
 def test_a_broken_raw_image_is_reported_and_no_splits_are_written(loveda_raw, tmp_path):
     (loveda_raw / "Train/Rural/images_png/1.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="1 of 6 raw images failed .*train_rural_1"):
-        prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits")
+        prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits", resplit=True)
     summary = json.loads((tmp_path / "out" / "prepare_summary.json").read_text())
     assert [f["name"] for f in summary["failed"]] == ["train_rural_1"] and summary["crops_written"] == 20
     assert not (tmp_path / "splits").exists()
@@ -99,7 +99,7 @@ def test_potsdam_grid_pads_edges_with_ignore_and_maps_off_palette_colours(tmp_pa
     colours = np.array(Image.open(label_file))
     palette = np.array(DATASETS["potsdam"].palette)
     off_palette = int((~(colours[:, :, None, :] == palette).all(-1).any(-1)).sum())
-    summary = prepare("potsdam", raw, tmp_path / "out", tmp_path / "splits", tile=16)
+    summary = prepare("potsdam", raw, tmp_path / "out", tmp_path / "splits", tile=16, resplit=True)
     assert summary["crops_written"] == 18  # ceil(40/16)^2 per tile, numbered row-major from 1
     last = np.array(Image.open(tmp_path / "out/masks/top_potsdam_2_10_9.png"))
     image = np.array(Image.open(tmp_path / "out/images/top_potsdam_2_10_9.png"))
@@ -121,7 +121,7 @@ def test_deepglobe_thresholds_impure_colours_before_matching(tmp_path):
     Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(raw / "7_sat.jpg")
     Image.fromarray(mask).save(raw / "7_mask.png")
     Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(raw / "8_sat.jpg")  # a test image: no mask
-    summary = prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=16)
+    summary = prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=16, resplit=True)
     assert summary["raw_images"] == 1 and summary["crops_written"] == 4
     labels = np.array(Image.open(tmp_path / "out/masks/7_1.png"))
     assert (labels[:12] == 2).all() and (labels[12:, :12] == 1).all() and (labels[12:, 12:] == 255).all()
@@ -131,7 +131,7 @@ def test_deepglobe_thresholds_impure_colours_before_matching(tmp_path):
 
 def test_synthetic_deepglobe_prepares_with_every_class_learnable_from_colour(tmp_path):
     write_deepglobe(tmp_path / "raw", np.random.default_rng(0), size=96, count=1)
-    prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=48)
+    prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=48, resplit=True)
     img = np.concatenate([np.array(Image.open(p)).reshape(-1, 3) for p in sorted((tmp_path / "out/images").glob("*"))])
     lab = np.concatenate([np.array(Image.open(p)).ravel() for p in sorted((tmp_path / "out/masks").glob("*"))])
     means = {c: img[lab == c].mean(0) for c in np.unique(lab) if c != 255 and (lab == c).sum() > 50}
@@ -145,7 +145,7 @@ def test_duplicate_raw_tiles_are_an_error(tmp_path):
     write_potsdam(tmp_path / "raw/a", np.random.default_rng(0), size=20, count=1)
     write_potsdam(tmp_path / "raw/b", np.random.default_rng(0), size=20, count=1)
     with pytest.raises(DataError, match="appears twice"):
-        prepare("potsdam", tmp_path / "raw", tmp_path / "out", tmp_path / "splits")
+        prepare("potsdam", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", resplit=True)
 
 
 def test_command_line_synthetic_then_prepare_with_workers(tmp_path):
@@ -153,8 +153,31 @@ def test_command_line_synthetic_then_prepare_with_workers(tmp_path):
     made = run("dataset.synthetic", "--out", str(tmp_path / "raw"), "--size", "32", "--count", "1")
     assert made.returncode == 0, made.stderr
     done = run("dataset.prepare", "loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
-               "--splits", str(tmp_path / "splits"), "--workers", "2")
+               "--splits", str(tmp_path / "splits"), "--resplit", "--workers", "2")
     assert done.returncode == 0, done.stderr
     assert "16 crops written" in done.stdout and len(lines(tmp_path / "splits" / "val.txt")) == 4
     missing = run("dataset.prepare", "potsdam", "--raw", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and missing.stderr.startswith("error: raw dataset folder not found")
+
+
+def test_without_resplit_the_lists_are_checked_and_a_missing_tile_is_named_with_the_count(loveda_raw, tmp_path):
+    made = tmp_path / "made"
+    prepare("loveda", loveda_raw, tmp_path / "out", made, resplit=True)
+    # A second preparation into another folder checks against those lists and writes none itself.
+    summary = prepare("loveda", loveda_raw, tmp_path / "again", made)
+    assert summary["missing_listed_files"] == 0 and summary["split_counts"] == {}
+    (made / "val.txt").write_text((made / "val.txt").read_text() + "val/images/val_rural_9999_1.png "
+                                  "val/masks/val_rural_9999_1.png\n")
+    with pytest.raises(DataError, match=r"^2 files named by the split lists .* missing, first .*val_rural_9999_1.png"):
+        prepare("loveda", loveda_raw, tmp_path / "again", made)
+
+
+def test_without_resplit_a_folder_without_lists_is_an_error(loveda_raw, tmp_path):
+    with pytest.raises(DataError, match="no split lists in .*--resplit"):
+        prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "nothing")
+
+
+def test_resplit_on_the_command_line_needs_its_own_splits_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(tmp_path), "--resplit"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--resplit needs --splits DIR" in done.stderr

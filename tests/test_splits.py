@@ -1,8 +1,13 @@
 """dataset/splits.py: the counts of SPEC §6 on real-size name lists, nesting, disjointness, reproducibility."""
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
-from dataset.splits import Splits, deepglobe_splits, loveda_splits, potsdam_splits, share, write_splits
+from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, list_files, loveda_crop_names,
+                            loveda_published_splits, loveda_splits, potsdam_splits, reference_crop_name, share,
+                            write_splits)
 
 
 def quadrants(prefix: str, images: int) -> list[str]:
@@ -85,3 +90,71 @@ def test_written_lists_are_byte_identical_for_the_same_seed(tmp_path):
 
 def test_share_floors_but_keeps_at_least_one_tile():
     assert share(1, 5464) == 54 and share(10, 12045) == 1204 and share(1, 8) == 1 and share(5, 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The lists shipped in splits/
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-splits"
+# sha256 over each shipped list's relative path and bytes: pins the published membership where ../shared (the
+# authors' lists) is not at hand, and LoveDA's seeded lists everywhere.
+SHIPPED_DIGESTS = {
+    "potsdam": "e1e13803646bd4be1faa9c4b75d16f8076edfc1353bc281c0f234028062a8c5a",
+    "deepglobe": "3335767b1bc21add2238f00d96402a4aa4bae13347cdec009f010ded7d86aca4",
+    "loveda": "5b0d3963520ebdc2ce11558656f5c03708c5db9d81af14812eda8c441c428413",
+}
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in list_files(folder):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def crop_names(path: Path) -> set[str]:
+    return {Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()}
+
+
+@pytest.mark.parametrize("dataset", sorted(SHIPPED_DIGESTS))
+def test_shipped_lists_are_the_pinned_ones(dataset):
+    assert digest(SHIPPED / dataset) == SHIPPED_DIGESTS[dataset]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="the authors' published lists (../shared) are not at hand")
+@pytest.mark.parametrize("dataset", ["potsdam", "deepglobe"])
+def test_shipped_potsdam_and_deepglobe_lists_hold_exactly_the_published_tiles(dataset):
+    published = sorted(p.relative_to(REFERENCE / dataset) for p in (REFERENCE / dataset).rglob("*.txt"))
+    assert published == [f.relative_to(SHIPPED / dataset) for f in list_files(SHIPPED / dataset)]
+    for rel in published:
+        theirs = {reference_crop_name(dataset, line.split()[0])
+                  for line in (REFERENCE / dataset / rel).read_text().splitlines() if line.strip()}
+        assert crop_names(SHIPPED / dataset / rel) == theirs, rel
+
+
+def test_shipped_lines_are_what_prepare_writes():
+    assert (SHIPPED / "potsdam" / "val.txt").read_text().splitlines()[0] == \
+        "images/top_potsdam_2_10_107.png masks/top_potsdam_2_10_107.png"
+    assert (SHIPPED / "deepglobe" / "1" / "labeled.txt").read_text().splitlines()[0] == \
+        "images/100694_19.png masks/100694_19.png"
+    assert (SHIPPED / "deepglobe" / "100" / "unlabeled.txt").read_text() == ""
+
+
+def test_shipped_loveda_lists_regenerate_byte_for_byte_from_the_official_names(tmp_path):
+    write_splits(loveda_published_splits(), tmp_path, lambda crop: crop_line(crop.split("_")[0], crop))
+    for f in list_files(SHIPPED / "loveda"):
+        assert (tmp_path / f.relative_to(SHIPPED / "loveda")).read_bytes() == f.read_bytes(), f
+
+
+def test_loveda_official_names_are_contiguous_ids_per_folder():
+    groups = loveda_crop_names()
+    assert [len(groups[g]) // 4 for g in ("train_rural", "train_urban", "val")] == [1366, 1156, 992 + 677]
+    assert groups["train_urban"][0] == "train_urban_1366_1" and groups["val"][-1] == "val_urban_4190_4"
+    assert "val_rural_3513_4" in groups["val"] and "val_urban_3514_1" in groups["val"]
+
+
+def test_reference_names_map_to_prepare_crop_names():
+    assert reference_crop_name("potsdam", "image/top_potsdam_2_10_7_RGB.tif") == "top_potsdam_2_10_7"
+    assert reference_crop_name("deepglobe", "data_cropped/100694_sat_3.jpg") == "100694_3"
+    with pytest.raises(ValueError, match="not a potsdam tile name"):
+        reference_crop_name("potsdam", "data_cropped/100694_sat_3.jpg")
