@@ -90,20 +90,53 @@ def strong_augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) ->
     return img
 
 
+def _rand64(g: torch.Generator, n: int = 0) -> torch.Tensor:
+    """Uniform [0, 1) float64 draws: `n` of them, or one scalar tensor when n == 0."""
+    return torch.rand((n,) if n else (), dtype=torch.float64, generator=g)
+
+
+def cutmix_box_params(size: int, aug: AugmentConfig,
+                      generator: torch.Generator) -> tuple[int, int, int, int] | None:
+    """(top, left, h, w) of a random CutMix box in a (size, size) crop, or None for no box.
+
+    The reference's rule (obtain_cutmix_box of UniMatch, kept by RS-MTDF): no box when a uniform draw
+    exceeds cutmix_p; otherwise the area a is drawn uniformly in cutmix_area (a fraction of the crop), then
+    ratio r = h / w uniformly in cutmix_aspect together with a position x, y uniformly in 0 .. size - 1,
+    w = int(sqrt(a size^2 / r)), h = int(sqrt(a size^2 r)) (floored), and ratio and position are drawn again,
+    the area kept, until the box lies inside the crop. The rejection weights every ratio by the number of
+    positions its box fits at, so elongated large boxes are rarer than a ratio drawn within the range that
+    fits would make them. Attempts are drawn in growing chunks (the first that fits is taken: the same
+    distribution as one at a time), all from `generator`, so a seed always gives the same box.
+    """
+    if _rand64(generator).item() > aug.cutmix_p:
+        return None
+    area_low, area_high = aug.cutmix_area
+    area = (area_low + (area_high - area_low) * _rand64(generator).item()) * size * size  # in pixels
+    low, high = aug.cutmix_aspect
+    # int(sqrt(area * r)) <= size iff r < (size + 1)^2 / area, int(sqrt(area / r)) <= size iff
+    # r > area / (size + 1)^2: without a ratio in between, the reference would loop for ever.
+    edge = (size + 1) ** 2
+    if area > 0 and not (low < edge / area and high > area / edge):
+        raise ValueError(f"augment.cutmix_aspect {aug.cutmix_aspect}: no box of {area / size**2:.3f} of the "
+                         f"crop with such an aspect fits in a {size}x{size} crop")
+    chunk = 16
+    while True:
+        ratios = (low + (high - low) * _rand64(generator, chunk)).tolist()
+        positions = torch.randint(0, size, (chunk, 2), generator=generator).tolist()
+        for ratio, (left, top) in zip(ratios, positions):
+            w, h = int(math.sqrt(area / ratio)), int(math.sqrt(area * ratio))
+            if left + w <= size and top + h <= size:
+                return top, left, h, w
+        chunk = min(2 * chunk, 1 << 16)
+
+
 def cutmix_box(size: int, aug: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """A (size, size) long mask, 1 inside a random box (prob. cutmix_p) of the configured area and aspect."""
+    """A (size, size) long mask, 1 inside the box of `cutmix_box_params` (all 0 when there is none)."""
     box = torch.zeros(size, size, dtype=torch.long)
-    if not _chance(generator, aug.cutmix_p):
-        return box
-    area = _uniform(generator, *aug.cutmix_area)
-    # Aspect = height / width. A box must fit in the crop: h <= size needs aspect <= 1/area and
-    # w <= size needs aspect >= area; sampling within that interval equals rejecting unfit aspects.
-    low, high = max(aug.cutmix_aspect[0], area), min(aug.cutmix_aspect[1], 1 / max(area, 1e-12))
-    aspect = _uniform(generator, low, high) if low <= high else min(max(1.0, low), high)
-    box_h = min(size, max(1, round(size * math.sqrt(area * aspect))))
-    box_w = min(size, max(1, round(size * math.sqrt(area / aspect))))
-    top, left = _randint(generator, 0, size - box_h), _randint(generator, 0, size - box_w)
-    box[top:top + box_h, left:left + box_w] = 1
+    params = cutmix_box_params(size, aug, generator)
+    if params is not None:
+        top, left, h, w = params
+        box[top:top + h, left:left + w] = 1
     return box
 
 

@@ -1,7 +1,8 @@
 """Whole-image inference: class probabilities for images of any size, in `original` or `sliding_window` mode.
 
 `original` (SPEC §7, what the reference used on 512 tiles): each side resized to the nearest multiple of
-the patch size 14, one forward, logits resized back (bilinear, align_corners=True).
+the patch size 14, halves rounded up as the reference's int(side / 14 + 0.5) (511 -> 518), one forward,
+logits resized back (bilinear, align_corners=True).
 `sliding_window`: square windows of `window` pixels every `stride` pixels, the last window of a row or
 column aligned to the image border; softmax summed over the windows covering a pixel and divided by their
 number. An image smaller than the window is zero-padded (bottom/right) up to it and the padding cropped
@@ -24,8 +25,9 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_stride(window: int) -> int:
-    """2/3 of the window (SPEC §7), rounded to the nearest pixel: 518 -> 345, 512 -> 341."""
-    return max(1, round(2 * window / 3))
+    """2/3 of the window (SPEC §7), truncated as the reference's int(window * 2 / 3): 518 -> 345, 512 -> 341,
+    112 -> 74 (at least 1)."""
+    return max(1, int(window * 2 / 3))
 
 
 def resolve_window(cfg: Config) -> tuple[int, int]:
@@ -48,8 +50,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def nearest_patch_multiple(size: int) -> int:
-    """The multiple of the patch size closest to `size` (at least one patch)."""
-    return max(PATCH_SIZE, round(size / PATCH_SIZE) * PATCH_SIZE)
+    """The multiple of the patch size closest to `size`, a tie going up as the reference's
+    int(size / 14 + 0.5) does (35 -> 42, 511 -> 518); at least one patch."""
+    return max(PATCH_SIZE, int(size / PATCH_SIZE + 0.5) * PATCH_SIZE)
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

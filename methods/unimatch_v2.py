@@ -13,14 +13,16 @@ def complementary_channel_masks(batch_size: int, dim: int, channel_p: float, pai
     """Masks (B, D) for view 1 and view 2: kept channels of one are the dropped channels of the other.
 
     keep ~ Bernoulli(1 - p); view 1 gets keep / (1 - p) and view 2 (1 - keep) / p, so each view keeps the
-    expected feature scale (x2 and its complement at p = 0.5). Pairs outside a random `pair_fraction` of the
-    batch are left whole (mask 1).
+    expected feature scale (x2 and its complement at p = 0.5). A random int(B * (1 - pair_fraction)) pairs
+    are left whole (mask 1) and the other B - int(B * (1 - pair_fraction)) get the dropout, as UniMatch V2
+    counts them (its DPT.forward keeps int(B * (1 - 0.5)) of the B pairs of a process): with the default
+    0.5 an odd batch drops the larger half, e.g. 3 of 5 pairs and the single pair of a batch of 1.
     """
     keep = torch.bernoulli(torch.full((batch_size, dim), 1.0 - channel_p), generator=generator)
     mask1 = keep / max(1.0 - channel_p, 1e-6)
     mask2 = (1.0 - keep) / max(channel_p, 1e-6)
-    n_dropped = round(batch_size * pair_fraction)
-    whole = torch.randperm(batch_size, generator=generator)[n_dropped:]
+    n_whole = int(batch_size * (1.0 - pair_fraction))
+    whole = torch.randperm(batch_size, generator=generator)[:n_whole]
     mask1[whole] = 1.0
     mask2[whole] = 1.0
     return mask1, mask2

@@ -33,8 +33,10 @@ def window_mean(x):
     return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
 
 
-def test_default_stride_is_two_thirds_of_the_window_rounded():
+def test_default_stride_is_two_thirds_of_the_window_truncated_as_the_reference():
     assert default_stride(518) == 345 and default_stride(512) == 341 and default_stride(14) == 9
+    # The reference's int(window * 2 / 3): a window of 3k + 1 pixels gets 2k, not the nearest 2k + 1.
+    assert [default_stride(w) for w in (112, 448, 28, 4, 1)] == [74, 298, 18, 2, 1]
 
 
 def test_window_starts_end_flush_with_the_border():
@@ -121,6 +123,17 @@ def test_original_mode_at_a_multiple_of_14_is_exact():
 
 def test_nearest_patch_multiple():
     assert [nearest_patch_multiple(s) for s in (1, 7, 20, 21, 512, 6000)] == [14, 14, 14, 28, 518, 6006]
+
+
+def test_nearest_patch_multiple_rounds_half_patches_up_as_the_reference():
+    # int(side / 14 + 0.5) * 14: 35 = 2.5 patches -> 3 (round-half-to-even would give 2), 511 = 36.5 -> 37.
+    assert [nearest_patch_multiple(s) for s in (35, 63, 511, 34, 36)] == [42, 70, 518, 28, 42]
+
+
+def test_original_mode_feeds_the_reference_size_for_a_half_patch_side():
+    model = Recorder(pixelwise)
+    probs = predict_logits(model, torch.randn(1, 3, 35, 511), "original")
+    assert model.shapes == [(1, 3, 42, 518)] and probs.shape == (1, 3, 35, 511)
 
 
 def test_unknown_mode_is_an_error():
