@@ -32,14 +32,24 @@ def _randint(g: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (), generator=g).item())
 
 
+def rescaled_size(h: int, w: int, scale_range: tuple[float, float], g: torch.Generator) -> list[int]:
+    """[height, width] after the random rescale, drawn as the reference's `resize`.
+
+    The long side is a whole number drawn uniformly from [int(L * low), int(L * high)] (L the current long
+    side); the short side keeps the aspect ratio, rounded half up as int(x + 0.5).
+    """
+    long_side = max(1, _randint(g, int(max(h, w) * scale_range[0]), int(max(h, w) * scale_range[1])))
+    if h > w:
+        return [long_side, max(1, int(w * long_side / h + 0.5))]
+    return [max(1, int(h * long_side / w + 0.5)), long_side]
+
+
 def weak_augment(img: torch.Tensor, mask: torch.Tensor, crop_size: int, aug: AugmentConfig,
                  g: torch.Generator, mask_pad: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescale the long side, pad to the crop (image 0, mask `mask_pad`), random crop, horizontal flip."""
     image, target = tv_tensors.Image(img), tv_tensors.Mask(mask)
     h, w = image.shape[-2:]
-    factor = _uniform(g, *aug.scale_range)
-    long_side = max(1, round(max(h, w) * factor))
-    size = [max(1, round(h * long_side / max(h, w))), max(1, round(w * long_side / max(h, w)))]
+    size = rescaled_size(h, w, aug.scale_range, g)
     image = F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     # nearest-exact samples pixel centres, as the bilinear image does, so labels stay on their pixels.
     target = F.resize(target, size, interpolation=InterpolationMode.NEAREST_EXACT)

@@ -168,3 +168,17 @@ def test_normalize_uses_imagenet_statistics():
     out = normalize(img)
     assert out.dtype == torch.float32
     assert torch.allclose(out[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+
+
+def test_rescale_draws_a_whole_long_side_uniformly_between_the_truncated_bounds_as_the_reference():
+    from dataset.transforms import rescaled_size
+
+    g = torch.Generator().manual_seed(0)
+    longs = [rescaled_size(300, 511, (0.5, 2.0), g)[1] for _ in range(20000)]
+    # The reference: random.randint(int(511 * 0.5), int(511 * 2.0)) = randint(255, 1022), both ends included.
+    assert min(longs) == 255 and max(longs) == 1022
+    ends = sum(v in (255, 1022) for v in longs) / len(longs)
+    assert abs(ends - 2 / 768) < 0.0015  # rounding a uniform factor gives each end half that share
+    # The short side is rounded half up: a 2x4 image with long side 5 gets 2 * 5 / 4 = 2.5 -> 3 (round() gives 2).
+    g = torch.Generator().manual_seed(0)
+    assert rescaled_size(2, 4, (1.25, 1.25), g) == [3, 5]
