@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from util.config import PATCH_SIZE, Config
 from util.errors import ConfigError
+from util.precision import autocast_dtype  # noqa: F401 - re-exported: it lived here
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -38,15 +39,6 @@ def resolve_window(cfg: Config) -> tuple[int, int]:
         raise ConfigError(f"eval.stride: {stride} is larger than the window {window}; pixels between "
                           f"windows would get no prediction")
     return window, stride
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` (train.precision) on `device`; None means plain fp32."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def nearest_patch_multiple(size: int) -> int:
