@@ -23,8 +23,30 @@ shift 2
 
 cd "$(dirname "$0")/.."
 mkdir -p "$SAVE_PATH"
+# The console also goes to out.log. A pipeline's status is tee's, so the trainer's is passed through a file,
+# and this script exits with it.
+status_file=$(mktemp)
+log_start=0
+if [ -f "$SAVE_PATH/out.log" ]; then log_start=$(wc -l < "$SAVE_PATH/out.log"); fi
 # --max-restarts lets torchrun restart crashed workers; the trainer resumes from latest.pth by itself.
 # shellcheck disable=SC2086
-exec torchrun --nproc_per_node "$NUM_GPU" --master_port "$PORT" --max-restarts "${MAX_RESTARTS:-0}" \
-    ${TORCHRUN_ARGS:-} train.py --config "$CONFIG" --split "$SPLIT" --save-path "$SAVE_PATH" \
-    train.method="$METHOD" "$@" 2>&1 | tee -a "$SAVE_PATH/out.log"
+{
+    rc=0
+    torchrun --nproc_per_node "$NUM_GPU" --master_port "$PORT" --max-restarts "${MAX_RESTARTS:-0}" \
+        ${TORCHRUN_ARGS:-} train.py --config "$CONFIG" --split "$SPLIT" --save-path "$SAVE_PATH" \
+        train.method="$METHOD" "$@" 2>&1 || rc=$?
+    echo "$rc" > "$status_file"
+} | tee -a "$SAVE_PATH/out.log"
+status=$(cat "$status_file")
+rm -f "$status_file"
+if [ "$status" -ne 0 ]; then
+    # torchrun prints its own failure report after the trainer's one-line error: repeat that line last.
+    # torchrun reports any worker failure as 1; a one-line error of the trainer is a user error, status 2.
+    reason=$(tail -n +"$((log_start + 1))" "$SAVE_PATH/out.log" | grep '^error: ' | tail -n 1)
+    if [ -n "$reason" ]; then
+        echo "$reason" >&2
+        exit 2
+    fi
+    echo "error: training failed with exit status $status; see $SAVE_PATH/out.log" >&2
+fi
+exit "$status"
