@@ -370,14 +370,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffles (with --resplit)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--overwrite", action="store_true", help="rewrite crops that already exist")
-    parser.add_argument("--tile", type=int, default=512, help="crop size for potsdam/deepglobe (LoveDA: quadrants)")
+    parser.add_argument("--tile", type=int, help="crop size for potsdam/deepglobe (default 512; LoveDA is cut into "
+                                                   "quadrants and takes no --tile)")
     args = parser.parse_args()
-    if args.tile <= 0:
+    if args.tile is not None and args.dataset == "loveda":
+        parser.error("--tile does not apply to loveda: each image is cut into its four quadrants")
+    if args.tile is not None and args.tile <= 0:
         parser.error("--tile must be positive")
     if args.resplit and args.splits is None:
         parser.error("--resplit needs --splits DIR: the shipped splits/ lists are not overwritten")
     summary = prepare(args.dataset, args.raw, args.out or Path("dataset", args.dataset),
-                      args.splits or SHIPPED / args.dataset, args.seed, args.workers, args.overwrite, args.tile,
+                      args.splits or SHIPPED / args.dataset, args.seed, args.workers, args.overwrite, args.tile or 512,
                       args.resplit)
     print_summary(summary)
     return 0

@@ -12,8 +12,7 @@ RUN=${RUN:-exp/demo}
 
 if [ ! -f dataset/synthetic/splits/val.txt ]; then
     python -m dataset.synthetic --dataset loveda --out "$RAW" --size 256 --count 24 --seed 0
-    python -m dataset.prepare loveda --raw "$RAW" --out dataset/synthetic/loveda --splits dataset/synthetic/splits --resplit \
-        --tile 128
+    python -m dataset.prepare loveda --raw "$RAW" --out dataset/synthetic/loveda --splits dataset/synthetic/splits --resplit
 fi
 
 if [ "${NUM_PROC:-1}" -gt 1 ]; then

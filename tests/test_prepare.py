@@ -181,3 +181,9 @@ def test_resplit_on_the_command_line_needs_its_own_splits_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(tmp_path), "--resplit"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--resplit needs --splits DIR" in done.stderr
+
+
+def test_tile_is_refused_for_loveda_whose_tiles_are_its_quadrants(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(tmp_path), "--tile", "128"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--tile does not apply to loveda" in done.stderr
