@@ -1,0 +1,594 @@
+"""The learning check: data, stand-in teachers and the comparison runs of scripts/learning_check.sh.
+
+    python scripts/learning_check.py data     --work exp/learning_check   # scenes, tiles, split lists (+ 100 %)
+    python scripts/learning_check.py teachers --work exp/learning_check   # pretrain the stand-in teachers
+    python scripts/learning_check.py runs     --work exp/learning_check [--quick] [--parallel 2]
+    python scripts/learning_check.py summary  --work exp/learning_check   # table of test mIoU, teacher probes
+
+Each step skips what exists already, so a second invocation reuses the scenes and the teachers and only
+runs what is missing. See docs/learning_check.md for why the data, teachers and schedule are what they are.
+
+Teachers. Stand-ins for DINOv2-B and CLIP ViT-L/14 must *know* something the student cannot learn from a
+handful of labelled tiles: here, what every class looks like across domains (seasons, sensors, scales).
+They are tiny ViTs of the repository's own `tiny` architectures, pretrained with supervision on a large pool
+of domain-shifted scenes drawn with another seed than the train/val/test scenes (never those scenes), with
+SPEC's colour augmentation, through a linear per-token head on exactly the feature the trainer distils
+(DINO: last block after the final LayerNorm, on the 84-px crop; CLIP: last residual block before ln_post,
+on the crop resized to 42 px). The head is dropped; the encoders are saved in the official file layouts
+(DINOv2: plain state dict with DINOv2's key names and a 37 x 37 position grid; CLIP: OpenAI's `visual.*`
+names) and loaded by the trainer through model/teachers.py's normal path. Random teachers of the same
+architectures, in the same formats, are the control.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "learning_check.yaml"
+NCLASS = 7
+SCENE_SIZE = 168        # LoveDA-layout scenes; their quadrants are the 84-px tiles
+TRAIN_SCENES = 50       # per domain (Rural, Urban) of Train: 400 train tiles; Val: 25 + 25 -> 100 val + 100 test
+DATA_SEED = 0
+POOL_SEED = 1000        # the teachers' pool: another seed, so other scenes than train/val/test
+POOL_SCENES = 1000      # -> 4000 tiles; the last 10 % are held out for the linear-probe score
+CROP = 84
+CLIP_INPUT = 42
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+
+
+def make_data(work: Path) -> None:
+    """Raw scenes -> dataset.prepare (tiles, 1/5/10 % lists) -> a 100 % split (all train tiles labelled)."""
+    splits = work / "splits"
+    if (splits / "100" / "labeled.txt").is_file():
+        print(f"data: {splits} exists, kept")
+        return
+    raw = work / "raw"
+    run([sys.executable, "-m", "dataset.synthetic_shift", "--out", str(raw), "--size", str(SCENE_SIZE),
+         "--count", str(TRAIN_SCENES), "--seed", str(DATA_SEED)])
+    run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
+         "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
+    everything = sorted(set((splits / "1" / "labeled.txt").read_text().splitlines())
+                        | set((splits / "1" / "unlabeled.txt").read_text().splitlines()))
+    (splits / "100").mkdir(exist_ok=True)
+    (splits / "100" / "unlabeled.txt").write_text("")
+    (splits / "100" / "labeled.txt").write_text("".join(line + "\n" for line in everything if line.strip()))
+    print(f"data: {len(everything)} train tiles; 100 % split written")
+
+
+def run(cmd: list[str], **kw) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teachers
+
+
+def pool_tiles(seed: int, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teachers' pool as 112-px quadrant tiles: uint8 images (N, 3, 112, 112) and labels (N, 112, 112)."""
+    from dataset.synthetic_shift import pool
+
+    images, labels = pool(seed, SCENE_SIZE, scenes)
+    h = SCENE_SIZE // 2
+    quads = [(slice(0, h), slice(0, h)), (slice(0, h), slice(h, None)), (slice(h, None), slice(0, h)),
+             (slice(h, None), slice(h, None))]
+    img = np.concatenate([images[:, a, b] for a, b in quads])  # quadrants of a scene stay 1 scene apart...
+    lab = np.concatenate([labels[:, a, b] for a, b in quads])
+    order = np.concatenate([np.arange(scenes) + k * scenes for k in range(4)]).reshape(4, scenes).T.ravel()
+    # ... then reordered so that the 4 quadrants of a scene are adjacent: holding out the last tiles holds
+    # out whole scenes.
+    return torch.from_numpy(img[order]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(lab[order]).long()
+
+
+def normalise(img_uint8: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (img_uint8.float() / 255 - mean) / std
+
+
+def augment(img: torch.Tensor, lab: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale x[0.6, 1.6] (one factor per batch) and crop/pad to the crop, flips, SPEC's colour jitter per sample."""
+    s = 0.6 + torch.rand((), generator=g).item()
+    size = int(round(CROP * s))
+    img = F.interpolate(img.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=s < 1)
+    lab = F.interpolate(lab[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+    if size >= CROP:
+        top, left = (int(torch.randint(0, size - CROP + 1, (), generator=g)) for _ in range(2))
+        img, lab = img[..., top:top + CROP, left:left + CROP], lab[:, top:top + CROP, left:left + CROP]
+    else:
+        pad = CROP - size
+        img = F.pad(img, (0, pad, 0, pad), value=0.0)
+        lab = F.pad(lab, (0, pad, 0, pad), value=255)
+    if torch.rand((), generator=g) < 0.5:
+        img, lab = img.flip(-1), lab.flip(-1)
+    if torch.rand((), generator=g) < 0.5:
+        img, lab = img.flip(-2), lab.flip(-2)
+    return colour_jitter(img / 255, g), lab
+
+
+def colour_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """SPEC's strong colour view, batched: with p 0.8 brightness/contrast/saturation x[0.5, 1.5] and a hue
+    rotation of up to +-0.25 turns (90 degrees), with p 0.2 grayscale; x in [0, 1], returns uint8."""
+    from dataset.synthetic_shift import hue_matrix
+
+    b = len(x)
+
+    def factor() -> torch.Tensor:
+        return (0.5 + torch.rand(b, generator=g)).view(b, 1, 1, 1)
+
+    on = (torch.rand(b, generator=g) < 0.8).view(b, 1, 1, 1)
+    y = x * factor()
+    grey = y.mean(dim=(1, 2, 3), keepdim=True)
+    y = (grey + factor() * (y - grey)).clamp(0, 1)
+    lum = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2])[:, None]
+    y = (lum + factor() * (y - lum)).clamp(0, 1)
+    hues = (torch.rand(b, generator=g) - 0.5) * 180
+    rot = torch.stack([torch.from_numpy(hue_matrix(float(h))) for h in hues])
+    y = torch.einsum("bij,bjhw->bihw", rot, y).clamp(0, 1)
+    x = torch.where(on, y, x)
+    gray = (torch.rand(b, generator=g) < 0.2).view(b, 1, 1, 1)
+    lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand_as(x)
+    x = torch.where(gray, lum, x)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def soft_targets(lab: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token class fractions (B, grid*grid, C) of the labelled pixels under each token, and their weight."""
+    valid = (lab != 255)
+    onehot = F.one_hot(lab.clamp(max=NCLASS - 1), NCLASS).float() * valid[..., None]
+    onehot = onehot.permute(0, 3, 1, 2)
+    frac = F.adaptive_avg_pool2d(onehot, grid)  # (B, C, g, g)
+    weight = frac.sum(1)  # share of labelled pixels
+    frac = frac / weight.clamp_min(1e-6)[:, None]
+    return frac.flatten(2).transpose(1, 2), weight.flatten(1)
+
+
+class Probe(nn.Module):
+    """A frozen-feature encoder (trained here) plus the linear per-token head used to train it."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        from model.teachers import CLIP_ARCHS, ClipTeacher, DinoTeacher
+        from model.encoder import SIZES
+
+        self.kind = kind
+        if kind == "dino":
+            self.teacher = DinoTeacher("tiny")
+            dim, self.grid = SIZES["tiny"].embed_dim, CROP // 14
+            # A short supervised schedule: LayerScale starts at 0.1 rather than DINOv2's 1e-5 so that the
+            # blocks contribute from the start (the saved gamma values are whatever training made of them).
+            for block in self.teacher.encoder.blocks:
+                block.ls1.gamma.data.fill_(0.1)
+                block.ls2.gamma.data.fill_(0.1)
+        else:
+            self.teacher = ClipTeacher("tiny", CLIP_INPUT, renormalize=False)
+            dim, self.grid = CLIP_ARCHS["tiny"].width, CLIP_INPUT // 14
+        self.head = nn.Linear(dim, NCLASS)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Exactly what the trainer distils (model/teachers.py): (B, grid*grid, dim)."""
+        return self.teacher(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def probe_miou(model: Probe, img: torch.Tensor, lab: torch.Tensor) -> dict:
+    """Linear-probe scores on held-out tiles: token logits upsampled to pixels vs the pixel labels."""
+    conf = torch.zeros(NCLASS, NCLASS, dtype=torch.long)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(img), 64):
+            x = normalise(img[i:i + 64])
+            logits = model(x)
+            g = model.grid
+            logits = logits.transpose(1, 2).reshape(len(x), NCLASS, g, g)
+            pred = F.interpolate(logits, size=lab.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+            y = lab[i:i + 64]
+            keep = y != 255
+            conf += torch.bincount(y[keep] * NCLASS + pred[keep], minlength=NCLASS ** 2).view(NCLASS, NCLASS)
+    return confusion_scores(conf)
+
+
+def confusion_scores(conf: torch.Tensor) -> dict:
+    inter = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.nan)
+    return {"miou": round(100 * float(iou.nanmean()), 2), "oa": round(100 * float(inter.sum() / conf.sum()), 2),
+            "iou": [round(100 * float(v), 1) for v in iou]}
+
+
+def train_probe(kind: str, img: torch.Tensor, lab: torch.Tensor, steps: int, seed: int) -> Probe:
+    torch.manual_seed(seed)
+    model = Probe(kind)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    g = torch.Generator().manual_seed(seed)
+    batch = 48
+    start = time.time()
+    model.train()
+    for step in range(steps):
+        lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(img), (batch,), generator=g)
+        x, y = augment(img[idx], lab[idx], g)
+        target, weight = soft_targets(y, model.grid)
+        logp = model(normalise(x)).log_softmax(-1)
+        loss = -((target * logp).sum(-1) * weight).sum() / weight.sum().clamp_min(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            print(f"  {kind} step {step}/{steps}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+    return model
+
+
+def colour_probe(img: torch.Tensor, lab: torch.Tensor, held_img: torch.Tensor, held_lab: torch.Tensor) -> dict:
+    """How far colour alone labels a pixel across domains: an MLP on one pixel's RGB, trained on the pool."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    px = img.permute(0, 2, 3, 1).reshape(-1, 3)
+    y = lab.reshape(-1)
+    keep = torch.randperm(len(y), generator=g)[:400_000]
+    px, y = px[keep].float() / 255, y[keep]
+    mlp = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, NCLASS))
+    opt = torch.optim.Adam(mlp.parameters(), lr=3e-3)
+    for step in range(1500):
+        idx = torch.randint(0, len(y), (4096,), generator=g)
+        loss = F.cross_entropy(mlp(px[idx]), y[idx], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        hp = held_img.permute(0, 2, 3, 1).reshape(-1, 3).float() / 255
+        pred = mlp(hp).argmax(1)
+    hy = held_lab.reshape(-1)
+    k = hy != 255
+    conf = torch.bincount(hy[k] * NCLASS + pred[k], minlength=NCLASS ** 2).view(NCLASS, NCLASS)
+    return confusion_scores(conf)
+
+
+def save_dino(encoder: nn.Module, path: Path) -> None:
+    """Official DINOv2 layout: the encoder's DINOv2 key names plus mask_token, pos_embed for 37 x 37 patches."""
+    state = {k: v.detach().clone().float() for k, v in encoder.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
+    torch.save(state, path)
+
+
+def save_clip(visual: nn.Module, path: Path) -> None:
+    """OpenAI CLIP layout: visual.* keys (conv1, class_embedding, transformer.resblocks.N..., ln_post, proj)."""
+    torch.save({f"visual.{k}": v.detach().clone().float() for k, v in visual.state_dict().items()}, path)
+
+
+def verify_teachers(folder: Path) -> None:
+    """Load both files through the trainer's path (build_teachers) and check they give the saved features."""
+    from model.teachers import build_teachers
+    from util.config import load_config
+
+    cfg = load_config(CONFIG, [f"teachers.dino.weights={folder / 'dinov2_tiny.pth'}",
+                               f"teachers.clip.weights={folder / 'clip_tiny.pt'}"])
+    teachers = build_teachers(cfg, "cpu")
+    x = torch.randn(2, 3, CROP, CROP)
+    out = teachers(x)
+    assert out["dino"].shape == (2, (CROP // 14) ** 2, 64), out["dino"].shape
+    assert out["clip"].shape == (2, (CLIP_INPUT // 14) ** 2, 96), out["clip"].shape
+    print(f"teachers: {folder} loads through build_teachers: dino {tuple(out['dino'].shape)}, "
+          f"clip {tuple(out['clip'].shape)}")
+
+
+def teacher_files(work: Path) -> dict[str, Path]:
+    real, rand = work / "teachers_pretrained", work / "teachers_random"
+    return {"dino": real / "dinov2_tiny.pth", "clip": real / "clip_tiny.pt",
+            "dino_random": rand / "dinov2_tiny.pth", "clip_random": rand / "clip_tiny.pt"}
+
+
+def make_teacher(work: Path, kind: str, steps: int) -> None:
+    """Pretrain one stand-in teacher on the pool, score its linear probe on held-out pool scenes, save it and
+    a random-init teacher of the same architecture (the control) in the official format."""
+    files = teacher_files(work)
+    record = work / "teachers_pretrained" / f"{kind}.json"
+    if record.is_file() and files[kind].is_file() and files[f"{kind}_random"].is_file():
+        print(f"teachers: {kind} exists, kept")
+        return
+    torch.set_num_threads(1)  # the two teachers train side by side on the 2 cores
+    start = time.time()
+    img, lab = pool_tiles(POOL_SEED, POOL_SCENES)
+    n_held = len(img) // 10
+    train_img, train_lab, held_img, held_lab = img[:-n_held], lab[:-n_held], img[-n_held:], lab[-n_held:]
+    print(f"teachers: pool of {len(img)} tiles ({POOL_SCENES} scenes, seed {POOL_SEED}); last {n_held} tiles "
+          f"({n_held // 4} scenes) held out ({time.time() - start:.0f} s)", flush=True)
+    seed = {"dino": 1, "clip": 2}[kind]
+    torch.manual_seed(100 + seed)
+    random_probe = Probe(kind)  # the control: random init of the same architecture
+    model = train_probe(kind, train_img, train_lab, steps, seed)
+    result = {"pool_seed": POOL_SEED, "pool_tiles": len(img), "held_out_tiles": n_held, "steps": steps, "batch": 48,
+              "probe_held_out": probe_miou(model, held_img, held_lab)}
+    for p in random_probe.teacher.parameters():
+        p.requires_grad_(False)
+    # What the random control 'knows': a linear head trained on its frozen features, half the steps.
+    result["random_init_probe_held_out"] = probe_random(random_probe, train_img, train_lab, held_img, held_lab,
+                                                        steps // 2, seed)
+    if kind == "clip":
+        result["colour_only_pixel_mlp_held_out"] = colour_probe(train_img[:1000], train_lab[:1000], held_img,
+                                                                held_lab)
+    files[kind].parent.mkdir(parents=True, exist_ok=True)
+    files[f"{kind}_random"].parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dino":
+        save_dino(model.teacher.encoder, files[kind])
+        save_dino(random_probe.teacher.encoder, files[f"{kind}_random"])
+    else:
+        save_clip(model.teacher.visual, files[kind])
+        save_clip(random_probe.teacher.visual, files[f"{kind}_random"])
+    result["seconds"] = round(time.time() - start)
+    record.write_text(json.dumps(result, indent=1))
+    print(f"teachers: {kind} done in {result['seconds']} s: {json.dumps(result)}", flush=True)
+
+
+def check_teachers(work: Path) -> None:
+    """Both folders load through build_teachers; merge the two records into teachers.json."""
+    verify_teachers(work / "teachers_pretrained")
+    verify_teachers(work / "teachers_random")
+    merged = {kind: json.loads((work / "teachers_pretrained" / f"{kind}.json").read_text()) for kind in ("dino", "clip")}
+    (work / "teachers_pretrained" / "teachers.json").write_text(json.dumps(merged, indent=1))
+    for kind, r in merged.items():
+        print(f"teachers: {kind} held-out linear probe mIoU {r['probe_held_out']['miou']} "
+              f"(random init {r['random_init_probe_held_out']['miou']}), {r['seconds']} s")
+    print(f"teachers: colour-only pixel MLP held-out mIoU {merged['clip']['colour_only_pixel_mlp_held_out']['miou']}")
+
+
+def probe_random(model: Probe, img, lab, held_img, held_lab, steps: int, seed: int) -> dict:
+    """Linear head on a frozen random encoder (what the random control teacher 'knows')."""
+    opt = torch.optim.AdamW(model.head.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(img), (48,), generator=g)
+        x, y = augment(img[idx], lab[idx], g)
+        target, weight = soft_targets(y, model.grid)
+        with torch.no_grad():
+            f = model.features(normalise(x))
+        logp = model.head(f).log_softmax(-1)
+        loss = -((target * logp).sum(-1) * weight).sum() / weight.sum().clamp_min(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return probe_miou(model, held_img, held_lab)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
+    """(run name, overrides) of every run, cheapest-first within a group so that results arrive early."""
+    real = work / "teachers_pretrained"
+    rand = work / "teachers_random"
+    teach = [f"teachers.dino.weights={real / 'dinov2_tiny.pth'}", f"teachers.clip.weights={real / 'clip_tiny.pt'}"]
+    teach_rand = [f"teachers.dino.weights={rand / 'dinov2_tiny.pth'}", f"teachers.clip.weights={rand / 'clip_tiny.pt'}"]
+    methods = ("supervised", "fixmatch", "rs_mtdf") if quick else ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+    splits = ("1",) if quick else ("1", "5", "10")
+    seeds = (0,) if quick else (0, 1)
+    out: list[tuple[str, list[str]]] = []
+    for seed in seeds:
+        for split in splits:
+            for m in methods:
+                extra = teach if m == "rs_mtdf" else []
+                out.append((f"{m}_{split}_s{seed}", [f"train.method={m}", f"dataset.split={split}",
+                                                      f"train.seed={seed}", *extra]))
+        ablations = {
+            "rs_mtdf-random_1": teach_rand,
+        } if quick else {
+            "rs_mtdf-random_1": teach_rand,
+            "rs_mtdf-dino_1": [*teach, "teachers.clip.enabled=false",
+                               "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
+            "rs_mtdf-clip_1": [*teach, "teachers.dino.enabled=false",
+                               "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"],
+            "rs_mtdf-nofusion_1": [*teach, "distill.fusion=false"],
+        }
+        # Ablations and the 100 % upper bound: seed 0 only (the budget), the 100 % run not in --quick.
+        if seed == 0:
+            for name, over in ablations.items():
+                out.append((f"{name}_s{seed}", ["train.method=rs_mtdf", "dataset.split=1", f"train.seed={seed}",
+                                                *over]))
+            if not quick:
+                out.append((f"supervised_100_s{seed}", ["train.method=supervised", "dataset.split=100",
+                                                       f"train.seed={seed}"]))
+    return out
+
+
+def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subprocess.Popen | None:
+    run_dir = work / "runs" / name
+    if (run_dir / "eval_test" / "metrics.json").is_file():
+        return None
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONWARNINGS": "ignore"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = (f"{sys.executable} train.py --config {CONFIG} --save-path {run_dir} "
+           + " ".join(f"'{o}'" for o in overrides)
+           + f" && {sys.executable} eval/eval.py --config {run_dir / 'config.yaml'} --checkpoint {run_dir / 'best.pth'}"
+           + f" --split test --out {run_dir / 'eval_test'}")
+    log = open(run_dir / "run.log", "a")
+    print(f"start {name}", flush=True)
+    return subprocess.Popen(["sh", "-c", cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def make_runs(work: Path, quick: bool, parallel: int) -> None:
+    todo = jobs(work, quick)
+    threads = max(1, (os.cpu_count() or 2) // parallel)
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    failed = []
+    start = time.time()
+    while todo or running:
+        while todo and len(running) < parallel:
+            name, over = todo.pop(0)
+            proc = run_one(work, name, over, threads)
+            if proc is not None:
+                running.append((name, proc, time.time()))
+        time.sleep(0.5)
+        for item in list(running):
+            name, proc, t0 = item
+            if proc.poll() is not None:
+                running.remove(item)
+                status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
+                if proc.returncode:
+                    failed.append(name)
+                print(f"done {name}: {status} in {time.time() - t0:.0f} s (total {time.time() - start:.0f} s)",
+                      flush=True)
+    print(f"runs: {time.time() - start:.0f} s; failed: {failed or 'none'}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Diagnosis: how good are the pseudo-labels the EMA model would give?
+
+
+def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> dict:
+    """For each run: the EMA and student of best.pth and latest.pth on the unlabelled tiles (un-augmented),
+    against their (hidden) ground truth: share of pixels above the threshold, accuracy of those pixels,
+    accuracy of all pixels. This is what FixMatch's L_u trains on, measured."""
+    from model.convert import load_segmenter_weights
+    from model.segmenter import build_segmenter
+    from util.config import load_config
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out = {}
+    for name in runs:
+        run_dir = work / "runs" / name
+        if not (run_dir / "latest.pth").is_file():
+            continue
+        cfg = load_config(run_dir / "config.yaml")
+        root = Path(cfg.dataset.root)
+        lines = (Path(cfg.dataset.splits) / cfg.dataset.split / "unlabeled.txt").read_text().split("\n")
+        pairs = [line.split() for line in lines if line.strip()]
+        from PIL import Image
+
+        imgs = torch.from_numpy(np.stack([np.array(Image.open(root / a).convert("RGB")) for a, _ in pairs]))
+        masks = torch.from_numpy(np.stack([np.array(Image.open(root / b)) for _, b in pairs])).long()
+        x_all = normalise(imgs.permute(0, 3, 1, 2))
+        res = {}
+        for ckpt in ("latest.pth",):
+            for which in ("ema", "student"):
+                model = build_segmenter(cfg)
+                load_segmenter_weights(model, run_dir / ckpt, which)
+                model.eval()
+                with torch.no_grad():
+                    probs = torch.cat([model(x_all[i:i + 50]).softmax(1) for i in range(0, len(x_all), 50)])
+                conf, pred = probs.max(1)
+                valid = masks != 255
+                sure = (conf >= thresh) & valid
+                res[f"{ckpt[:-4]}_{which}"] = {
+                    "confident_share": round(100 * float(sure.sum() / valid.sum()), 1),
+                    "confident_accuracy": round(100 * float((pred == masks)[sure].float().mean()), 1) if sure.any() else None,
+                    "all_accuracy": round(100 * float((pred == masks)[valid].float().mean()), 1)}
+        out[name] = res
+        print(f"pseudo-labels {name}: {res}", flush=True)
+    (work / "pseudo_labels.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def student_probes(work: Path, runs: list[str], steps: int = 750) -> dict:
+    """What the students' encoders know: a linear per-token probe on each run's best student's last tokens
+    (the encoder output that feeds the DPT head and the translators), frozen, trained on the teachers' pool
+    and scored on the same held-out pool scenes as the teachers' probes."""
+    from model.convert import load_segmenter_weights
+    from model.segmenter import build_segmenter
+    from util.config import load_config
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    img, lab = pool_tiles(POOL_SEED, POOL_SCENES)
+    n_held = len(img) // 10
+    train_img, train_lab, held_img, held_lab = img[:-n_held], lab[:-n_held], img[-n_held:], lab[-n_held:]
+    out = {}
+    for name in runs:
+        run_dir = work / "runs" / name
+        if not (run_dir / "best.pth").is_file():
+            continue
+        cfg = load_config(run_dir / "config.yaml")
+        seg = build_segmenter(cfg)
+        load_segmenter_weights(seg, run_dir / "best.pth", "student")
+        probe = Probe("dino")  # only its head and grid are used; the features come from the student
+        probe.teacher.encoder = seg.encoder
+        probe.features = seg.encoder.last_tokens  # type: ignore[method-assign]
+        for p in seg.parameters():
+            p.requires_grad_(False)
+        seg.eval()
+        out[name] = probe_random(probe, train_img, train_lab, held_img, held_lab, steps, 0)
+        print(f"student probe {name}: {out[name]}", flush=True)
+    (work / "student_probes.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summary
+
+
+def summary(work: Path) -> None:
+    """A compact table (test mIoU mean +- sd over seeds) from each run's eval_test/metrics.json."""
+    rows: dict[str, list[float]] = {}
+    for metrics in sorted((work / "runs").glob("*/eval_test/metrics.json")):
+        name = metrics.parent.parent.name
+        data = json.loads(metrics.read_text())
+        miou = data["miou"] * (1 if data.get("unit") == "percent" else 100)
+        rows.setdefault(name.rsplit("_s", 1)[0], []).append(miou)
+    lines = ["| run | test mIoU (%) | seeds |", "|---|---:|---|"]
+    for key, vals in rows.items():
+        sd = f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else ""
+        lines.append(f"| {key} | {np.mean(vals):.1f}{sd} | {', '.join(f'{v:.1f}' for v in vals)} |")
+    text = "\n".join(lines)
+    (work / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=("data", "teachers", "runs", "summary", "diagnose"))
+    parser.add_argument("--work", type=Path, default=ROOT / "exp" / "learning_check")
+    parser.add_argument("--quick", action="store_true", help="1 %% only, one seed, supervised/fixmatch/rs_mtdf "
+                        "and the random-teacher control")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at once (threads split between them)")
+    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--kind", choices=("dino", "clip"), help="teachers: pretrain only this one (else: check both)")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    if args.step == "data":
+        make_data(work)
+    elif args.step == "teachers":
+        if args.kind:
+            make_teacher(work, args.kind, args.teacher_steps)
+        else:
+            check_teachers(work)
+    elif args.step == "runs":
+        make_runs(work, args.quick, args.parallel)
+    elif args.step == "diagnose":
+        names = sorted(p.name for p in (work / "runs").iterdir()
+                       if p.name.startswith(("fixmatch_1_", "unimatch_v2_1_", "rs_mtdf")) and "_1_" in p.name)
+        pseudo_label_quality(work, names)
+        probes = sorted(p.name for p in (work / "runs").iterdir() if "_1_s0" in p.name or p.name.startswith("supervised_100"))
+        student_probes(work, probes)
+    else:
+        summary(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

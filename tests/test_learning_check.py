@@ -1,0 +1,85 @@
+"""dataset/synthetic_shift.py (the learning check's scenes) and the teacher files of scripts/learning_check.py."""
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset.prepare import prepare
+from dataset.synthetic import write_loveda
+from dataset.synthetic_shift import draw_domain, pool, shift_scene, write_loveda_shift
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_shift_scenes_are_deterministic_with_labels_in_range():
+    a_img, a_lab = pool(3, 64, 4)
+    b_img, b_lab = pool(3, 64, 4)
+    assert a_img.shape == (4, 64, 64, 3) and a_img.dtype == np.uint8
+    assert a_lab.shape == (4, 64, 64) and a_lab.dtype == np.uint8
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
+    assert set(np.unique(a_lab)) <= set(range(7))
+    c_img, _ = pool(4, 64, 4)
+    assert not np.array_equal(a_img, c_img)
+
+
+def test_a_class_changes_colour_between_domains_but_keeps_its_label():
+    rng = np.random.default_rng(0)
+    means = []
+    for _ in range(6):
+        img, cls, _ = shift_scene(rng, 96, "rural", draw_domain(rng))
+        water = cls == 3  # generic WATER
+        if water.sum() > 50:
+            means.append(img[water].mean(axis=0))
+    assert len(means) >= 2
+    spread = np.ptp(np.array(means), axis=0).max()
+    assert spread > 20, spread  # the same class looks different from scene to scene
+
+
+def test_shift_tree_prepares_like_loveda_and_leaves_the_demo_generator_alone(tmp_path):
+    write_loveda_shift(tmp_path / "raw", np.random.default_rng(0), size=56, count=2)
+    summary = prepare("loveda", tmp_path / "raw", tmp_path / "tiles", tmp_path / "splits", resplit=True)
+    assert summary["split_counts"]["1/labeled.txt"] + summary["split_counts"]["1/unlabeled.txt"] == 16
+    lines = (tmp_path / "splits" / "1" / "labeled.txt").read_text().splitlines()
+    assert lines and all(len(line.split()) == 2 for line in lines)
+    # The demo's generator is unchanged by the new module (its output depends only on its own seed).
+    write_loveda(tmp_path / "demo1", np.random.default_rng(0), size=32, count=1)
+    write_loveda(tmp_path / "demo2", np.random.default_rng(0), size=32, count=1)
+    assert tree_digest(tmp_path / "demo1") == tree_digest(tmp_path / "demo2")
+
+
+def test_teacher_files_load_through_the_trainers_path(tmp_path):
+    spec = importlib.util.spec_from_file_location("learning_check", REPO / "scripts" / "learning_check.py")
+    lc = importlib.util.module_from_spec(spec)
+    sys.modules["learning_check"] = lc
+    spec.loader.exec_module(lc)
+    torch.manual_seed(0)
+    dino, clip = lc.Probe("dino"), lc.Probe("clip")
+    lc.save_dino(dino.teacher.encoder, tmp_path / "dinov2_tiny.pth")
+    lc.save_clip(clip.teacher.visual, tmp_path / "clip_tiny.pt")
+    state = torch.load(tmp_path / "dinov2_tiny.pth", weights_only=True)
+    assert state["pos_embed"].shape == (1, 1370, 64) and "mask_token" in state
+    assert all(k.startswith("visual.") for k in torch.load(tmp_path / "clip_tiny.pt", weights_only=True))
+    lc.verify_teachers(tmp_path)
+    # The loaded teacher computes the feature that was trained: the same tokens as the saved module.
+    from model.teachers import build_teachers
+    from util.config import load_config
+
+    cfg = load_config(lc.CONFIG, [f"teachers.dino.weights={tmp_path / 'dinov2_tiny.pth'}",
+                                  f"teachers.clip.weights={tmp_path / 'clip_tiny.pt'}"])
+    x = torch.randn(2, 3, lc.CROP, lc.CROP)
+    out = build_teachers(cfg, "cpu")(x)
+    with torch.no_grad():
+        assert torch.allclose(out["dino"], dino.features(x), atol=1e-5)
+        assert torch.allclose(out["clip"], clip.features(x), atol=1e-5)
