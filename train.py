@@ -38,9 +38,11 @@ from methods import METHODS, Method
 from methods.common import StepContext
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
-from util.checkpoint import atomic_save, atomic_write_text, load_own_checkpoint
+from model.weights import check_weight_files
+from util.checkpoint import RunLock, atomic_save, atomic_write_text, check_output_dir, load_own_checkpoint
 from util.cli import add_config_args, config_from_args, run_main
-from util.config import Config, save_config
+from util.config import (MODEL_KEYS, Config, config_differences, describe_differences, model_differences,
+                         save_config, under)
 from util.dist import DistInfo, cleanup, init_distributed, is_distributed
 from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
@@ -48,8 +50,14 @@ from util.logging import code_version, setup_logger
 from util.schedule import ema_ratio, poly_lr, set_lr
 from util.visualize import sample_panel
 
-# Keys whose change makes a checkpoint unusable for resuming: another model or another task.
-RESUME_KEYS = ("dataset.name", "dataset.nclass", "model.backbone", "train.method")
+# Resuming under other values of these is refused outright: the saved weights or optimizer state would not
+# fit (another model, another set of trained parameters).
+ARCHITECTURE_KEYS = (*MODEL_KEYS, "model.lock_backbone")
+# These may change between a run and its resumption without a word: they change neither the model nor what
+# it is trained on (where files are written, speed switches, logging).
+FREE_KEYS = ("save_path", "model.pretrained", "model.grad_checkpointing", "train.num_workers", "train.log_interval",
+             "train.checkpoint_interval", "train.compile", "train.channels_last", "train.skip_nonfinite",
+             "eval.batch_size", "eval.num_visualize")
 
 
 class NonFiniteLoss(UserError):
@@ -112,6 +120,8 @@ class Trainer:
     def __init__(self, cfg: Config, info: DistInfo, with_data: bool = True) -> None:
         self.cfg, self.info, self.device = cfg, info, info.device
         self.method: Method = METHODS[cfg.train.method]
+        # Every missing weight file in one message, before any data is read or worker started.
+        check_weight_files(cfg.weight_files)
         # The authors' supervised.py doubles the batch and draws a fixed number of labelled samples per epoch.
         self.reference_supervised = not self.method.unlabeled and cfg.train.supervised_protocol == "reference"
         self.batch_size = cfg.train.batch_size * (2 if self.reference_supervised else 1)
@@ -147,6 +157,9 @@ class Trainer:
         self.wall_before, self.started = 0.0, time.perf_counter()
         self.skipped_steps = 0
         self.stop_requested = False
+        # Settings that differ from the resumed checkpoint's, allowed by --resume-changed.
+        self.resume_changed = False
+        self.changed_on_resume: dict[str, tuple[Any, Any]] = {}
         # Per-step non-finite flags of each loss term, checked (one host sync) at log and save points.
         self.nonfinite: list[torch.Tensor] = []
         self.loss_names: list[str] = []
@@ -235,15 +248,25 @@ class Trainer:
                     "unit": "percent", "selected_by": cfg.train.best_by, "best": self.best, "history": self.history}
         atomic_write_text(cfg.run_dir / "progress.json", json.dumps(progress, indent=2) + "\n")
 
+    def check_resumable(self, path: Path, saved: dict[str, Any]) -> None:
+        """Refuse another model; refuse other settings unless the user said --resume-changed (then log them)."""
+        diffs = {k: v for k, v in config_differences(saved, self.cfg.to_dict()).items()
+                 if not under(k, FREE_KEYS) and not under(k, ARCHITECTURE_KEYS)}
+        model = model_differences(saved, self.cfg.to_dict(), ARCHITECTURE_KEYS)
+        if model:
+            raise WeightsError(f"{path} belongs to a run of another model ({describe_differences(model)}); use "
+                               f"another save_path (or --save-path) for a new run")
+        if diffs and not self.resume_changed:
+            raise WeightsError(f"{path} was written with other settings ({describe_differences(diffs)}); to go on "
+                               f"with the new values pass --resume-changed, or use another save_path for a new run")
+        self.changed_on_resume = diffs
+
     def resume(self, path: Path) -> None:
         ckpt = load_own_checkpoint(path)
-        saved = ckpt.get("config", {})
-        for key in RESUME_KEYS:
-            section, field = key.split(".")
-            ours, theirs = getattr(getattr(self.cfg, section), field), saved.get(section, {}).get(field)
-            if ours != theirs:
-                raise WeightsError(f"{path} belongs to a run with {key}={theirs}, this config says {ours}; "
-                                   f"use another save_path (or --save-path) for a new run")
+        if not {"config", "iteration", "optimizer"} <= set(ckpt):
+            raise WeightsError(f"{path} is not a checkpoint of this trainer (no training state: the authors' "
+                               f"release?); evaluate it with eval/eval.py, and use another save_path for a new run")
+        self.check_resumable(path, ckpt["config"])
         if ckpt["iters_per_epoch"] != self.iters_per_epoch:
             raise WeightsError(f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this "
                                f"run has {self.iters_per_epoch} (batch size, split or process count changed)")
@@ -301,9 +324,12 @@ class Trainer:
             row = int(flags.any(dim=1).nonzero()[0, 0])
             terms = [name for name, bad in zip(self.loss_names, flags[row].tolist()) if bad and name != "loss"]
             at = first + row
+            latest = self.cfg.run_dir / "latest.pth"
+            last_good = (f"{latest} is the last good checkpoint" if latest.is_file()
+                         else "no checkpoint was written yet")
             raise NonFiniteLoss(f"loss is not finite at iteration {at} ({', '.join(terms) or 'loss'}); "
-                                f"stopped without saving, {self.cfg.run_dir / 'latest.pth'} is the last good "
-                                f"checkpoint (train.skip_nonfinite: true skips such steps instead)")
+                                f"stopped without saving, {last_good} (train.skip_nonfinite: true skips such "
+                                f"steps instead)")
 
     def check_replicas(self) -> None:
         """Fail loudly if the processes' students have drifted apart (DDP keeps them equal bit for bit)."""
@@ -449,11 +475,34 @@ class Trainer:
             self.writer.add_image(f"val_{which}/{i}_{s['name']}", panel, self.iteration, dataformats="HWC")
 
 
+def refuse_foreign_files(run_dir: Path, cfg: Config) -> None:
+    """A run never overwrites checkpoints it did not write itself.
+
+    Without latest.pth to resume from, a best.pth may only be this very run's (same resolved config), killed
+    between its first best.pth and its first latest.pth: starting again rewrites the same file.
+    """
+    latest, best = run_dir / "latest.pth", run_dir / "best.pth"
+    for path in (latest, best):
+        if path.exists() and not path.is_file():
+            raise WeightsError(f"{path} is not a file; move it away or use another save_path (or --save-path)")
+    if latest.exists() or not best.exists():
+        return
+    try:
+        same_run = load_own_checkpoint(best).get("config") == cfg.to_dict()
+    except WeightsError:
+        same_run = False
+    if not same_run:
+        raise WeightsError(f"{run_dir} holds a best.pth of another run and no latest.pth to resume from: a new run "
+                           f"would overwrite it; move best.pth away, or use another save_path (or --save-path)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_args(parser)
     parser.add_argument("--split", help="labelled percent (dataset.split): 1, 5, 10 (DeepGlobe also 100)")
     parser.add_argument("--save-path", help="output folder of the run (save_path)")
+    parser.add_argument("--resume-changed", action="store_true",
+                        help="resume latest.pth although settings other than the model changed (they are logged)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -462,19 +511,31 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"dataset.split={args.split}"] * (args.split is not None)
     extra += [f"save_path={args.save_path}"] * (args.save_path is not None)
     cfg = config_from_args(args, extra)
+    run_dir = check_output_dir(cfg.run_dir, "save_path")
+    latest = run_dir / "latest.pth"
+    refuse_foreign_files(run_dir, cfg)
     info = init_distributed()
+    lock, opened = None, False
     try:
         # Everything that reads user files comes first: a bad input leaves no run folder behind.
         trainer = Trainer(cfg, info)
-        run_dir = cfg.run_dir
-        latest = run_dir / "latest.pth"
+        trainer.resume_changed = args.resume_changed
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir)
+            # Temporary files of saves that a kill interrupted (each writer names its own).
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink()
         # A checkpoint of another run is refused before config.yaml or logs of this one are written.
         resumed = latest.is_file()
         if resumed:
             trainer.resume(latest)
         trainer.open_run_dir()
+        opened = True
         if resumed:
             trainer.log.info(f"resumed from {latest} at iteration {trainer.iteration}")
+            for key, (before, now) in trainer.changed_on_resume.items():
+                trainer.log.info(f"--resume-changed: {key} was {before}, is now {now}")
         trainer.log.info(f"{cfg.train.method} on {cfg.dataset.name} split {cfg.dataset.split}: "
                          f"{trainer.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
                          f"{info.world_size} process(es) on {info.device}, precision "
@@ -484,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.writer:
             trainer.writer.close()
     finally:
+        if lock is not None:
+            # A run refused before it wrote anything leaves the folder as it found it.
+            lock.release(remove=not opened)
         cleanup()
     return 0
 

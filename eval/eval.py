@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from dataset.info import DATASETS  # noqa: E402
 from eval.evaluate import build_eval_loader, evaluate, metrics_table  # noqa: E402
 from eval.inference import resolve_window  # noqa: E402
+from util.checkpoint import check_output_dir  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.dist import cleanup, init_distributed  # noqa: E402
@@ -46,9 +47,8 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
     from model.segmenter import build_segmenter
 
     # The checkpoint holds every weight: the DINOv2 file named by model.pretrained is not read.
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})})
-    model = build_segmenter(cfg)
-    which = load_segmenter_weights(model, checkpoint, which)
+    model = build_segmenter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})}))
+    which = load_segmenter_weights(model, checkpoint, which, cfg)
     return model.to(device).eval(), which
 
 
@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     dist_info = init_distributed()
     try:
         model, weights = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        out = Path(args.out) if args.out else (
+            Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{cfg.eval.mode}_{weights}")
+        # A bad output folder is found before the evaluation, not after it.
+        check_output_dir(out, "--out")
         from dataset.semi import SemiDataset
 
         dataset = SemiDataset(cfg, args.split, split_file)
@@ -110,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
         if dist_info.is_main:
             mode = cfg.eval.mode
-            out = Path(args.out) if args.out else (
-                Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{mode}_{weights}")
             report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
                       "window": window, "stride": stride, "weights": weights, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}

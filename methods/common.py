@@ -49,8 +49,13 @@ def mix(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy_x(logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tensor:
-    """Supervised CE over labelled pixels, padding and unlabelled pixels (255) ignored."""
-    return F.cross_entropy(logits_x.float(), mask_x, ignore_index=IGNORE_INDEX)
+    """Supervised CE averaged over labelled pixels, padding and unlabelled pixels (255) ignored.
+
+    The mean of a batch without one labelled pixel (a crop of padding or no-data only) is 0/0; such a batch
+    contributes a zero loss here, where the reference's mean-reduced CE would give NaN and stop the run.
+    """
+    total = F.cross_entropy(logits_x.float(), mask_x, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (mask_x != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def unsupervised_loss(logits_u: torch.Tensor, mask_u: torch.Tensor, conf_u: torch.Tensor,

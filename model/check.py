@@ -12,6 +12,7 @@ from torch import nn
 
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
+from model.weights import check_weight_files
 from util.cli import add_config_args, config_from_args, run_main
 from util.config import Config
 
@@ -23,6 +24,7 @@ def count(params: Iterable[nn.Parameter]) -> int:
 
 def report(cfg: Config) -> list[tuple[str, int]]:
     """(part, parameter count) for every part the config builds, weight files loaded and checked."""
+    check_weight_files(cfg.weight_files)
     model = build_segmenter(cfg)
     source = cfg.model.pretrained or "random init"
     rows = [(f"student encoder (DINOv2 {cfg.model.backbone}, {source})", count(model.encoder.parameters())),

@@ -13,6 +13,7 @@ import torch
 from model.encoder import SIZES, dinov2_key
 from model.segmenter import Segmenter
 from model.weights import mismatch, require_file
+from util.config import Config, describe_differences, model_differences
 from util.errors import WeightsError, short_reason
 
 # The authors keep their frozen teachers inside every checkpoint; ours are rebuilt from pretrained/.
@@ -110,8 +111,18 @@ def _describe(state: dict[str, torch.Tensor], model: Segmenter, path: Path) -> s
     return None
 
 
+def check_model_settings(saved: dict | None, cfg: Config | None, path: Path) -> None:
+    """Refuse a checkpoint trained under other values of the keys that change the model's output."""
+    if not isinstance(saved, dict) or cfg is None:
+        return  # the authors' checkpoints carry no config; their weights were checked by shape
+    diffs = model_differences(saved, cfg.to_dict())
+    if diffs:
+        raise WeightsError(f"checkpoint {path} was trained with other model settings: {describe_differences(diffs)}; "
+                           f"use its run's config (--config {path.parent / 'config.yaml'}) or set those keys")
+
+
 def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
-                           which: Literal["student", "ema"] | None = None) -> str:
+                           which: Literal["student", "ema"] | None = None, cfg: Config | None = None) -> str:
     """Load the student or EMA weights of our checkpoint or the authors' (latest.pth / best.pth) into `model`.
 
     `which` None takes the weights the checkpoint was selected by (its `selected_by`, written from
@@ -133,5 +144,6 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
         problem = f"checkpoint {path} ({entry}) does not fit the model: {detail}" if detail else None
     if problem:
         raise WeightsError(problem)
+    check_model_settings(ckpt.get("config"), cfg, path)
     model.load_state_dict(state, strict=True)
     return which

@@ -24,6 +24,17 @@ def require_file(path: str | os.PathLike, config_key: str) -> Path:
     return path
 
 
+def check_weight_files(files: Mapping[str, str | None]) -> None:
+    """Raise one WeightsError naming every missing file of {config key: path} (None means no file needed)."""
+    missing = [(key, path) for key, path in files.items() if path is not None and not Path(path).is_file()]
+    if len(missing) == 1:
+        require_file(missing[0][1], missing[0][0])
+    if missing:
+        listed = ", ".join(f"{key}={path}" for key, path in missing)
+        raise WeightsError(f"{len(missing)} weight files not found: {listed}; put them there (see "
+                           f"pretrained/README.md) or point the keys at them")
+
+
 def is_torchscript(path: Path) -> bool:
     """True for a TorchScript archive (OpenAI's CLIP release), which torch.load cannot read safely."""
     if not zipfile.is_zipfile(path):

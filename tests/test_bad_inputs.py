@@ -31,7 +31,7 @@ from util.config import load_config
 
 DEMO = str(REPO / "configs" / "demo.yaml")
 # What a run that has started (data read inside the loop) may leave: its config, log and TensorBoard folder.
-RUN_STARTED = ("run", "run/config.yaml", "run/train.log", "run/tb", "run/tb/*")
+RUN_STARTED = ("run", "run/.lock", "run/config.yaml", "run/train.log", "run/tb", "run/tb/*")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def _(env: Env):
     env.shorten_epoch(4)
     truncate(env.image(LABELED))
     env.only_labeled(LABELED)
-    return env.train("train.epochs=2"), [str(env.image(LABELED))]
+    return env.train("train.epochs=2", "--resume-changed"), [str(env.image(LABELED))]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -541,6 +541,112 @@ def _(env: Env):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Run folders: never overwrite what another run wrote, never resume under other settings silently
+
+
+@case("train-folder-with-best-but-no-latest", "train")
+def _(env: Env):
+    # A folder holding only best.pth (copied from elsewhere, or latest.pth deleted): a new run would overwrite it.
+    env.save.mkdir()
+    shutil.copy(env.request.getfixturevalue("trained")["run"] / "best.pth", env.save / "best.pth")
+    return env.train("train.lr=1e-3"), [str(env.save), "best.pth", "no latest.pth"]
+
+
+@case("train-latest-is-a-folder", "train")
+def _(env: Env):
+    (env.save / "latest.pth").mkdir(parents=True)
+    return env.train(), [str(env.save / "latest.pth"), "not a file"]
+
+
+@case("train-folder-in-use-by-another-run", "train")
+def _(env: Env):
+    from util.checkpoint import RunLock
+
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    env.held = RunLock(env.save)  # flock locks conflict between open files, also within one process
+    return env.train(), [str(env.save), "in use by another training run"]
+
+
+@case("train-resume-with-another-lr", "train")
+def _(env: Env):
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    return env.train("train.lr=1e-3"), [str(env.save / "latest.pth"), "train.lr=0.0002", "0.001", "--resume-changed"]
+
+
+@case("train-resume-with-another-translator-width", "train")
+def _(env: Env):
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    # fixmatch has no translators: the same change under rs_mtdf is another model.
+    return env.train("distill.translator_hidden=8", method="fixmatch", ) + ["train.method=rs_mtdf",
+                                                                         "teachers.dino.enabled=true"], \
+        [str(env.save / "latest.pth"), "another model", "train.method=fixmatch"]
+
+
+@case("train-authors-checkpoint-as-latest", "train")
+def _(env: Env):
+    env.save.mkdir()
+    trained = load_own_checkpoint_for_test(env.request.getfixturevalue("trained")["run"] / "latest.pth")
+    torch.save({"model": trained["model"], "optimizer": trained["optimizer"], "epoch": 3, "previous_best": 41.0},
+               env.save / "latest.pth")
+    return env.train(), [str(env.save / "latest.pth"), "not a checkpoint of this trainer", "eval/eval.py"]
+
+
+@case("train-save-path-is-a-file", "train")
+def _(env: Env):
+    env.save.write_text("notes")
+    return env.train(), ["save_path", str(env.save), "is a file"]
+
+
+@case("train-save-path-under-a-file", "train")
+def _(env: Env):
+    env.save.write_text("notes")
+    return env.train(f"save_path={env.save / 'inner'}"), ["save_path", str(env.save / "inner"), "which is a file"]
+
+
+@case("train-save-path-unknown-placeholder", "train")
+def _(env: Env):
+    return env.train(f"save_path={env.tmp / 'exp' / '{seed}'}"), ["save_path", "{seed}", "{dataset}"]
+
+
+@case("train-empty-override-value", "train")
+def _(env: Env):
+    return env.train("model.pretrained="), ["model.pretrained=", "empty", "model.pretrained=null"]
+
+
+@case("train-empty-config-file", "train")
+def _(env: Env):
+    argv = env.train()
+    argv[1] = str(env.write_yaml("empty.yaml", "# to fill in\n"))
+    return argv, ["empty.yaml", "is empty"]
+
+
+@case("train-every-missing-weight-file-in-one-line", "train")
+def _(env: Env):
+    return (env.train(f"model.pretrained={env.tmp / 'a.pth'}", f"teachers.dino.weights={env.tmp / 'b.pth'}",
+                      f"teachers.clip.weights={env.tmp / 'c.pt'}", method="rs_mtdf"),
+            ["3 weight files not found", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights"])
+
+
+@case("eval-checkpoint-of-other-model-settings", "eval")
+def _(env: Env):
+    # The same parameter shapes, another forward: CLIP's input size changes the fused features.
+    shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
+    ckpt = env.save / "best.pth"
+    state = load_own_checkpoint_for_test(ckpt)
+    state["config"]["train"]["method"] = "rs_mtdf"
+    state["config"]["teachers"]["clip"]["input_size"] = 56
+    torch.save(state, ckpt)
+    return env.eval(checkpoint=ckpt), [str(ckpt), "train.method=rs_mtdf", "config.yaml"]
+
+
+@case("eval-out-is-a-file", "eval")
+def _(env: Env):
+    out = env.tmp / "scores"
+    out.write_text("")
+    return env.eval("--out", str(out)), ["--out", str(out), "is a file"]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # predict
 
 
@@ -613,6 +719,10 @@ def test_bad_input_is_one_line_error_and_leaves_nothing(spec: Case, tmp_path, re
     check_all(lambda: assert_checkpoints_untouched(before, after),
               lambda: assert_one_line_error(code, err, needles, spec.started),
               lambda: assert_nothing_left(before, after, spec.allow))
+
+
+def load_own_checkpoint_for_test(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_catalogue_has_at_least_24_distinct_cases():

@@ -54,3 +54,95 @@ def test_a_pickle_with_code_is_refused(tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(WeightsError, match="checkpoint not found: .*nope.pth"):
         load_own_checkpoint(tmp_path / "nope.pth")
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+sys.path.insert(0, {repo!r})
+from util.checkpoint import atomic_save
+from util.cli import run_main
+# A file-size limit makes writes past 64 KiB fail as a full disk does (EFBIG instead of ENOSPC).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+run_main(lambda: atomic_save({{"model": {{"w": torch.ones(100_000)}}}}, {path!r}))
+"""
+
+
+def test_a_real_write_failure_is_one_line_and_removes_its_temporary_file(tmp_path):
+    """Not a patched OSError: the kernel refuses the bytes (RLIMIT_FSIZE), as a full disk would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "latest.pth"
+    atomic_save({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+    before = path.read_bytes()
+    script = FULL_DISK.format(repo=str(Path(__file__).resolve().parents[1]), path=str(path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: could not write checkpoint {path}") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+def test_readers_never_see_a_half_written_checkpoint_while_another_process_rewrites_it(tmp_path):
+    """A writer process replaces latest.pth over and over; every read in between gets one whole version."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "latest.pth"
+    atomic_save({"model": {"w": torch.full((50_000,), 0.0)}, "version": 0}, path)
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from util.checkpoint import atomic_save
+for v in range(1, 41):
+    atomic_save({{"model": {{"w": torch.full((50_000,), float(v))}}, "version": v}}, {str(path)!r})
+"""])
+    versions = set()
+    while writer.poll() is None:
+        ckpt = load_own_checkpoint(path)
+        w = ckpt["model"]["w"]
+        assert torch.equal(w, torch.full_like(w, float(ckpt["version"])))
+        versions.add(ckpt["version"])
+    assert writer.returncode == 0
+    assert load_own_checkpoint(path)["version"] == 40
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
+
+
+def test_a_run_folder_is_locked_while_its_run_lives(tmp_path):
+    from util.checkpoint import RunLock
+
+    lock = RunLock(tmp_path)
+    with pytest.raises(WeightsError, match="in use by another training run"):
+        RunLock(tmp_path)
+    lock.release()
+    RunLock(tmp_path).release()
+
+
+def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from util.checkpoint import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from util.checkpoint import RunLock
+lock = RunLock(__import__("pathlib").Path({str(tmp_path)!r}))
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(WeightsError, match=f"pid {holder.pid}"):
+        RunLock(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    time.sleep(0.05)
+    RunLock(tmp_path).release()

@@ -97,12 +97,12 @@ def test_unknown_key_in_file_names_key_file_and_closest_valid_key(tmp_path):
 
 
 def test_unknown_override_names_the_override_and_closest_valid_key(tmp_path):
-    message = error_of(write(tmp_path, ""), ["train.lrr=1"])
+    message = error_of(write(tmp_path, "{}"), ["train.lrr=1"])
     assert "train.lrr=1" in message and "did you mean 'train.lr'" in message
 
 
 def test_unknown_top_level_key_lists_the_sections(tmp_path):
-    message = error_of(write(tmp_path, ""), ["no_such_key=1"])
+    message = error_of(write(tmp_path, "{}"), ["no_such_key=1"])
     assert "'no_such_key'" in message and "dataset" in message and "train" in message
 
 
@@ -126,20 +126,20 @@ def test_unknown_top_level_key_lists_the_sections(tmp_path):
     ("teachers.clip.enabled=false", "distill.fusion_weights.clip"),
 ])
 def test_bad_value_names_the_key(tmp_path, override, key):
-    message = error_of(write(tmp_path, ""), [override])
+    message = error_of(write(tmp_path, "{}"), [override])
     assert f"'{key}" in message
 
 
 def test_rs_mtdf_without_teachers_is_an_error(tmp_path):
     overrides = ["teachers.dino.enabled=false", "teachers.clip.enabled=false",
                  "distill.fusion_weights.dino=0", "distill.fusion_weights.clip=0"]
-    assert "rs_mtdf" in error_of(write(tmp_path, ""), overrides)
-    cfg = load_config(write(tmp_path, ""), overrides + ["train.method=fixmatch"])
+    assert "rs_mtdf" in error_of(write(tmp_path, "{}"), overrides)
+    cfg = load_config(write(tmp_path, "{}"), overrides + ["train.method=fixmatch"])
     assert cfg.distill_teachers == ()
 
 
 def test_single_teacher_ablation_is_a_config_change(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["teachers.clip.enabled=false", "distill.fusion_weights.clip=0",
+    cfg = load_config(write(tmp_path, "{}"), ["teachers.clip.enabled=false", "distill.fusion_weights.clip=0",
                                             "distill.fusion_weights.dino=0.2"])
     assert cfg.distill_teachers == ("dino",)
 
@@ -151,13 +151,48 @@ def test_invalid_yaml_and_missing_file_are_one_line_errors(tmp_path):
 
 
 def test_run_dir_fills_in_dataset_method_and_split(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["dataset.split=5", "train.method=fixmatch",
+    cfg = load_config(write(tmp_path, "{}"), ["dataset.split=5", "train.method=fixmatch",
                                             "teachers.dino.enabled=false", "teachers.clip.enabled=false",
                                             "distill.fusion_weights.dino=0", "distill.fusion_weights.clip=0"])
     assert cfg.run_dir == Path("exp/loveda/fixmatch/5")
 
 
 def test_saved_config_reloads_to_the_same_values(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["train.lr=3e-5", "eval.window=224"])
+    cfg = load_config(write(tmp_path, "{}"), ["train.lr=3e-5", "eval.window=224"])
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml").to_dict() == cfg.to_dict()
+
+
+def test_an_empty_override_value_is_an_error_and_null_means_none(tmp_path):
+    message = error_of(write(tmp_path, "{}"), ["model.pretrained="])
+    assert "model.pretrained=" in message and "empty" in message and "model.pretrained=null" in message
+    assert load_config(write(tmp_path, "{}"), ["model.pretrained=null"]).model.pretrained is None
+
+
+@pytest.mark.parametrize("key", ["dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights",
+                                 "teachers.clip.weights", "save_path"])
+def test_an_empty_path_in_yaml_is_an_error_naming_the_key(tmp_path, key):
+    section, _, field = key.rpartition(".")
+    text = f'{field}: ""\n' if not section else "".join(
+        f"{'  ' * depth}{part}:\n" for depth, part in enumerate(section.split("."))) + \
+        f'{"  " * len(section.split("."))}{field}: ""\n'
+    message = error_of(write(tmp_path, text), [])
+    assert f"'{key}'" in message and "empty" in message
+
+
+def test_an_empty_config_file_is_refused_and_braces_take_every_default(tmp_path):
+    assert "is empty" in error_of(write(tmp_path, "# nothing here\n"), [])
+    assert load_config(write(tmp_path, "{}")).train.lr == 5e-6
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    message = error_of(write(tmp_path, "train:\n  lr: 1.0e-5\n  lr: 2.0e-5\n"), [])
+    assert "'lr' appears twice (lines 2 and 3)" in message
+
+
+def test_a_byte_order_mark_is_fine_and_other_encodings_are_named(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes("\ufefftrain:\n  lr: 1.0e-5\n".encode("utf-8"))
+    assert load_config(path).train.lr == 1e-5
+    path.write_bytes("# Gr\xfc\xdfe\ntrain:\n  lr: 1.0e-5\n".encode("latin-1"))
+    assert "not UTF-8" in error_of(path, [])

@@ -153,7 +153,7 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint
 
     monkeypatch.setattr(train.Trainer, "step", poisoned)
     with pytest.raises(train.NonFiniteLoss, match="iteration 5"):
-        run(data, save, "train.epochs=2")
+        run(data, save, "train.epochs=2", "--resume-changed")
     assert (save / "latest.pth").read_bytes() == before
 
 
@@ -178,7 +178,7 @@ def test_sigkill_then_restart_ends_with_identical_weights(data, uninterrupted, t
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = load_own_checkpoint(save / "latest.pth")
     assert 0 < partial["iteration"] < 8
-    assert (save / ".latest.pth.tmp").exists() == (where == "mid-save")
+    assert bool(list(save.glob(".latest.pth.*.tmp"))) == (where == "mid-save")
 
     done = subprocess.run([sys.executable, "train.py", *train_args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -187,7 +187,7 @@ def test_sigkill_then_restart_ends_with_identical_weights(data, uninterrupted, t
     resumed = load_own_checkpoint(save / "latest.pth")
     assert_same_weights(uninterrupted, resumed)
     assert resumed["best"] == uninterrupted["best"]
-    assert not (save / ".latest.pth.tmp").exists()
+    assert not list(save.glob(".*.tmp"))
 
 
 def free_port() -> int:
@@ -249,3 +249,17 @@ def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tm
             # into up to ~2e-5 where a gradient is near zero; other batches move weights by ~5e-3 here.
             torch.testing.assert_close(a[key][name], b[key][name], atol=1e-4, rtol=0,
                                        msg=lambda m: f"{key}.{name}: {m}")
+
+
+def test_a_nonfinite_loss_before_any_checkpoint_does_not_name_one(data, tmp_path, monkeypatch):
+    original = train.Trainer.step
+
+    def poisoned(self, batch):
+        losses = original(self, batch)
+        self.nonfinite[-1] = torch.ones_like(self.nonfinite[-1])
+        return losses
+
+    monkeypatch.setattr(train.Trainer, "step", poisoned)
+    with pytest.raises(train.NonFiniteLoss, match="no checkpoint was written yet") as info:
+        run(data, tmp_path / "nan", "train.log_interval=1", epochs=1)
+    assert "latest.pth" not in str(info.value)

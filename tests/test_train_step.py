@@ -179,3 +179,18 @@ def test_unimatch_v2_loss_averages_the_two_strong_views_and_masks_only_unlabelle
     torch.testing.assert_close(losses["loss"], (loss_x + (loss_u1 + loss_u2) / 2) / 2)
     mask = student.feature_masks[-1]
     assert mask.shape == (3 * B, 8) and torch.equal(mask[:B], torch.ones(B, 8))
+
+
+def test_a_labelled_batch_without_one_labelled_pixel_contributes_zero_loss_not_nan():
+    from methods.common import cross_entropy_x
+
+    logits = torch.randn(2, 7, 6, 6, requires_grad=True)
+    loss = cross_entropy_x(logits, torch.full((2, 6, 6), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
+    # Elsewhere it is the usual mean over labelled pixels.
+    mask = torch.randint(0, 7, (2, 6, 6))
+    mask[0, :3] = 255
+    expected = torch.nn.functional.cross_entropy(logits, mask, ignore_index=255)
+    torch.testing.assert_close(cross_entropy_x(logits, mask), expected)

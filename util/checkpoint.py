@@ -1,12 +1,14 @@
 """Checkpoint files that survive crashes: written atomically, read without executing pickled code.
 
-A checkpoint is first written to a temporary file in the same folder, flushed to disk, and then renamed
-over the old one (`os.replace` is atomic on POSIX): a kill or a full disk mid-save leaves the previous
-file intact and at worst a stale `.tmp` file, which the next save overwrites.
+A checkpoint is first written to a temporary file in the same folder (named after the writing process, so
+two writers never share one), flushed to disk, and then renamed over the old one (`os.replace` is atomic on
+POSIX): a reader sees the old file or the new one, never a mix, and a kill or a full disk mid-save leaves
+the previous file intact. A failed save removes its temporary file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import zipfile
@@ -21,17 +23,18 @@ from util.errors import WeightsError, short_reason
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` so that `path` is either the old file or the complete new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # A full disk surfaces as OSError from the file, or as RuntimeError from torch's zip writer.
         tmp.unlink(missing_ok=True)
-        raise WeightsError(f"could not write checkpoint {path}: {e.strerror or e}; the previous file is "
-                           f"unchanged") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else short_reason(e)
+        raise WeightsError(f"could not write checkpoint {path}: {reason}; the previous file is unchanged") from None
     _fsync_dir(path.parent)
 
 
@@ -59,6 +62,54 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a folder that exists or can be made and written to, or one WeightsError naming `what`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WeightsError(f"{what}: {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WeightsError(f"{what}: {path} is under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WeightsError(f"{what}: cannot write in {existing} (permission denied)")
+    return path
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of the process that holds it.
+
+    flock locks belong to the open file: the kernel releases them when the process dies, however it dies, so
+    a SIGKILLed run never leaves the folder locked.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.created = not self.path.exists()
+        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise WeightsError(f"{run_dir} is in use by another training run (pid {holder}); wait for it to "
+                               f"finish, or use another save_path (or --save-path)") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self, remove: bool = False) -> None:
+        """Unlock; `remove` also deletes a lock file this lock created (a run refused before it began)."""
+        if self.file.closed:
+            return
+        if remove and self.created:
+            self.path.unlink(missing_ok=True)
+        self.file.close()
 
 
 def load_own_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

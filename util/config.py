@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dataset.info import DATASETS
 from util.errors import ConfigError
@@ -24,6 +24,17 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 TeacherName = Literal["dino", "clip"]
 # A frozen teacher's compute precision on a GPU (on a CPU teachers always run in fp32).
 TeacherPrecision = Literal["fp16", "bf16", "fp32"]
+
+
+def _not_empty(value: str) -> str:
+    # An empty path is how an unset shell variable arrives (`model.pretrained=$WEIGHTS`); null means "none".
+    if not value.strip():
+        raise ValueError("is empty; give a path, or null for none")
+    return value
+
+
+# A file or folder path given by the user: never the empty string.
+PathText = Annotated[str, AfterValidator(_not_empty)]
 
 
 class Section(BaseModel):
@@ -38,8 +49,8 @@ def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[fl
 
 class DatasetConfig(Section):
     name: str = "loveda"
-    root: str = "dataset/loveda"
-    splits: str = "splits/loveda"
+    root: PathText = "dataset/loveda"
+    splits: PathText = "splits/loveda"
     # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
     nclass: int = Field(7, ge=2, le=255)
@@ -81,7 +92,7 @@ class ModelConfig(Section):
     # DINOv2 size of the student encoder; `tiny` is a small ViT for tests and the demo.
     backbone: Backbone = "small"
     # Official DINOv2 checkpoint for the student; null starts from random weights (tests, demo).
-    pretrained: str | None = "pretrained/dinov2_small.pth"
+    pretrained: PathText | None = "pretrained/dinov2_small.pth"
     lock_backbone: bool = False
     # Recompute encoder blocks in the backward pass: less memory, ~30 % more time.
     grad_checkpointing: bool = False
@@ -90,7 +101,7 @@ class ModelConfig(Section):
 class DinoTeacherConfig(Section):
     enabled: bool = True
     arch: Backbone = "base"
-    weights: str | None = "pretrained/dinov2_base.pth"
+    weights: PathText | None = "pretrained/dinov2_base.pth"
     # The reference runs DINOv2-B in fp32.
     precision: TeacherPrecision = "fp32"
 
@@ -98,7 +109,7 @@ class DinoTeacherConfig(Section):
 class ClipTeacherConfig(Section):
     enabled: bool = True
     arch: Literal["ViT-L-14", "tiny"] = "ViT-L-14"
-    weights: str | None = "pretrained/ViT-L-14.pt"
+    weights: PathText | None = "pretrained/ViT-L-14.pt"
     input_size: int = Field(224, gt=0)
     # The reference feeds CLIP ImageNet-normalised pixels; true re-normalises with CLIP's own mean/std.
     renormalize: bool = False
@@ -245,6 +256,11 @@ class EvalConfig(Section):
     stride: int | None = Field(None, gt=0)
     # Images per forward in `original` mode; windows per forward in `sliding_window` mode.
     batch_size: int = Field(16, gt=0)
+    # How overlapping sliding windows are blended: `uniform` averages their softmax (the reference's
+    # scoring, what eval.py scores with); `gaussian` weights each window by nnU-Net's Gaussian importance
+    # map (sigma = window / 8), so window borders count little and leave no seams. predict.py uses
+    # `gaussian` (and mode `sliding_window`) unless its command line says otherwise (--blend, --mode).
+    blend: Literal["uniform", "gaussian"] = "uniform"
     # Which weights of a checkpoint to score; null: those the checkpoint was selected by (train.best_by;
     # the student for checkpoints that do not say, such as the authors').
     weights: Literal["student", "ema"] | None = None
@@ -268,7 +284,7 @@ class Config(Section):
     augment: AugmentConfig = AugmentConfig()
     eval: EvalConfig = EvalConfig()
     # Where a run writes checkpoints, logs and the resolved config; {dataset}, {method}, {split} are filled in.
-    save_path: str = "exp/{dataset}/{method}/{split}"
+    save_path: PathText = "exp/{dataset}/{method}/{split}"
 
     @model_validator(mode="after")
     def _method_and_teachers_agree(self) -> Config:
@@ -282,10 +298,27 @@ class Config(Section):
                     f"teachers.{name}.enabled is false; set it to 0 and give its share to another term")
         return self
 
+    @field_validator("save_path")
+    @classmethod
+    def _known_placeholders(cls, v: str) -> str:
+        try:
+            v.format(dataset="d", method="m", split="s")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"'{v}' has a placeholder other than {{dataset}}, {{method}}, {{split}} ({e})") from None
+        return v
+
     @property
     def run_dir(self) -> Path:
         return Path(self.save_path.format(dataset=self.dataset.name, method=self.train.method,
                                           split=self.dataset.split))
+
+    @property
+    def weight_files(self) -> dict[str, str | None]:
+        """{config key: path} of every weight file this config reads (None where it starts from random weights)."""
+        files = {"model.pretrained": self.model.pretrained}
+        for name in self.distill_teachers:
+            files[f"teachers.{name}.weights"] = getattr(self.teachers, name).weights
+        return files
 
     @property
     def distill_teachers(self) -> tuple[str, ...]:
@@ -294,6 +327,57 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparing configs (resuming a run, scoring a checkpoint)
+
+# Keys that change what the model computes from an image (its parameters or its forward): a checkpoint is
+# only meaningful under the values it was trained with.
+MODEL_KEYS = ("dataset.name", "dataset.nclass", "model.backbone", "train.method", "teachers.dino.enabled",
+              "teachers.dino.arch", "teachers.clip.enabled", "teachers.clip.arch", "teachers.clip.input_size",
+              "teachers.clip.renormalize", "distill.translator_hidden", "distill.fusion", "distill.fusion_weights")
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (their value, our value)} for every key whose resolved value differs."""
+    a, b = flatten(theirs), flatten(ours)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def model_differences(theirs: dict[str, Any], ours: dict[str, Any],
+                      keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, tuple[Any, Any]]:
+    """The differences under `keys`; teacher and distillation keys only count where a method distils."""
+    distils = "rs_mtdf" in (flatten(theirs).get("train.method"), flatten(ours).get("train.method"))
+    diffs = {k: v for k, v in config_differences(theirs, ours).items()
+             if under(k, keys) and (distils or not k.startswith(("teachers.", "distill.")))}
+    # The most telling first: in the order of `keys` (dataset, backbone and method lead).
+    rank = {k: next(i for i, p in enumerate(keys) if under(k, (p,))) for k in diffs}
+    return dict(sorted(diffs.items(), key=lambda item: rank[item[0]]))
+
+
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether dotted `key` is one of `prefixes` or inside one of them."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def describe_differences(diffs: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
+    """'train.lr=5e-06 (this config: 1e-05), augment.hflip_p=0.5 (this config: 0.0) (+2 more)'."""
+    shown = [f"{k}={a} (this config: {b})" for k, (a, b) in list(diffs.items())[:limit]]
+    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
+    return ", ".join(shown) + more
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,8 +426,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"command line: '{text}' is not an override of the form section.key=value")
+    if value == "":
+        raise ConfigError(f"command line override '{text}': the value is empty (an unset shell variable?); "
+                          f"write {key}=null for none")
     try:
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = yaml.load(value, Loader=_StrictLoader)
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
@@ -376,18 +463,42 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from a UTF-8 file (a byte-order mark is fine); duplicate keys and empty files are errors."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"{path} is empty; start from one of configs/*.yaml, or write {{}} to take every default")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, not {type(raw).__name__}")
     return raw
