@@ -135,7 +135,8 @@ class Trainer:
         self.total_iters = cfg.train.epochs * self.iters_per_epoch
 
         self.model = build_segmenter(cfg).to(self.device)
-        self.teachers = build_teachers(cfg, self.device) if cfg.train.method == "rs_mtdf" else None
+        # Only a method that distils gets teachers (cfg.distill_teachers is empty otherwise).
+        self.teachers = build_teachers(cfg, self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         self.ema = make_ema(self.model)

@@ -6,22 +6,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from methods.common import Losses, StepContext
-from methods.fixmatch import fixmatch_step, rs_mtdf_step
+from methods.fixmatch import fixmatch_step
+from methods.rs_mtdf import rs_mtdf_step
 from methods.supervised import supervised_step
 from methods.unimatch_v2 import unimatch_v2_step
 
 
 @dataclass(frozen=True)
 class Method:
+    """A training method: its step (a batch in, its losses out) and what the trainer must give it."""
+
     step: Callable[[StepContext, dict], Losses]
     # Whether the method reads the unlabelled list, and how many strong views each unlabelled item carries.
     unlabeled: bool
     n_strong: int
+    # Whether it distils towards the frozen teachers: they are built, and the student carries translators
+    # (and, with fusion, projections) for each enabled teacher.
+    teachers: bool = False
 
 
 METHODS: dict[str, Method] = {
     "supervised": Method(supervised_step, unlabeled=False, n_strong=0),
     "fixmatch": Method(fixmatch_step, unlabeled=True, n_strong=1),
     "unimatch_v2": Method(unimatch_v2_step, unlabeled=True, n_strong=2),
-    "rs_mtdf": Method(rs_mtdf_step, unlabeled=True, n_strong=1),
+    "rs_mtdf": Method(rs_mtdf_step, unlabeled=True, n_strong=1, teachers=True),
 }

@@ -17,6 +17,8 @@ from dataset.info import IGNORE_INDEX, UNLABELED_PAD
 from util.config import Config
 
 Losses = dict[str, torch.Tensor]
+# The EMA model's confidence and argmax on the weak view, (B, H, W) each.
+PseudoLabels = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -35,7 +37,7 @@ class StepContext:
 
 
 @torch.no_grad()
-def pseudo_label(ema: nn.Module, img_u_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_label(ema: nn.Module, img_u_w: torch.Tensor) -> PseudoLabels:
     """Confidence and argmax of the EMA model's softmax on the weak view: (B, H, W) each."""
     probs = ema(img_u_w).float().softmax(dim=1)
     conf_u_w, mask_u_w = probs.max(dim=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from methods.common import Losses, StepContext, cross_entropy_x, unsupervised_loss, weighted_total
-from methods.fixmatch import add_pseudo_labels, cutmixed_targets
+from methods.common import Losses, StepContext, cross_entropy_x, pseudo_label, unsupervised_loss, weighted_total
+from methods.fixmatch import cutmixed_targets
 
 
 def complementary_channel_masks(batch_size: int, dim: int, channel_p: float, pair_fraction: float,
@@ -30,8 +30,8 @@ def complementary_channel_masks(batch_size: int, dim: int, channel_p: float, pai
 
 def unimatch_v2_step(ctx: StepContext, batch: dict) -> Losses:
     """(L_x + (L_u1 + L_u2) / 2) / 2 from one student forward on labelled + both strong views."""
-    add_pseudo_labels(ctx, batch)
-    views = [cutmixed_targets(batch, view) for view in (0, 1)]
+    pseudo = pseudo_label(ctx.ema, batch["img_u_w"])
+    views = [cutmixed_targets(batch, pseudo, view) for view in (0, 1)]
     img_x = batch["img_x"]
     b_x, b_u = len(img_x), len(views[0][0])
     mask1, mask2 = complementary_channel_masks(b_u, ctx.embed_dim, ctx.cfg.train.feature_drop.channel_p,

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pydantic import ValidationError
+
 from util.config import Config, load_config, parse_override, save_config
 from util.errors import ConfigError
 
@@ -196,3 +198,17 @@ def test_a_byte_order_mark_is_fine_and_other_encodings_are_named(tmp_path):
     assert load_config(path).train.lr == 1e-5
     path.write_bytes("# Gr\xfc\xdfe\ntrain:\n  lr: 1.0e-5\n".encode("latin-1"))
     assert "not UTF-8" in error_of(path, [])
+
+
+def test_the_method_names_are_the_registrys(monkeypatch):
+    import methods
+    from methods import METHODS, Method
+
+    with pytest.raises(ValidationError, match="unknown method 'mean_teacher'; choose one of supervised, fixmatch, "
+                                              "unimatch_v2, rs_mtdf"):
+        Config.model_validate({"train": {"method": "mean_teacher"}})
+    # A method added to the registry is a valid config value, and its declared needs decide the teachers.
+    monkeypatch.setitem(methods.METHODS, "mean_teacher", Method(METHODS["fixmatch"].step, unlabeled=True, n_strong=1,
+                                                                teachers=True))
+    cfg = Config.model_validate({"train": {"method": "mean_teacher"}})
+    assert cfg.distill_teachers == ("dino", "clip")

@@ -37,6 +37,21 @@ def _not_empty(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_not_empty)]
 
 
+def method_names() -> list[str]:
+    """The training methods of the registry (methods/__init__.py), in its order."""
+    from methods import METHODS  # imported here: the methods import this module
+
+    return list(METHODS)
+
+
+def method_distils(name: str | None) -> bool:
+    """Whether method `name` distils towards the frozen teachers (False for names the registry lacks)."""
+    from methods import METHODS
+
+    method = METHODS.get(name or "")
+    return bool(method and method.teachers)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -165,7 +180,8 @@ class LossWeights(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["supervised", "fixmatch", "unimatch_v2", "rs_mtdf"] = "rs_mtdf"
+    # One of the registry in methods/__init__.py: supervised | fixmatch | unimatch_v2 | rs_mtdf.
+    method: str = "rs_mtdf"
     epochs: int = Field(60, gt=0)
     # Per process, labelled; the unlabelled batch has the same size.
     batch_size: int = Field(8, gt=0)
@@ -199,6 +215,14 @@ class TrainConfig(Section):
     log_interval: int = Field(20, gt=0)
     compile: bool = False
     channels_last: bool = True
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        names = method_names()
+        if v not in names:
+            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(names)}")
+        return v
 
     @field_validator("betas")
     @classmethod
@@ -289,8 +313,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _method_and_teachers_agree(self) -> Config:
         enabled = self.teachers.enabled
-        if self.train.method == "rs_mtdf" and not enabled:
-            raise ValueError("teachers: method rs_mtdf needs at least one enabled teacher (or use fixmatch)")
+        if method_distils(self.train.method) and not enabled:
+            raise ValueError(f"teachers: method {self.train.method} needs at least one enabled teacher "
+                             f"(or use fixmatch)")
         for name in ("dino", "clip"):
             if name not in enabled and self.distill.fusion_weights.get(name, 0.0) != 0.0:
                 raise ValueError(
@@ -323,7 +348,7 @@ class Config(Section):
     @property
     def distill_teachers(self) -> tuple[str, ...]:
         """Teachers whose translators the model carries: the enabled ones when the method distils."""
-        return self.teachers.enabled if self.train.method == "rs_mtdf" else ()
+        return self.teachers.enabled if method_distils(self.train.method) else ()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -360,7 +385,7 @@ def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str
 def model_differences(theirs: dict[str, Any], ours: dict[str, Any],
                       keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, tuple[Any, Any]]:
     """The differences under `keys`; teacher and distillation keys only count where a method distils."""
-    distils = "rs_mtdf" in (flatten(theirs).get("train.method"), flatten(ours).get("train.method"))
+    distils = any(method_distils(flatten(c).get("train.method")) for c in (theirs, ours))
     diffs = {k: v for k, v in config_differences(theirs, ours).items()
              if under(k, keys) and (distils or not k.startswith(("teachers.", "distill.")))}
     # The most telling first: in the order of `keys` (dataset, backbone and method lead).
