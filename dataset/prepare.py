@@ -10,20 +10,28 @@ under <out>/train/ and <out>/val/ after its official split - and <out>/prepare_s
 lists ship with the code in splits/<dataset> (Potsdam and DeepGlobe: the authors' published lists, tile for
 tile; LoveDA: seeded lists from the official file names); prepare checks that every tile they name was
 written. `--resplit` instead writes new seeded lists of the tiles present into --splits (own data, other
-seeds). Raw files are found anywhere under --raw, so nested archive
-layouts (2_Ortho_RGB/2_Ortho_RGB/...) work. One worker handles one raw image at a time and cuts it crop by
-crop, so memory stays bounded (peak 0.35 GB per worker on a 6000x6000 Potsdam tile). A re-run skips raw
-images whose crops all exist; a raw image that fails is named in the summary and no split list is written.
+seeds). Raw files are found anywhere under --raw, following symbolic links to folders (each real folder once, so a
+link loop ends), so nested archive layouts (2_Ortho_RGB/2_Ortho_RGB/...) and linked folders work. One worker
+handles one raw image at a time and cuts it crop by crop, so memory stays bounded (peak 0.35 GB per worker on
+a 6000x6000 Potsdam tile). A re-run skips raw images whose crops all exist; a raw image that fails is named in
+the summary and no split list is written.
+
+One --out holds the tiles of one cutting: the options the tiles depend on (dataset, --raw, --tile) are
+recorded in <out>/.prepare_options.json before the first crop is written, and a re-run with other ones is
+refused (or, with --overwrite, the old tiles are removed and everything is re-cut). A run holds an exclusive
+lock on <out>/.prepare.lock, so a second preparation into the same --out is refused while one runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,13 +42,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset.info import DATASETS, IGNORE_INDEX
-from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, loveda_splits, missing_tiles,
-                            potsdam_splits, write_splits)
+from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, list_files, loveda_splits, missing_tiles,
+                            potsdam_splits, read_list, write_splits)
 from util.cli import run_main
-from util.errors import DataError
+from util.errors import DataError, short_reason
 
-# Potsdam tiles hold 36 MP: below PIL's 89 MP guard, but other rasters users feed in may not be.
-Image.MAX_IMAGE_PIXELS = None
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
+
+OPTIONS_FILE = ".prepare_options.json"
+LOCK_FILE = ".prepare.lock"
+# Where crops go: <out>/images (Potsdam, DeepGlobe) or <out>/{train,val}/images (LoveDA), masks beside.
+TILE_FOLDERS = ("", "train", "val")
 
 
 @dataclass(frozen=True)
@@ -85,40 +100,85 @@ def _unique(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
     return found
 
 
-def find_loveda(raw: Path) -> list[Job]:
+@dataclass
+class RawTree:
+    """Every file under --raw (symbolic links to folders followed), and the folders that could not be listed."""
+
+    root: Path
+    files: list[Path]
+    unreadable: list[str] = field(default_factory=list)
+
+    def matching(self, pattern: str) -> list[Path]:
+        return [path for path in self.files if fnmatch.fnmatchcase(path.name, pattern)]
+
+    def hint(self) -> str:
+        """For a 'nothing found' error: the folders that could not be read, which may hold what is missing."""
+        if not self.unreadable:
+            return ""
+        return f"; {len(self.unreadable)} folder(s) could not be read, first {self.unreadable[0]}"
+
+
+def walk_raw(raw: Path, skip: tuple[Path, ...] = ()) -> RawTree:
+    """The files under `raw` as a user expects to find them: symbolic links to folders are followed.
+
+    Path.rglob does not follow them (Python 3.11), so a download linked in from another disk would be missed.
+    Each real folder is walked once: a link back to an ancestor (a loop) or a second link to a folder already
+    walked is not entered again. `skip` folders (the output, when it lies under --raw) are not walked.
+    """
+    seen = {os.path.realpath(folder) for folder in skip}
+    tree = RawTree(raw, [])
+
+    def unreadable(error: OSError) -> None:
+        tree.unreadable.append(f"{error.filename} ({error.strerror or error})")
+
+    for top, dirs, names in os.walk(raw, followlinks=True, onerror=unreadable):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        tree.files += [Path(top, name) for name in names]
+    tree.files.sort()
+    return tree
+
+
+def find_loveda(tree: RawTree) -> list[Job]:
     """{Train,Val}/{Urban,Rural}/images_png/<id>.png with masks_png/<id>.png beside (Test has no masks)."""
     jobs = []
-    for folder in sorted(raw.rglob("images_png")):
+    for image in tree.matching("*.png"):
+        folder = image.parent
         domain, split = folder.parent.name.lower(), folder.parent.parent.name.lower()
-        if domain not in ("urban", "rural") or split not in ("train", "val"):
+        if folder.name != "images_png" or domain not in ("urban", "rural") or split not in ("train", "val"):
             continue
-        for image in sorted(folder.glob("*.png")):
-            name = f"{split}_{domain}_{image.stem}"
-            group = f"train_{domain}" if split == "train" else "val"
-            jobs.append(Job("loveda", image, folder.parent / "masks_png" / image.name, name, group, split))
+        name = f"{split}_{domain}_{image.stem}"
+        group = f"train_{domain}" if split == "train" else "val"
+        jobs.append(Job("loveda", image, folder.parent / "masks_png" / image.name, name, group, split))
     if not jobs:
-        raise DataError(f"no LoveDA images under {raw} (expected {{Train,Val}}/{{Urban,Rural}}/images_png/*.png)")
+        raise DataError(f"no LoveDA images under {tree.root} (expected {{Train,Val}}/{{Urban,Rural}}/images_png/*.png)"
+                        f"{tree.hint()}")
     by_name = _unique([j.image for j in jobs], lambda p: f"{p.parent.parent.parent.name.lower()}_"
                       f"{p.parent.parent.name.lower()}_{p.stem}")
     return [j for j in jobs if by_name[j.name] == j.image]
 
 
-def find_potsdam(raw: Path) -> list[Job]:
+def find_potsdam(tree: RawTree) -> list[Job]:
     """top_potsdam_<r>_<c>_RGB.tif (2_Ortho_RGB) and top_potsdam_<r>_<c>_label.tif (5_Labels_all)."""
-    images = _unique(list(raw.rglob("top_potsdam_*_RGB.tif")), lambda p: p.name.removesuffix("_RGB.tif"))
-    labels = _unique(list(raw.rglob("top_potsdam_*_label.tif")), lambda p: p.name.removesuffix("_label.tif"))
+    images = _unique(tree.matching("top_potsdam_*_RGB.tif"), lambda p: p.name.removesuffix("_RGB.tif"))
+    labels = _unique(tree.matching("top_potsdam_*_label.tif"), lambda p: p.name.removesuffix("_label.tif"))
     if not images:
-        raise DataError(f"no Potsdam tiles under {raw} (expected 2_Ortho_RGB/top_potsdam_<r>_<c>_RGB.tif)")
+        raise DataError(f"no Potsdam tiles under {tree.root} (expected 2_Ortho_RGB/top_potsdam_<r>_<c>_RGB.tif)"
+                        f"{tree.hint()}")
     return [Job("potsdam", path, labels.get(stem), stem, "all") for stem, path in images.items()]
 
 
-def find_deepglobe(raw: Path) -> list[Job]:
+def find_deepglobe(tree: RawTree) -> list[Job]:
     """<id>_sat.jpg with <id>_mask.png beside it; satellite images without a mask (valid/test) are left out."""
-    images = _unique(list(raw.rglob("*_sat.jpg")), lambda p: p.name.removesuffix("_sat.jpg"))
+    images = _unique(tree.matching("*_sat.jpg"), lambda p: p.name.removesuffix("_sat.jpg"))
     jobs = [Job("deepglobe", path, path.with_name(f"{stem}_mask.png"), stem, "all")
             for stem, path in images.items() if path.with_name(f"{stem}_mask.png").is_file()]
     if not jobs:
-        raise DataError(f"no DeepGlobe image/mask pairs under {raw} (expected <id>_sat.jpg and <id>_mask.png)")
+        raise DataError(f"no DeepGlobe image/mask pairs under {tree.root} (expected <id>_sat.jpg and <id>_mask.png)"
+                        f"{tree.hint()}")
     return jobs
 
 
@@ -129,20 +189,136 @@ FINDERS = {"loveda": find_loveda, "potsdam": find_potsdam, "deepglobe": find_dee
 # Reading and label conversion
 
 
+# Single-channel modes wider than 8 bits, as PIL names them.
+WIDE_MODES = {**dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), "16-bit grayscale"),
+              "I": "32-bit integer grayscale", "F": "32-bit float grayscale"}
+# Label images: class indices in one channel. 16-bit ones are read when every value fits 8 bits.
+LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _rawmode(im: Image.Image) -> str:
+    """How the file stores the pixels (e.g. 'RGB;16B'), before PIL reduces them to its mode; '' if unknown."""
+    if not im.tile:
+        return ""
+    args = im.tile[0][3]  # (codec, extents, offset, args)
+    first = args[0] if isinstance(args, tuple) and args else args
+    return first if isinstance(first, str) else ""
+
+
+def to_8bit(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """`array` as uint8 where that is exact, else a DataError naming the file, its format and its value range.
+
+    Exact: integer values within 0..255 (8-bit data stored wide), or an 8-bit image saved as 16-bit (every
+    value a multiple of 257, as 16-bit exports scale 255 to 65535). Anything else (11-, 12- or 16-bit sensor
+    data, floats) needs a scale only the user knows, so it is refused rather than guessed.
+    """
+    if array.dtype == np.uint8:
+        return array
+    if array.size and (array.dtype.kind in "iu" or np.isfinite(array).all()):
+        low, high = array.min(), array.max()
+        integral = array.dtype.kind in "iu" or np.array_equal(array, np.round(array))
+        if integral and low >= 0 and high <= 255:
+            return array.astype(np.uint8)
+        if integral and low >= 0 and high <= 65535 and not (array % 257).any():
+            return (array // 257).astype(np.uint8)
+        values = f"values {low:g}..{high:g}"
+    else:
+        values = "values that are not finite numbers" if array.size else "no pixels"
+    raise DataError(f"image {path} is {what} with {values}: only 8-bit data (0..255, or 16-bit multiples of 257) "
+                    f"converts exactly; convert it to 8-bit RGB with the scale of your sensor")
+
+
+def _rgb_from_opencv(path: Path, what: str | None, pil_error: BaseException | None = None) -> Image.Image:
+    """Decode with OpenCV: all 16 bits of 16-bit colour files, and files PIL cannot decode (some TIFF compressions)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no TIFF warnings on the terminal
+    try:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if array is None:
+        reason = short_reason(pil_error) if pil_error is not None else f"{what} that OpenCV cannot decode"
+        raise DataError(f"cannot read image {path}: {reason}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 and not (array.ndim == 3 and array.shape[2] in (3, 4)):
+        raise DataError(f"cannot read image {path}: {array.shape[-1]} channels, not gray, RGB or RGBA")
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    kind = "float" if array.dtype.kind == "f" else "integer"
+    array = to_8bit(array, path, what or f"{array.dtype.itemsize * 8}-bit {kind} data in {channels} channel(s), "
+                                         f"a layout PIL has no mode for")
+    if array.ndim == 2:
+        return Image.fromarray(array).convert("RGB")
+    # OpenCV stores BGR(A); alpha is dropped.
+    return Image.fromarray(cv2.cvtColor(array, cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB))
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """A decoded RGB image; OpenCV reads what PIL cannot (e.g. some TIFF compressions)."""
+    """Any image file as 8-bit RGB, exactly, or a DataError naming the file (and its mode where that is why).
+
+    8-bit modes convert as PIL converts them: palette applied, alpha dropped (LA, RGBA, PA), CMYK, YCbCr, LAB,
+    HSV and 1-bit to RGB. Wider data (16-bit gray 'I;16', 32-bit 'I' and 'F', and 16-bit RGB(A), of which PIL
+    would keep only the high byte) is converted only where that is exact (see `to_8bit`). OpenCV reads files
+    PIL has no decoder for (e.g. TIFF pixel layouts it does not know), never a file PIL found damaged: OpenCV
+    fills a truncated JPEG with grey without a word.
+    """
     try:
         im = Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except Image.UnidentifiedImageError as e:
+        return _rgb_from_opencv(path, None, e)
+    except Exception as e:  # noqa: BLE001 - a decoder may fail any way on a user's file; it is named
+        raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
+    mode, rawmode = im.mode, _rawmode(im)
+    try:
         im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+        if mode in WIDE_MODES:
+            return Image.fromarray(to_8bit(np.asarray(im), path, f"{WIDE_MODES[mode]} (mode {mode})")).convert("RGB")
+        if rawmode.endswith((";16B", ";16L", ";16N")):
+            # 16 bits per channel, of which PIL kept the high byte (decoded whole above, so the file is sound).
+            im.close()
+            return _rgb_from_opencv(path, f"16-bit {mode} (stored as {rawmode})")
+        if mode == "RGB":
+            return im
+        # Premultiplied gray+alpha has no direct conversion to RGB.
+        return (im.convert("LA") if mode == "La" else im).convert("RGB")
+    except DataError:
+        raise
+    except ValueError as e:
+        raise DataError(f"cannot convert image {path} (mode {mode}) to RGB: {short_reason(e)}") from None
     except OSError as e:
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if array is None or array.dtype != np.uint8:
-            raise ValueError(f"cannot read {path} as an 8-bit image ({e})") from None
-        if array.ndim == 2:
-            return Image.fromarray(array).convert("RGB")
-        # OpenCV stores BGR(A).
-        return Image.fromarray(cv2.cvtColor(array, cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB))
+        if "not available" in str(e):  # "decoder jpeg2k not available": OpenCV may have one
+            return _rgb_from_opencv(path, None, e)
+        raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
+    except Exception as e:  # noqa: BLE001 - a decoder may fail any way on a user's file; it is named
+        raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
+
+
+def open_labels(path: Path) -> np.ndarray:
+    """A label image (class indices, mode L or P, or 16-bit with every value below 256) as uint8 (H, W)."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in LABEL_MODES:
+                raise DataError(f"mask {path} must be single-channel (mode L or P, or 16-bit with values below 256), "
+                                f"not mode {mode}")
+            array = np.array(im)
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {path}") from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure on a user's file is reported as that file's
+        raise DataError(f"cannot read mask {path}: {short_reason(e)}") from None
+    if array.dtype != np.uint8:
+        wide = (array < 0) | (array > 255)
+        if wide.any():
+            raise DataError(f"mask {path} (mode {mode}) holds value {int(array[wide][0])}: label values must be "
+                            f"0..255 ({IGNORE_INDEX} = ignore)")
+        array = array.astype(np.uint8)
+    return array
 
 
 def open_mask(job: Job) -> Image.Image:
@@ -151,11 +327,7 @@ def open_mask(job: Job) -> Image.Image:
         raise ValueError(f"label file not found for {job.image}")
     if job.dataset != "loveda":
         return open_rgb(job.mask)
-    im = Image.open(job.mask)
-    if im.mode not in ("L", "P"):
-        raise ValueError(f"{job.mask}: LoveDA masks are single-channel, not mode {im.mode}")
-    im.load()
-    return im
+    return Image.fromarray(open_labels(job.mask))
 
 
 def loveda_labels(raw: np.ndarray) -> tuple[np.ndarray, int]:
@@ -230,6 +402,8 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def process(job: Job, out: Path, tile: int, overwrite: bool) -> Result:
     """Cut one raw image into crops (skipping it if all crops exist), converting its labels."""
+    # Potsdam tiles hold 36 MP: below PIL's 89 MP guard, but other rasters users feed in may not be.
+    Image.MAX_IMAGE_PIXELS = None
     result = Result(job.name, job.group, job.folder)
     try:
         height, width = image_size(job.image)
@@ -258,6 +432,8 @@ def process(job: Job, out: Path, tile: int, overwrite: bool) -> Result:
             result.histogram += np.bincount(labels.ravel(), minlength=256)
             result.remapped += remapped
             result.written += 1
+    except DataError as e:
+        result.error = str(e).replace("\n", " ")
     except Exception as e:  # noqa: BLE001 - one bad raw image must not end an hours-long run; it is reported
         result.error = f"{type(e).__name__}: {e}".replace("\n", " ")
     return result
@@ -286,20 +462,186 @@ def _run_jobs(jobs: list[Job], out: Path, tile: int, overwrite: bool, workers: i
         return list(bar(pool.imap_unordered(work, jobs)))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The output folder: checked before any work, one cutting per folder, one run at a time
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """`path` is a writable folder or can be created as one; else a DataError naming `flag` and the reason."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{flag} {path} is a broken symbolic link")
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(f"{flag} {path} is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DataError(f"{flag} {path} is not writable")
+        return
+    ancestor = path.absolute().parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DataError(f"{flag} {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {path} cannot be created: {ancestor} is not writable")
+
+
+def tile_options(dataset: str, raw: Path, tile: int) -> dict:
+    """What the tiles on disk depend on: tiles cut with other values must not be mixed with these."""
+    return {"dataset": dataset, "raw": str(raw.resolve()), "tile": None if dataset == "loveda" else tile}
+
+
+def _read_record(out: Path) -> tuple[dict | None, Path | None]:
+    """The options the tiles in `out` were cut with and the file that records them; ({}, file) if unreadable.
+
+    prepare_summary.json is the record of runs made before .prepare_options.json existed (dataset and tile).
+    """
+    for name in (OPTIONS_FILE, "prepare_summary.json"):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+            return {}, path
+        if name != OPTIONS_FILE:
+            data = {"dataset": data["dataset"], "tile": None if data["dataset"] == "loveda" else data.get("tile")}
+        return data, path
+    return None, None
+
+
+def _tile_files(out: Path) -> Iterator[Path]:
+    for folder in TILE_FOLDERS:
+        for kind in ("images", "masks"):
+            if (out / folder / kind).is_dir():
+                yield from (p for p in (out / folder / kind).iterdir() if p.name.endswith((".png", ".png.tmp")))
+
+
+def options_conflict(out: Path, wanted: dict) -> tuple[str | None, bool]:
+    """Why the tiles in `out` cannot be kept with the `wanted` options (None: they can, or there are none),
+    and whether our own record says so (then --overwrite removes them before re-cutting)."""
+    if not out.is_dir():
+        return None, False
+    recorded, source = _read_record(out)
+    if recorded is None:
+        if next(_tile_files(out), None) is not None:
+            return f"{out} holds tiles but no record of the options they were cut with ({out / OPTIONS_FILE})", False
+        return None, False
+    if not recorded:
+        return f"{source} cannot be read, so the options the tiles in {out} were cut with are unknown", True
+    for key, flag in (("dataset", "dataset"), ("tile", "--tile"), ("raw", "--raw")):
+        if key in recorded and recorded[key] != wanted[key]:
+            if key == "dataset":
+                return f"{out} holds {recorded[key]} tiles, not {wanted[key]} (recorded in {source})", True
+            return f"{out} holds tiles cut with {flag} {recorded[key]}, not {wanted[key]} (recorded in {source})", True
+    return None, False
+
+
+def _refuse_conflict(conflict: str | None, overwrite: bool) -> None:
+    if conflict and not overwrite:
+        raise DataError(f"{conflict}; pass --overwrite to re-cut them, or use another --out")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on <out>/.prepare.lock: a second run into `out` is refused in one line.
+
+    flock locks die with the process, so a killed run never leaves `out` locked. The lock file is removed on
+    exit; a run that opened it just before is told apart by its inode and locks the new file instead.
+    """
+    path = out / LOCK_FILE
+    fd: int | None = None
+    while fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DataError(f"--out {out}: cannot create the lock file {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise DataError(f"another dataset.prepare{by} is writing into {out} (it holds {path}); wait for it to "
+                            f"finish, or use another --out") from None
+        except OSError:  # a file system without flock (some network mounts): run unlocked
+            os.close(fd)
+            fd = None
+            break
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            break
+        os.close(fd)  # the holder removed this file as we opened it: lock the one now there
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+
 def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0, workers: int = 1,
             overwrite: bool = False, tile: int = 512, resplit: bool = False) -> dict:
     """Cut every raw image and write <out>/prepare_summary.json; returns the summary.
 
     Without `resplit` the lists in `splits_dir` (the shipped ones) are checked: every tile they name must now
     exist under `out`. With `resplit`, new seeded lists of the tiles present are written into `splits_dir`.
+    Everything that can be checked is checked before anything is written (see the module docstring).
     """
     if not raw.is_dir():
-        raise DataError(f"raw dataset folder not found: {raw}")
-    if not resplit and not (splits_dir / "val.txt").is_file():
+        raise DataError(f"--raw {raw} is a file, not a folder" if raw.exists() else
+                        f"raw dataset folder not found: {raw}")
+    check_writable_folder(out, "--out")
+    if resplit:
+        check_writable_folder(splits_dir, "--splits")
+    elif not (splits_dir / "val.txt").is_file():
         raise DataError(f"no split lists in {splits_dir} to check the tiles against; pass --resplit to write "
                         f"new ones there")
+    else:
+        for path in list_files(splits_dir):
+            read_list(path)  # a list that is not UTF-8 text is named now, not after hours of cutting
+    wanted = tile_options(dataset, raw, tile)
+    _refuse_conflict(options_conflict(out, wanted)[0], overwrite)
     started = time.perf_counter()
-    jobs = FINDERS[dataset](raw)
+    # Tiles written under --raw are not raw files (unless --out is --raw itself, when there is nothing to skip).
+    tree = walk_raw(raw, skip=() if out.resolve() == raw.resolve() else (out,))
+    jobs = FINDERS[dataset](tree)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {out} cannot be created: {e.strerror or e}") from None
+    with exclusive(out):
+        # Again, now that no other run can change it.
+        conflict, ours = options_conflict(out, wanted)
+        _refuse_conflict(conflict, overwrite)
+        if conflict and ours:
+            for path in _tile_files(out):
+                path.unlink()
+            (out / "prepare_summary.json").unlink(missing_ok=True)
+        _write_json(out / OPTIONS_FILE, wanted)
+        return _cut_and_check(dataset, raw, out, splits_dir, seed, workers, overwrite, tile, resplit, jobs, tree,
+                              started)
+
+
+def _cut_and_check(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int, workers: int, overwrite: bool,
+                   tile: int, resplit: bool, jobs: list[Job], tree: RawTree, started: float) -> dict:
     for folder in {job.folder for job in jobs}:
         (out / folder / "images").mkdir(parents=True, exist_ok=True)
         (out / folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -316,19 +658,22 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
                          "ignore": int(histogram[IGNORE_INDEX])},
         # Potsdam: off-palette pixels mapped to the nearest colour; DeepGlobe: unmatched colours set to 255.
         "remapped_pixels": sum(r.remapped for r in results),
-        "split_counts": {}, "resplit": resplit,
+        "split_counts": {}, "resplit": resplit, "unreadable_folders": tree.unreadable,
     }
     missing, first_missing = 0, None
     if not failed and resplit:
         lines = {name: crop_line(r.folder, name) for r in results for name in r.crops}
-        summary["split_counts"] = write_splits(make_splits(dataset, results, seed), splits_dir, lines.__getitem__)
+        try:
+            summary["split_counts"] = write_splits(make_splits(dataset, results, seed), splits_dir,
+                                                   lines.__getitem__)
+        except OSError as e:
+            raise DataError(f"cannot write the split lists into --splits {splits_dir}: {e.filename}: "
+                            f"{e.strerror or e}") from None
     elif not failed:
         missing, first_missing = missing_tiles(splits_dir, out)
         summary["missing_listed_files"] = missing
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    tmp = out / "prepare_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "prepare_summary.json")
+    _write_json(out / "prepare_summary.json", summary)
     if failed:
         raise DataError(f"{len(failed)} of {len(jobs)} raw images failed (first: {failed[0].name}: "
                         f"{failed[0].error}); no split lists written; all listed in {out / 'prepare_summary.json'}")
@@ -353,6 +698,8 @@ def print_summary(summary: dict) -> None:
         print(f"  {summary['splits']}/{rel}: {count}")
     if not summary["resplit"]:
         print(f"  every tile named by the split lists in {summary['splits']} is present")
+    for folder in summary["unreadable_folders"]:
+        print(f"  note: could not read folder {folder}")
 
 
 def main() -> int:

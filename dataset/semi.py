@@ -1,25 +1,34 @@
 """The dataset of every split: labelled and unlabelled training crops, and full validation/test tiles.
 
 A split file lists one sample per line, `<image> <mask>` relative to cfg.dataset.root (unlabelled lines
-may hold only the image). Problems with the list are found when the dataset is built; problems inside an
-image or mask when it is read. Both raise DataError naming the file (and the split line).
+may hold only the image). It is UTF-8 text (a byte-order mark and CRLF line ends are fine); an image may be
+listed once per file, and in one of the labelled / unlabelled / val / test lists only (`check_disjoint`).
+Problems with a list are found when the dataset is built; problems inside an image or mask when it is read.
+Both raise DataError naming the file (and the split line).
+
+Images of any mode PIL opens become 8-bit RGB exactly (palette applied, alpha dropped, CMYK and the like
+converted, 16-bit data only where 8 bits hold it exactly) or are refused naming the file and the mode; masks
+are single-channel class indices (mode L or P, or 16-bit with every value below 256). See dataset.prepare's
+`open_rgb` and `open_labels`, which read the raw downloads the same way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from dataset.info import IGNORE_INDEX, UNLABELED_PAD
+from dataset.prepare import open_labels, open_rgb
+from dataset.splits import read_list
 from dataset.transforms import cutmix_box, normalize, strong_augment, weak_augment
 from util.config import Config
-from util.errors import DataError
+from util.errors import DataError, short_reason
 
 Mode = Literal["train_l", "train_u", "val", "test"]
 MODES = ("train_l", "train_u", "val", "test")
@@ -27,16 +36,12 @@ MODES = ("train_l", "train_u", "val", "test")
 
 def read_split(split_file: str | os.PathLike, root: str | os.PathLike,
                needs_mask: bool) -> list[tuple[Path, Path | None]]:
-    """Parse a split list into (image, mask) paths under `root`, checking that every file exists."""
+    """Parse a split list into (image, mask) paths under `root`, checking that every file exists once."""
     split_file = Path(split_file)
-    if not split_file.is_file():
-        raise DataError(f"split file not found: {split_file}")
-    try:
-        lines = split_file.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read split file {split_file}: {e}") from None
+    lines = read_list(split_file)
     root = Path(root)
     samples: list[tuple[Path, Path | None]] = []
+    first_line: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -44,36 +49,61 @@ def read_split(split_file: str | os.PathLike, root: str | os.PathLike,
         if len(fields) > 2 or (needs_mask and len(fields) != 2):
             expected = "'<image> <mask>'" if needs_mask else "'<image>' or '<image> <mask>'"
             raise DataError(f"{split_file}:{number}: expected {expected}, got {line.strip()!r}")
+        key = os.path.normpath(fields[0])
+        if key in first_line:
+            # Twice in one list weights that image double (and in val/test counts it twice): a mistake.
+            raise DataError(f"{split_file}:{number}: {fields[0]} is listed twice, on lines {first_line[key]} and "
+                            f"{number}; each image may appear once")
+        first_line[key] = number
         image = root / fields[0]
         mask = root / fields[1] if needs_mask else None
         for kind, path in (("image", image), ("mask", mask)):
             if path is not None and not path.is_file():
-                raise DataError(f"{split_file}:{number}: {kind} file not found: {path}")
+                what = "is a folder, not a file" if path.is_dir() else "file not found"
+                raise DataError(f"{split_file}:{number}: {kind} {what}: {path}")
         samples.append((image, mask))
     if not samples:
         raise DataError(f"split file is empty: {split_file}")
     return samples
 
 
+def check_disjoint(split_files: Iterable[str | os.PathLike], root: str | os.PathLike) -> None:
+    """DataError if one image is listed in two of the given split lists (labelled, unlabelled, val, test).
+
+    An image both labelled and unlabelled, or trained on and scored, makes every number of the run wrong.
+    Lists that do not exist are skipped (test.txt is optional while training); images are compared by their
+    normalised path under `root`. The error names the image and both files with their line numbers.
+    """
+    seen: dict[str, tuple[Path, int]] = {}
+    for split_file in split_files:
+        split_file = Path(split_file)
+        if not split_file.exists():
+            continue
+        for number, line in enumerate(read_list(split_file), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            key = os.path.normpath(Path(root, fields[0]))
+            first = seen.setdefault(key, (split_file, number))
+            if first[0] != split_file:
+                raise DataError(f"{fields[0]} is listed in both {first[0]}:{first[1]} and {split_file}:{number}; "
+                                f"labelled, unlabelled, val and test lists must not share images")
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """An RGB image file as uint8 (3, H, W); DataError if it cannot be decoded."""
+    """An image file as 8-bit RGB uint8 (3, H, W); DataError naming the file if it cannot be read exactly."""
     try:
-        with Image.open(path) as im:
-            array = np.array(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        array = np.array(open_rgb(path))
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder may fail any way on a user's file; it is named
+        raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path: Path, size: tuple[int, int], nclass: int) -> torch.Tensor:
-    """A single-channel label PNG as uint8 (H, W), checked against the image size and the class range."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise DataError(f"mask {path} must be single-channel (mode L or P), not mode {im.mode}")
-            array = np.array(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read mask {path}: {e}") from None
+    """A single-channel label image as uint8 (H, W), checked against the image size and the class range."""
+    array = open_labels(path)
     if array.shape != size:
         raise DataError(f"mask {path} is {array.shape[1]}x{array.shape[0]} but its image is {size[1]}x{size[0]}")
     bad = (array >= nclass) & (array != IGNORE_INDEX)

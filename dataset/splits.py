@@ -15,12 +15,15 @@ never changes the real counts.
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from util.errors import DataError
 
 PERCENTS = ("1", "5", "10")
 
@@ -137,13 +140,46 @@ def reference_crop_name(dataset: str, image_path: str) -> str:
     raise ValueError(f"{image_path}: not a {dataset} tile name of the published lists")
 
 
+def read_list(path: str | os.PathLike) -> list[str]:
+    """The lines of a split list, read the way a user wrote it; DataError (naming file and line) if it is not text.
+
+    UTF-8 is expected; a UTF-8 byte-order mark is dropped, and Windows (CRLF) and old Mac (CR) line endings
+    count as line ends, so line numbers are those an editor shows. UTF-16 (what some Windows editors save as
+    "Unicode"), NUL bytes and any line that is not valid UTF-8 are refused.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"split file {path} is a folder, not a file")
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read split file {path}: {e.strerror or e}") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"split file {path} is UTF-16 text; split lists must be UTF-8 (save it as UTF-8)")
+    data = data.removeprefix(codecs.BOM_UTF8)
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    text = []
+    for number, raw in enumerate(lines, start=1):
+        if b"\0" in raw:
+            raise DataError(f"{path}:{number}: holds a NUL byte (UTF-16 or a binary file?); split lists must be "
+                            f"UTF-8 text")
+        try:
+            text.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            shown = raw.decode("utf-8", "backslashreplace")[:80]
+            raise DataError(f"{path}:{number}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1} of "
+                            f"{shown!r}); split lists must be UTF-8 text") from None
+    return text
+
+
 def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
     """The authors' published lists under `folder` (<percent>/{labeled,unlabeled}.txt, val.txt, test.txt)."""
     folder = Path(folder)
 
     def names(path: Path) -> list[str]:
-        return sorted(reference_crop_name(dataset, line.split()[0]) for line in path.read_text().splitlines()
-                      if line.strip())
+        return sorted(reference_crop_name(dataset, line.split()[0]) for line in read_list(path) if line.strip())
 
     percents = sorted((p.name for p in folder.iterdir() if (p / "labeled.txt").is_file()), key=int)
     return Splits(labeled={p: names(folder / p / "labeled.txt") for p in percents},
@@ -163,7 +199,7 @@ def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tup
     root, count, first = Path(root), 0, None
     seen: set[str] = set()
     for path in list_files(splits_dir):
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_list(path), start=1):
             for rel in line.split():
                 if rel in seen:
                     continue

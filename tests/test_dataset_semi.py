@@ -171,3 +171,235 @@ def test_a_bad_file_read_in_a_worker_still_names_the_file(data, monkeypatch):
         next(batches)
     del batches
     gc.collect()  # shut the worker down while the shorter timeout holds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Split lists as users save them (issue 15, item 8)
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xef\xbb\xbft0.png t0_mask.png\r\nt1.png t1_mask.png\r\n",   # Windows Notepad: BOM and CRLF
+    b"t0.png t0_mask.png\rt1.png t1_mask.png\r",                   # old Mac line ends
+    b"t0.png\tt0_mask.png\n\n  t1.png  t1_mask.png  \n",            # tabs, blank lines, padding
+    b"t0.png t0_mask.png\nt1.png t1_mask.png",                      # no newline at the end
+], ids=["bom-crlf", "cr", "whitespace", "no-final-newline"])
+def test_split_lists_in_any_text_layout_read_the_same(data, tmp_path, raw):
+    cfg, _ = data
+    path = tmp_path / "list.txt"
+    path.write_bytes(raw)
+    root = Path(cfg.dataset.root)
+    assert SemiDataset(cfg, "train_l", path).samples == [(root / "t0.png", root / "t0_mask.png"),
+                                                          (root / "t1.png", root / "t1_mask.png")]
+
+
+def test_non_ascii_file_names_in_utf8_are_read(data, tmp_path):
+    cfg, _ = data
+    root = Path(cfg.dataset.root)
+    (root / "t0.png").rename(root / "café_東京.png")
+    path = tmp_path / "list.txt"
+    path.write_bytes("café_東京.png t0_mask.png\n".encode())
+    assert SemiDataset(cfg, "train_l", path).samples[0][0] == root / "café_東京.png"
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"t0.png t0_mask.png\nt1\xe9.png t1_mask.png\n", r"bad.txt:2: not UTF-8 \(byte 0xe9 at column 3 .*must be UTF-8"),
+    ("t0.png t0_mask.png\n".encode("utf-16"), "bad.txt is UTF-16 text; split lists must be UTF-8"),
+    (b"t0.png t0_mask.png\n\x00\x00\n", "bad.txt:2: holds a NUL byte .*UTF-8"),
+    (b"t0.png t0_mask.png\nt1.png t1_mask.png\n./t0.png t2_mask.png\n",
+     "bad.txt:3: ./t0.png is listed twice, on lines 1 and 3"),
+], ids=["latin-1", "utf-16", "nul", "duplicate"])
+def test_undecodable_or_repeated_lines_name_file_and_line(data, tmp_path, raw, message):
+    cfg, _ = data
+    (tmp_path / "bad.txt").write_bytes(raw)
+    for mode in ("train_l", "train_u", "val"):
+        with pytest.raises(DataError, match=message) as err:
+            SemiDataset(cfg, mode, tmp_path / "bad.txt")
+        assert "\n" not in str(err.value)
+
+
+def test_a_folder_named_as_list_or_image_is_named_as_a_folder(data, tmp_path):
+    cfg, _ = data
+    with pytest.raises(DataError, match="split file .*sub is a folder"):
+        SemiDataset(cfg, "val", (tmp_path / "sub").mkdir() or tmp_path / "sub")
+    (Path(cfg.dataset.root) / "dir.png").mkdir()
+    with pytest.raises(DataError, match=r"bad.txt:1: image is a folder, not a file: .*dir.png"):
+        SemiDataset(cfg, "train_u", write_split(tmp_path, "dir.png\n"))
+
+
+def test_check_disjoint_names_the_image_and_both_files_and_lines(data, tmp_path):
+    from dataset.semi import check_disjoint
+
+    cfg, _ = data
+    labeled, unlabeled, val = tmp_path / "l.txt", tmp_path / "u.txt", tmp_path / "v.txt"
+    labeled.write_text("t0.png t0_mask.png\n")
+    unlabeled.write_text("t1.png\n")
+    val.write_text("t2.png t2_mask.png\n")
+    check_disjoint([labeled, unlabeled, val, tmp_path / "absent_test.txt"], cfg.dataset.root)  # disjoint: fine
+    val.write_text("t2.png t2_mask.png\n\n./t1.png t1_mask.png\n")
+    with pytest.raises(DataError, match=rf"t1.png is listed in both {unlabeled}:1 and {val}:3; labelled, "
+                                        rf"unlabelled, val and test lists must not share images"):
+        check_disjoint([labeled, unlabeled, val], cfg.dataset.root)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every image mode PIL opens: 8-bit RGB exactly, or refused naming file and mode (issue 15, item 8)
+
+H, W = 20, 24
+
+
+def gradient() -> np.ndarray:
+    return np.arange(H * W * 3, dtype=np.int64).reshape(H, W, 3) % 251
+
+
+def save_mode(root: Path, name: str, kind: str) -> tuple[Path, np.ndarray | None]:
+    """Write t0 in `kind`; return the file and the RGB array read_image must give (None: must be refused)."""
+    import cv2
+
+    rgb = gradient().astype(np.uint8)
+    gray = rgb[..., 0]
+    path = root / name
+    if kind == "RGBA":
+        Image.fromarray(np.dstack([rgb, np.full((H, W), 7, np.uint8)])).save(path)
+        return path, rgb
+    if kind == "LA":
+        Image.fromarray(np.dstack([gray, gray // 2]), "LA").save(path)
+        return path, np.stack([gray] * 3, -1)
+    if kind == "P":
+        palette = np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
+        im = Image.fromarray(gray, "L").convert("P")
+        im.putpalette(palette.ravel().tolist())
+        im.save(path)
+        return path, palette[gray]
+    if kind == "1":
+        Image.fromarray(gray > 100).convert("1").save(path)
+        return path, np.stack([np.where(gray > 100, 255, 0).astype(np.uint8)] * 3, -1)
+    if kind == "CMYK":
+        cmyk = np.dstack([255 - rgb, np.zeros((H, W), np.uint8)])
+        Image.fromarray(cmyk, "CMYK").save(path)
+        return path, rgb
+    if kind == "I;16 8-bit values":
+        Image.fromarray(gray.astype(np.uint16)).save(path)
+        return path, np.stack([gray] * 3, -1)
+    if kind == "I;16 x257":
+        Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+        return path, np.stack([gray] * 3, -1)
+    if kind == "I;16 12-bit":
+        Image.fromarray(gray.astype(np.uint16) * 16).save(path)
+        return path, None
+    if kind == "I":
+        Image.fromarray(gray.astype(np.int32)).save(path)
+        return path, np.stack([gray] * 3, -1)
+    if kind == "F":
+        Image.fromarray(gray.astype(np.float32) / 255).save(path)
+        return path, None
+    if kind == "RGB 16-bit x257":
+        cv2.imwrite(str(path), (rgb.astype(np.uint16) * 257)[..., ::-1])
+        return path, rgb
+    if kind == "RGB 16-bit 8-bit values":
+        cv2.imwrite(str(path), rgb.astype(np.uint16)[..., ::-1])
+        return path, rgb
+    if kind == "RGB 16-bit 12-bit":
+        cv2.imwrite(str(path), (rgb.astype(np.uint16) * 16)[..., ::-1])
+        return path, None
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("RGBA", "a.png"), ("LA", "a.png"), ("P", "a.png"), ("1", "a.png"), ("CMYK", "a.tif"), ("CMYK", "a.jpg"),
+    ("I;16 8-bit values", "a.png"), ("I;16 x257", "a.png"), ("I;16 8-bit values", "a.tif"), ("I", "a.tif"),
+    ("RGB 16-bit x257", "a.png"), ("RGB 16-bit 8-bit values", "a.png"), ("RGB 16-bit x257", "a.tif"),
+    ("I;16 12-bit", "a.png"), ("F", "a.tif"), ("RGB 16-bit 12-bit", "a.png"), ("RGB 16-bit 12-bit", "a.tif"),
+])
+def test_every_image_mode_is_exact_8bit_rgb_or_refused_naming_file_and_mode(tmp_path, kind, name):
+    from dataset.semi import read_image
+
+    path, expected = save_mode(tmp_path, name, kind)
+    if expected is None:
+        with pytest.raises(DataError) as err:
+            read_image(path)
+        message = str(err.value)
+        assert str(path) in message and "\n" not in message
+        assert ("mode " in message or "16-bit" in message) and "convert it to 8-bit" in message
+        return
+    image = read_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, H, W)
+    got = image.permute(1, 2, 0).numpy().astype(int)
+    tolerance = 40 if name.endswith(".jpg") else 0   # JPEG is lossy
+    assert np.abs(got - expected.astype(int)).max() <= tolerance, kind
+
+
+def test_refusals_name_the_mode_and_the_value_range(tmp_path):
+    from dataset.semi import read_image
+
+    path, _ = save_mode(tmp_path, "a.png", "I;16 12-bit")
+    with pytest.raises(DataError, match=r"a.png is 16-bit grayscale \(mode I;16\) with values 0..4000"):
+        read_image(path)
+    path, _ = save_mode(tmp_path, "b.tif", "RGB 16-bit 12-bit")
+    with pytest.raises(DataError, match=r"b.tif is 16-bit RGB \(stored as RGB;16\w\)"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("kind, accepted", [("L", True), ("P", True), ("I;16", True), ("I;16 300", False),
+                                            ("RGB", False), ("LA", False), ("1", False), ("F", False)])
+def test_masks_are_l_p_or_16_bit_below_256_else_the_mode_is_named(data, kind, accepted):
+    cfg, split = data
+    root = Path(cfg.dataset.root)
+    labels = np.random.default_rng(0).integers(0, 7, (20, 24)).astype(np.uint8)
+    labels[0, 0] = 255
+    path = root / "t0_mask.png"
+    if kind == "L":
+        Image.fromarray(labels).save(path)
+    elif kind == "P":
+        im = Image.fromarray(labels, "L").convert("P")
+        im.putpalette([v for i in range(256) for v in (255 - i, i, i // 2)])   # colours differ from indices
+        im.save(path)
+    elif kind.startswith("I;16"):
+        wide = labels.astype(np.uint16)
+        if kind.endswith("300"):
+            wide[3, 3] = 300
+        Image.fromarray(wide).save(path)
+    elif kind == "RGB":
+        Image.fromarray(np.stack([labels] * 3, -1)).save(path)
+    elif kind == "LA":
+        Image.fromarray(np.dstack([labels, labels]), "LA").save(path)
+    elif kind == "1":
+        Image.fromarray(labels > 3).convert("1").save(path)
+    elif kind == "F":
+        path = root / "t0_mask.tif"
+        Image.fromarray(labels.astype(np.float32)).save(path)
+        split.write_text(split.read_text().replace("t0_mask.png", "t0_mask.tif"))
+    ds = SemiDataset(cfg, "val", split)
+    if accepted:
+        assert torch.equal(ds[0]["mask"], torch.from_numpy(labels).long())
+        return
+    with pytest.raises(DataError) as err:
+        ds[0]
+    message = str(err.value)
+    assert path.name in message and "\n" not in message
+    assert "mode I;16" in message and "value 300" in message if kind == "I;16 300" else f"not mode {kind}" in message
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")   # PIL's notes on damaged TIFF tags
+def test_a_corrupt_file_of_any_format_is_one_data_error_naming_it(tmp_path):
+    """Decoders raise OSError, SyntaxError, ValueError, TypeError... on damaged files: each becomes a DataError."""
+    import io
+    import random
+
+    from dataset.semi import read_image
+
+    rng = random.Random(0)
+    rgb = gradient().astype(np.uint8)
+    for fmt in ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format=fmt)
+        good = buffer.getvalue()
+        for k in range(30):
+            damaged = bytearray(good)
+            for _ in range(rng.randint(1, 8)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            path = tmp_path / f"{k}.{fmt.lower()}"
+            path.write_bytes(bytes(damaged[:rng.randrange(len(damaged) // 2, len(damaged) + 1)]))
+            try:
+                assert read_image(path).shape[0] == 3
+            except DataError as e:
+                assert str(path) in str(e) and "\n" not in str(e)

@@ -187,3 +187,122 @@ def test_tile_is_refused_for_loveda_whose_tiles_are_its_quadrants(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(tmp_path), "--tile", "128"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--tile does not apply to loveda" in done.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The raw tree as a user expects it, and one cutting per --out (issue 15, item 9)
+
+
+def test_symlinked_folders_are_followed_once_and_a_link_loop_ends(tmp_path):
+    """rglob would skip a linked folder (Python 3.11); a loop or a second link to one folder is walked once."""
+    elsewhere = tmp_path / "disk2"
+    write_potsdam(elsewhere, np.random.default_rng(0), size=20, count=2)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2_Ortho_RGB").symlink_to(elsewhere / "2_Ortho_RGB", target_is_directory=True)
+    (raw / "labels").symlink_to(elsewhere / "5_Labels_all", target_is_directory=True)
+    (raw / "labels_again").symlink_to(elsewhere / "5_Labels_all", target_is_directory=True)  # not a duplicate
+    (elsewhere / "5_Labels_all" / "loop").symlink_to(raw, target_is_directory=True)          # back to the top
+    assert not list(raw.rglob("*_RGB.tif"))
+    summary = prepare("potsdam", raw, tmp_path / "out", tmp_path / "splits", tile=10, resplit=True)
+    assert summary["raw_images"] == 2 and summary["crops_written"] == 8 and not summary["failed"]
+
+
+def test_output_under_raw_is_not_walked_as_raw_files(loveda_raw, tmp_path):
+    out = loveda_raw / "tiles"
+    prepare("loveda", loveda_raw, out, tmp_path / "a", resplit=True)
+    # Quadrant tiles in images_png-like places would be found as raw images if the walk entered --out.
+    (out / "Train" / "Rural" / "images_png").mkdir(parents=True)
+    (out / "Train" / "Rural" / "images_png" / "99.png").write_bytes(b"junk")
+    assert prepare("loveda", loveda_raw, out, tmp_path / "b", resplit=True)["raw_images"] == 6
+
+
+def test_sixteen_bit_raw_rasters_are_cut_exactly_or_reported(tmp_path):
+    import cv2
+
+    raw = tmp_path / "raw"
+    write_potsdam(raw, np.random.default_rng(0), size=20, count=2)
+    first, second = sorted((raw / "2_Ortho_RGB").glob("*.tif"))
+    rgb = np.array(Image.open(first))
+    cv2.imwrite(str(first), (rgb.astype(np.uint16) * 257)[..., ::-1])    # an 8-bit image exported as 16-bit
+    cv2.imwrite(str(second), (np.array(Image.open(second)).astype(np.uint16) * 16)[..., ::-1])  # 12-bit data
+    with pytest.raises(DataError, match=r"1 of 2 raw images failed .*is 16-bit RGB .*convert it to 8-bit"):
+        prepare("potsdam", raw, tmp_path / "out", tmp_path / "splits", tile=10, resplit=True)
+    stem = first.name.removesuffix("_RGB.tif")
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "images" / f"{stem}_1.png")), rgb[:10, :10])
+
+
+def test_options_are_recorded_before_cutting_and_a_rerun_with_others_is_refused(tmp_path):
+    raw = tmp_path / "raw"
+    write_potsdam(raw, np.random.default_rng(0), size=40, count=1)
+    out = tmp_path / "out"
+    prepare("potsdam", raw, out, tmp_path / "s1", tile=16, resplit=True)
+    recorded = json.loads((out / ".prepare_options.json").read_text())
+    assert recorded == {"dataset": "potsdam", "raw": str(raw.resolve()), "tile": 16}
+    assert prepare("potsdam", raw, out, tmp_path / "s2", tile=16, resplit=True)["crops_skipped"] == 9
+    with pytest.raises(DataError, match=r"holds tiles cut with --tile 16, not 20 .*--overwrite"):
+        prepare("potsdam", raw, out, tmp_path / "s3", tile=20, resplit=True)
+    # --overwrite re-cuts and removes the 3x3 grid's tiles: no 16-px tile is left among the 20-px ones.
+    summary = prepare("potsdam", raw, out, tmp_path / "s4", tile=20, resplit=True, overwrite=True)
+    assert summary["crops_written"] == 4 and len(list((out / "images").iterdir())) == 4
+    assert {Image.open(p).size for p in (out / "masks").iterdir()} == {(20, 20)}
+    assert json.loads((out / ".prepare_options.json").read_text())["tile"] == 20
+    assert not (out / ".prepare.lock").exists()
+
+
+def test_tiles_of_an_older_run_are_judged_by_its_summary(tmp_path):
+    raw = tmp_path / "raw"
+    write_potsdam(raw, np.random.default_rng(0), size=20, count=1)
+    out = tmp_path / "out"
+    prepare("potsdam", raw, out, tmp_path / "s1", tile=10, resplit=True)
+    (out / ".prepare_options.json").unlink()       # as a run before the options file existed left it
+    with pytest.raises(DataError, match=r"--tile 10, not 20 \(recorded in .*prepare_summary.json\)"):
+        prepare("potsdam", raw, out, tmp_path / "s2", tile=20, resplit=True)
+    assert prepare("potsdam", raw, out, tmp_path / "s3", tile=10, resplit=True)["crops_skipped"] == 4
+
+
+def test_the_lock_refuses_a_second_run_and_dies_with_its_holder(tmp_path):
+    import fcntl
+    import os
+
+    from dataset.prepare import exclusive
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive(out):
+        assert (out / ".prepare.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(DataError, match=rf"another dataset.prepare \(process {os.getpid()}\) is writing into "):
+            with exclusive(out):
+                pass
+    assert not (out / ".prepare.lock").exists()
+    # A holder that dies (its descriptor closed by the kernel) leaves the file but not the lock.
+    fd = os.open(out / ".prepare.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.close(fd)
+    with exclusive(out):
+        pass
+    assert not (out / ".prepare.lock").exists()
+
+
+def test_a_truncated_raw_jpeg_is_reported_not_filled_with_grey(tmp_path):
+    """OpenCV decodes half a JPEG without complaint; only files PIL has no decoder for may go to it."""
+    write_deepglobe(tmp_path / "raw", np.random.default_rng(0), size=32, count=2)
+    sat = sorted((tmp_path / "raw").rglob("*_sat.jpg"))[0]
+    sat.write_bytes(sat.read_bytes()[: sat.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"1 of 2 raw images failed .*cannot read image {sat}: .*runcated"):
+        prepare("deepglobe", tmp_path / "raw", tmp_path / "out", tmp_path / "splits", tile=16, resplit=True)
+
+
+def test_a_tiff_pil_cannot_open_is_read_by_opencv_when_exact(tmp_path):
+    import cv2
+
+    from dataset.prepare import open_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3)).astype(np.float32)
+    cv2.imwrite(str(tmp_path / "a.tif"), rgb[..., ::-1])           # float RGB: no PIL mode
+    with pytest.raises(Exception):
+        Image.open(tmp_path / "a.tif")
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "a.tif")), rgb.astype(np.uint8))
+    cv2.imwrite(str(tmp_path / "b.tif"), rgb[..., ::-1] / 255)
+    with pytest.raises(DataError, match=r"b.tif is 32-bit float data in 3 channel\(s\).*convert it to 8-bit"):
+        open_rgb(tmp_path / "b.tif")
