@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from dataset.info import DATASETS
 from dataset.sampler import SeededSampler
-from dataset.semi import SemiDataset
+from dataset.semi import SemiDataset, check_disjoint
+from dataset.splits import read_list
 from eval.evaluate import build_eval_loader, evaluate
 from eval.inference import autocast_dtype
 from methods import METHODS, Method
@@ -94,7 +95,7 @@ def count_lines(path: Path, cfg: Config) -> int:
     if not path.is_file():
         raise DataError(f"split file not found: {path} (dataset.splits={cfg.dataset.splits}, "
                         f"dataset.split={cfg.dataset.split}); run python -m dataset.prepare first")
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
+    return sum(1 for line in read_list(path) if line.strip())
 
 
 def train_loader(dataset: SemiDataset, length: int, batch_size: int, seed: int, cfg: Config,
@@ -190,6 +191,9 @@ class Trainer:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)
             loaders.append(train_loader(unlabeled, self.epoch_length, self.batch_size, cfg.train.seed + 1, cfg, info))
         val = SemiDataset(cfg, "val", split_path(cfg, "val.txt"))
+        # Training on a val or test tile, or one tile both labelled and unlabelled, is a list mistake.
+        check_disjoint([split_path(cfg, name) for name in ("labeled.txt", "unlabeled.txt", "val.txt", "test.txt")],
+                       cfg.dataset.root)
         self.val_loader = build_eval_loader(val, cfg, info)
         return tuple(loaders)
 

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_tiny_dataset(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_val: int = 2,
-                       size: int = 48) -> Path:
+                       size: int = 48, n_test: int = 2) -> Path:
     """Images whose class is readable from the colour (so a model can learn it), in split files; returns the splits dir."""
     rng = np.random.default_rng(0)
     colours = np.array([[200, 200, 200], [200, 40, 40], [230, 230, 60], [30, 30, 200],
@@ -19,7 +19,7 @@ def write_tiny_dataset(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_v
     (root / "img").mkdir(parents=True)
     (root / "ann").mkdir()
     lines = []
-    for i in range(n_labeled + n_unlabeled + n_val):
+    for i in range(n_labeled + n_unlabeled + n_val + n_test):
         mask = np.zeros((size, size), dtype=np.uint8)
         for _ in range(4):
             y, x, h, w = rng.integers(0, size, 4)
@@ -33,8 +33,9 @@ def write_tiny_dataset(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_v
     (splits / "10" / "labeled.txt").write_text("\n".join(lines[:n_labeled]) + "\n")
     (splits / "10" / "unlabeled.txt").write_text(
         "\n".join(line.split()[0] for line in lines[n_labeled:n_labeled + n_unlabeled]) + "\n")
-    (splits / "val.txt").write_text("\n".join(lines[n_labeled + n_unlabeled:]) + "\n")
-    (splits / "test.txt").write_text("\n".join(lines[n_labeled + n_unlabeled:]) + "\n")
+    first_val, first_test = n_labeled + n_unlabeled, n_labeled + n_unlabeled + n_val
+    (splits / "val.txt").write_text("\n".join(lines[first_val:first_test]) + "\n")
+    (splits / "test.txt").write_text("\n".join(lines[first_test:]) + "\n")
     return splits
 
 
