@@ -1,13 +1,18 @@
-"""Training and evaluation speed and memory of our pipeline, and of the reference way of computing, side by side.
+"""Training and evaluation speed, FLOPs and memory of our pipeline, and of the reference way of computing.
 
     python scripts/benchmark.py --config configs/loveda.yaml --what train --both          # real sizes (GPU)
     python scripts/benchmark.py --config configs/loveda.yaml --what eval --both
     python scripts/benchmark.py --config configs/loveda.yaml --what both --both --tiny    # CPU-sized
+    python scripts/benchmark.py --config configs/loveda.yaml --flops --memory            # no GPU needed
 
 The real pipeline is built with random weights (no files needed) and fed synthetic batches: the numbers
 are the cost of computing, not of reading data. `--reference` measures the reference's way (fp32, unfused
 attention, one window per forward; see util/speed.py), `--both` measures both in one run and prints the
-ratios. Results are printed as JSON (and written to --out) with a one-line summary each.
+ratios. On a GPU the training figures include the model FLOP utilisation (MFU) against the card's dense
+bf16 peak. `--flops` counts the FLOPs of one training step per component and `--memory` computes the
+expected peak GPU memory of a step (ours and the reference's), both on fake tensors: any machine, seconds,
+real sizes. Without --what, only those are reported. Results are printed as JSON (and written to --out)
+with a one-line summary each.
 """
 
 from __future__ import annotations
@@ -24,20 +29,29 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from eval.inference import autocast_dtype, predict_logits, resolve_window  # noqa: E402
+from eval.inference import predict_logits, resolve_window  # noqa: E402
 from methods.common import pseudo_label  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.dist import init_distributed  # noqa: E402
 from util.ema import ema_update  # noqa: E402
+from util.precision import autocast_dtype  # noqa: E402
 from util.schedule import ema_ratio  # noqa: E402
-from util.speed import REFERENCE_OVERRIDES, use_unfused_attention  # noqa: E402
+from util.speed import (REFERENCE_OVERRIDES, adamw_like, emulate_gpu_precision,  # noqa: E402
+                        model_flops_utilisation, peak_bf16_tflops, step_batch, step_flops, step_memory,
+                        student_input, use_unfused_attention)
 
 # Weights are random: the benchmark must run without pretrained/ files.
 RANDOM_WEIGHTS = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
 # The tiny architecture of the tests and the demo, for CPUs.
 TINY = ["model.backbone=tiny", "teachers.dino.arch=tiny", "teachers.clip.arch=tiny", "teachers.clip.input_size=56",
         "distill.translator_hidden=128", "dataset.crop_size=112", "train.batch_size=4"]
+# Card sizes (GiB) the memory estimate is checked against, and the rule: the estimate counts tensors only, as
+# torch.cuda.max_memory_allocated does; the CUDA context, cuBLAS/cuDNN workspaces and the caching allocator's
+# fragmentation come on top (measured on the first GPU by scripts/gpu_smoke.sh, until then a guess).
+CARDS_GIB = (16, 24, 40, 48, 80)
+OVERHEAD_GIB, FRAGMENTATION = 0.75, 1.10
+GIB = 2 ** 30
 
 
 def sync(device: torch.device) -> None:
@@ -58,7 +72,11 @@ def timed(fn: Callable[[], object], iters: int, warmup: int, device: torch.devic
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
+def reserved_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_reserved(device) / GIB if device.type == "cuda" else None
 
 
 def reset_peak(device: torch.device) -> None:
@@ -67,30 +85,21 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def synthetic_batch(cfg: Config, n_strong: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A labelled and an unlabelled batch of the configured size, with CutMix boxes on half the samples."""
-    g = torch.Generator().manual_seed(0)
-    b, s, n = cfg.train.batch_size, cfg.dataset.crop_size, cfg.dataset.nclass
-    box = torch.zeros(b, max(n_strong, 1), s, s, dtype=torch.long)
-    box[::2, :, s // 4:3 * s // 4, s // 4:3 * s // 4] = 1
-    batch = {"img_x": torch.randn(b, 3, s, s, generator=g), "mask_x": torch.randint(0, n, (b, s, s), generator=g),
-             "img_u_w": torch.randn(b, 3, s, s, generator=g),
-             "img_u_s": torch.randn(b, max(n_strong, 1), 3, s, s, generator=g),
-             "ignore_mask": torch.zeros(b, s, s, dtype=torch.long), "cutmix_box": box}
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def bench_train(cfg: Config, iters: int, warmup: int, reference: bool) -> dict[str, object]:
-    """Images/s of full training steps, the step broken into its parts, and peak memory."""
+def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like: bool = False,
+                flops: dict | None = None, peak_tflops: float | None = None,
+                memory_estimate: dict | None = None) -> dict[str, object]:
+    """Images/s of full training steps, the step broken into its parts, peak memory, and MFU given `flops`."""
     from train import Trainer
 
     info = init_distributed()
     device = info.device
     trainer = Trainer(cfg, info, with_data=False)
     trainer.total_iters = 10 * (iters + warmup) + 10
+    if gpu_like:
+        emulate_gpu_precision(trainer)
     if reference:
         use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
-    batch = synthetic_batch(cfg, trainer.method.n_strong, device)
+    batch = step_batch(trainer)
 
     def step() -> None:
         trainer.step(dict(batch))
@@ -99,7 +108,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool) -> dict[s
     reset_peak(device)
     seconds = timed(step, iters, warmup, device)
     trainer.check_finite()
-    memory = peak_memory_gb(device)
+    memory, reserved = peak_memory_gb(device), reserved_memory_gb(device)
     amp = trainer.amp_dtype
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else None
 
@@ -111,11 +120,13 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool) -> dict[s
                 return fn()
         return run
 
-    parts = {"ema_pseudo_labels": timed(under_autocast(lambda: pseudo_label(trainer.ema, batch["img_u_w"])),
-                                        iters, 1, device)}
+    parts = {}
+    if trainer.method.unlabeled:
+        parts["ema_pseudo_labels"] = timed(under_autocast(lambda: pseudo_label(trainer.ema, batch["img_u_w"])),
+                                           iters, 1, device)
     if trainer.teachers is not None:
-        student_in = torch.cat((batch["img_x"], batch["img_u_s"][:, 0]))
-        parts["teachers"] = timed(lambda: trainer.teachers(student_in), iters, 1, device)
+        images = student_input(trainer, batch)
+        parts["teachers"] = timed(lambda: trainer.teachers(images), iters, 1, device)
 
     def optimizer_and_ema() -> None:
         trainer.optimizer.step()
@@ -123,14 +134,43 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool) -> dict[s
 
     parts["optimizer_and_ema"] = timed(optimizer_and_ema, iters, 1, device)
     parts["student_forward_backward"] = max(0.0, seconds - sum(parts.values()))
-    images = cfg.train.batch_size * (2 if trainer.method.unlabeled else 1)
-    return {"what": "train", "reference": reference, "method": cfg.train.method,
-            "precision": str(amp or torch.float32), "batch": f"{cfg.train.batch_size}+{cfg.train.batch_size}",
-            "crop": cfg.dataset.crop_size, "images_per_s": images / seconds, "ms_per_step": 1000 * seconds,
-            "ms_breakdown": {k: round(1000 * v, 2) for k, v in parts.items()}, "peak_memory_gb": memory}
+    images_per_step = trainer.batch_size * (2 if trainer.method.unlabeled else 1)
+    b = trainer.batch_size
+    result: dict[str, object] = {
+        "what": "train", "reference": reference, "method": cfg.train.method,
+        "precision": str(amp or torch.float32), "gpu_like_on_cpu": gpu_like and device.type == "cpu",
+        "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
+        "images_per_s": images_per_step / seconds, "ms_per_step": 1000 * seconds,
+        "ms_breakdown": {k: round(1000 * v, 2) for k, v in parts.items()}, "peak_memory_gb": memory,
+        "peak_reserved_gb": reserved}
+    if not reference:
+        # Today's AdamW (multi-tensor) against fused AdamW on the same gradients: the case for `fused=True`.
+        adamw = {"foreach": timed(adamw_like(trainer.optimizer, fused=False).step, iters, 1, device)}
+        try:
+            adamw["fused"] = timed(adamw_like(trainer.optimizer, fused=True).step, iters, 1, device)
+        except RuntimeError as e:  # fused AdamW on this device/PyTorch is not supported
+            adamw["fused"] = None
+            result["fused_adamw_error"] = str(e).splitlines()[0]
+        result["adamw_ms"] = {k: None if v is None else round(1000 * v, 3) for k, v in adamw.items()}
+    if memory_estimate is not None:
+        result["peak_memory_estimate_gb"] = memory_estimate["peak_gib"]
+    if flops is not None:
+        total = flops["total"]
+        result["tflop_per_step"] = total / 1e12
+        result["achieved_tflops"] = total / seconds / 1e12
+        result["peak_bf16_tflops"] = peak_tflops
+        result["mfu"] = model_flops_utilisation(total, seconds, peak_tflops) if device.type == "cuda" else None
+        p = flops["parts"]
+        part_flops = {"ema_pseudo_labels": p.get("ema_pseudo_labels", 0),
+                      "teachers": sum(v for k, v in p.items() if k.startswith("teacher_")),
+                      "student_forward_backward": p["student_forward"] + p["student_backward"]}
+        result["achieved_tflops_by_part"] = {k: round(part_flops[k] / (ms / 1000) / 1e12, 3) if ms > 0 else None
+                                             for k, ms in result["ms_breakdown"].items() if k in part_flops}
+    return result
 
 
-def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int) -> dict[str, object]:
+def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
+               gpu_like: bool = False) -> dict[str, object]:
     """Images/s (and windows/s) of whole-image inference in both modes on `size` x `size` tiles."""
     from model.segmenter import build_segmenter
 
@@ -138,7 +178,7 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int)
     model = build_segmenter(cfg).to(device).eval()
     if reference:
         use_unfused_attention(model)
-    amp = autocast_dtype(cfg.train.precision, device)
+    amp = autocast_dtype(cfg.train.precision, device, allow_cpu=gpu_like)
     n_images = cfg.eval.batch_size if not reference else 1
     img = torch.randn(n_images, 3, size, size, device=device)
     window, stride = resolve_window(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": "sliding_window"})}))
@@ -155,15 +195,51 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int)
     return result
 
 
+def fits(peak_gib: float) -> dict[str, bool]:
+    """Whether a step with this estimated peak fits cards of CARDS_GIB, with the overheads of OVERHEAD_GIB and
+    FRAGMENTATION on top."""
+    return {f"{card}": peak_gib * FRAGMENTATION + OVERHEAD_GIB <= card for card in CARDS_GIB}
+
+
+def memory_report(cfg_ours: Config, cfg_ref: Config) -> dict[str, object]:
+    """Expected peak GPU memory of a training step, ours and the reference way, and which cards it fits."""
+    ours, ref = step_memory(cfg_ours), step_memory(cfg_ref, reference=True)
+    for r in (ours, ref):
+        r["fits_card_gib"] = fits(r["peak_gib"])
+    return {"ours": ours, "reference": ref, "ratio": ours["peak_gib"] / ref["peak_gib"],
+            "rule": f"fits a card of C GiB if peak x {FRAGMENTATION} + {OVERHEAD_GIB} <= C (CUDA context, workspaces, "
+                    f"allocator fragmentation on top of the tensors)"}
+
+
 def summary(result: dict[str, object]) -> str:
     name = "reference" if result["reference"] else "ours"
     if result["what"] == "train":
         mem = result["peak_memory_gb"]
+        mfu = result.get("mfu")
+        extra = f", MFU {100 * mfu:.1f} %" if mfu is not None else ""
         return (f"train {name}: {result['images_per_s']:.2f} images/s, {result['ms_per_step']:.1f} ms/step, "
-                f"peak {'-' if mem is None else f'{mem:.2f} GiB'} ({result['precision']})")
+                f"peak {'-' if mem is None else f'{mem:.2f} GiB'} ({result['precision']}){extra}")
     return (f"eval {name}: original {result['original']['images_per_s']:.2f} images/s, sliding window "
             f"{result['sliding_window']['images_per_s']:.2f} images/s "
             f"({result['sliding_window']['windows_per_s']:.1f} windows/s)")
+
+
+def flops_summary(flops: dict[str, object]) -> str:
+    parts = ", ".join(f"{k} {v / 1e12:.2f} ({100 * flops['share'][k]:.0f} %)" for k, v in flops["parts"].items())
+    return (f"flops per training step ({flops['method']}, {flops['batch']} crops of {flops['crop']}): "
+            f"{flops['total'] / 1e12:.2f} TFLOP = {parts}")
+
+
+def memory_summary(memory: dict[str, object]) -> str:
+    ours, ref = memory["ours"], memory["reference"]
+
+    def cards(r: dict) -> str:
+        ok = [c for c, fit in r["fits_card_gib"].items() if fit]
+        return f"fits {min(ok, key=int)} GiB cards and up" if ok else f"fits none up to {CARDS_GIB[-1]} GiB"
+
+    return (f"memory per training step ({ours['method']}, {ours['batch']} crops of {ours['crop']}): ours "
+            f"{ours['peak_gib']:.2f} GiB ({ours['precision']}, {cards(ours)}), reference {ref['peak_gib']:.2f} GiB "
+            f"({ref['precision']}, unfused attention, {cards(ref)})")
 
 
 def ratios(ours: dict[str, object], ref: dict[str, object]) -> dict[str, float | None]:
@@ -178,13 +254,21 @@ def ratios(ours: dict[str, object], ref: dict[str, object]) -> dict[str, float |
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_args(parser)
-    parser.add_argument("--what", choices=("train", "eval", "both"), default="train")
+    parser.add_argument("--what", choices=("train", "eval", "both"),
+                        help="what to time (default train; nothing when only --flops/--memory are given)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="train.precision")
     parser.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
     parser.add_argument("--tiny", action="store_true", help="tiny student and teachers (CPU-sized)")
     parser.add_argument("--eval-size", type=int, default=512, help="tile size for --what eval")
+    parser.add_argument("--flops", action="store_true", help="FLOPs per training step, per component (fake tensors)")
+    parser.add_argument("--memory", action="store_true",
+                        help="expected peak GPU memory of a training step, ours and the reference's (fake tensors)")
+    parser.add_argument("--cpu-amp", action="store_true",
+                        help="on a CPU, time with a GPU's precision (bf16 autocast, teachers in teachers.*.precision, "
+                             "channels-last) instead of fp32")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak for MFU (default: from its name)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--reference", action="store_true", help="only the reference way of computing")
     group.add_argument("--both", action="store_true", help="ours and the reference, with ratios")
@@ -195,15 +279,36 @@ def main(argv: list[str] | None = None) -> int:
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)
     extra += ["train.compile=true"] * args.compile
     variants = {"ours": False, "reference": True} if args.both else {("reference" if args.reference else "ours"): args.reference}
-    report: dict[str, object] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                                 "torch": torch.__version__, "threads": torch.get_num_threads()}
-    for what in (("train", "eval") if args.what == "both" else (args.what,)):
+    cuda = torch.cuda.is_available()
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = args.peak_tflops or (peak_bf16_tflops(device_name) if cuda else None)
+    report: dict[str, object] = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                 "peak_bf16_tflops": peak}
+    whats = {"both": ("train", "eval"), "train": ("train",), "eval": ("eval",),
+             None: () if (args.flops or args.memory) else ("train",)}[args.what]
+    cfg_ours = config_from_args(args, extra)
+    cfg_ref = config_from_args(args, extra + REFERENCE_OVERRIDES)
+
+    # FLOPs: asked for, or needed for the MFU of timed training on a GPU. Counted once: the same model
+    # FLOPs both ways (the reference's explicit attention does the same multiply-adds).
+    flops = step_flops(cfg_ours) if args.flops or ("train" in whats and cuda) else None
+    if flops is not None:
+        report["flops"] = flops
+        print(flops_summary(flops), flush=True)
+    memory = memory_report(cfg_ours, cfg_ref) if args.memory else None
+    if memory is not None:
+        report["memory"] = memory
+        print(memory_summary(memory), flush=True)
+
+    for what in whats:
         results = {}
         for name, reference in variants.items():
-            cfg = config_from_args(args, extra + (REFERENCE_OVERRIDES if reference else []))
+            cfg = cfg_ref if reference else cfg_ours
             torch.manual_seed(0)
-            results[name] = (bench_train(cfg, args.iters, args.warmup, reference) if what == "train"
-                             else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size))
+            estimate = memory[name] if memory is not None else None
+            results[name] = (bench_train(cfg, args.iters, args.warmup, reference, args.cpu_amp, flops, peak, estimate)
+                             if what == "train"
+                             else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size, args.cpu_amp))
             print(summary(results[name]), flush=True)
         if args.both:
             results["ratios"] = ratios(results["ours"], results["reference"])

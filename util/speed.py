@@ -1,19 +1,52 @@
-"""The reference way of computing, reproduced in our own code so that speed-ups are measured side by side.
+"""The reference way of computing, and what a training step costs without running it on a GPU.
 
 The authors' release runs the student and the DINO teacher in fp32 with naive (unfused) attention and
-sends one window per forward in sliding-window evaluation. `reference_overrides` and
+sends one window per forward in sliding-window evaluation. `REFERENCE_OVERRIDES` and
 `use_unfused_attention` switch our pipeline to that; everything else (model, losses, data) is the same.
+
+Costs without a GPU (scripts/benchmark.py --flops / --memory): the real Trainer is built on the meta
+device and its tensors turned into fake tensors (shapes, dtypes and strides, no data), so a real-size step
+runs on any machine in seconds. `step_flops` counts its matmul/conv/attention FLOPs per component with
+`torch.utils.flop_counter.FlopCounterMode`; `step_memory` follows every tensor storage that is alive during
+the step (`LiveTensorBytes`) and reports the peak, i.e. what `torch.cuda.max_memory_allocated` would show.
+Both run GPU-like: the autocast dtype a GPU would use (`train.precision: auto` -> bf16), the teachers in
+their `teachers.*.precision` and channels-last convolutions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from util.precision import DTYPES, autocast_dtype
+
+if TYPE_CHECKING:
+    from train import Trainer
+    from util.config import Config
 
 # Config overrides that undo our speed-ups: fp32 autocast off, no channels-last, no compilation, and
 # eval batches of one window. The teachers keep teachers.precision (the reference runs CLIP in fp16),
 # which makes the reference faster than it was, so the measured ratios understate ours.
 REFERENCE_OVERRIDES = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",
                        "eval.batch_size=1"]
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks in TFLOP/s, by a fragment of torch.cuda.get_device_name();
+# the first fragment found in the name wins, so the specific ones come first. GeForce cards (RTX 4090) reach
+# their figure only with fp16 accumulation; PyTorch accumulates in fp32, at half that rate.
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0),
+    ("A100", 312.0), ("L40S", 362.0), ("RTX 4090", 165.0))
+
+# Bytes the CUDA caching allocator hands out are multiples of this; small tensors round up to it.
+CUDA_ALLOCATION_UNIT = 512
 
 
 def use_unfused_attention(*modules: nn.Module | None) -> int:
@@ -27,3 +60,316 @@ def use_unfused_attention(*modules: nn.Module | None) -> int:
                 m.fused_attn = False
                 switched += 1
     return switched
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named `device_name` (TFLOP/s), or None if it is not in the table."""
+    for fragment, tflops in PEAK_BF16_TFLOPS:
+        if fragment.lower() in device_name.lower():
+            return tflops
+    return None
+
+
+def model_flops_utilisation(flops_per_step: float, seconds_per_step: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs per second over the device's peak (a fraction), or None without a known peak."""
+    if not peak_tflops or seconds_per_step <= 0:
+        return None
+    return flops_per_step / seconds_per_step / (peak_tflops * 1e12)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthetic batches and GPU-like precision on any device
+
+
+def synthetic_batch(cfg: Config, n_strong: int, device: torch.device | str,
+                    batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """A labelled and an unlabelled batch of the configured size, with CutMix boxes on half the samples."""
+    g = torch.Generator().manual_seed(0)
+    b, s, n = batch_size or cfg.train.batch_size, cfg.dataset.crop_size, cfg.dataset.nclass
+    box = torch.zeros(b, max(n_strong, 1), s, s, dtype=torch.long)
+    box[::2, :, s // 4:3 * s // 4, s // 4:3 * s // 4] = 1
+    batch = {"img_x": torch.randn(b, 3, s, s, generator=g), "mask_x": torch.randint(0, n, (b, s, s), generator=g),
+             "img_u_w": torch.randn(b, 3, s, s, generator=g),
+             "img_u_s": torch.randn(b, max(n_strong, 1), 3, s, s, generator=g),
+             "ignore_mask": torch.zeros(b, s, s, dtype=torch.long), "cutmix_box": box}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+TEACHER_DTYPES: dict[str, torch.dtype | None] = {**DTYPES, "fp32": None}
+
+
+def emulate_gpu_precision(trainer: Trainer, channels_last: bool = True) -> Trainer:
+    """Compute as the trainer would on a GPU, whatever the device: the autocast dtype of train.precision
+    (`auto` -> bf16), the teachers in teachers.*.precision, channels-last convolutions if train.channels_last
+    (and `channels_last`), and a GradScaler for fp16. On a CPU this runs the GPU's precision paths (tests,
+    benchmark --cpu-amp)."""
+    cfg, device = trainer.cfg, trainer.device
+    trainer.amp_dtype = autocast_dtype(cfg.train.precision, device, allow_cpu=True)
+    if trainer.teachers is not None:
+        precision = {"dino": cfg.teachers.dino.precision, "clip": cfg.teachers.clip.precision}
+        trainer.teachers.autocast_dtype = {name: TEACHER_DTYPES[precision[name]] for name in trainer.teachers.models}
+    if cfg.train.channels_last and channels_last:
+        trainer.model.to(memory_format=torch.channels_last)
+        trainer.ema.to(memory_format=torch.channels_last)
+    if trainer.amp_dtype == torch.float16 and not trainer.scaler.is_enabled():
+        trainer.scaler = torch.amp.GradScaler(device.type, enabled=True)
+    return trainer
+
+
+def adamw_like(optimizer: torch.optim.Optimizer, fused: bool) -> torch.optim.AdamW:
+    """A second AdamW over the same parameters, groups and hyperparameters: fused, or multi-tensor (foreach)."""
+    defaults = {k: optimizer.defaults[k] for k in ("lr", "betas", "eps", "weight_decay")}
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]
+    return torch.optim.AdamW(groups, **defaults, fused=fused, foreach=None if fused else True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fake (data-less) trainers
+
+
+def fakeify(module: nn.Module, mode: Any, device: torch.device) -> None:
+    """Replace the meta parameters and buffers of `module` by fake tensors on `device` (same shapes/strides)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[name] = nn.Parameter(FakeTensor(mode, p.detach(), device), requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[name] = FakeTensor(mode, b, device)
+
+
+@contextlib.contextmanager
+def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer, Any]]:
+    """A Trainer of `cfg` whose model, EMA, teachers and optimizer hold fake tensors, and its FakeTensorMode.
+
+    Run steps inside `with mode:`, on batches made there. Built on the meta device (no memory, no init
+    cost, so ViT-L teachers take a second) with random weights, then moved to fake CPU tensors: fake CUDA
+    tensors would lose autocast (it checks for a real GPU) and fused attention. GPU-like precision
+    (`emulate_gpu_precision`); `reference` switches attention to unfused as util.speed's reference way does.
+    fp16's GradScaler is left out (its skip test reads a value), which changes no memory or FLOPs.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from train import Trainer, build_optimizer
+    from util.dist import DistInfo
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.pretrained = None
+    cfg.teachers.dino.weights = None
+    cfg.teachers.clip.weights = None
+    cfg.train.compile = False
+    cfg.train.skip_nonfinite = False  # its check reads the loss value, which fake tensors do not have
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    # A Trainer seeds the global generator and resets the run's logger: neither may change for the caller.
+    loggers = [logging.getLogger(name) for name in ("rs_mtdf", "rs_mtdf.metrics")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    with torch.random.fork_rng(devices=[]), torch.device(meta):
+        trainer = Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=meta, is_main=True),
+                          with_data=False)
+    for lg, (handlers, level, propagate) in zip(loggers, saved):
+        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+    trainer.total_iters = 1_000
+    if cfg.train.channels_last:
+        trainer.model.to(memory_format=torch.channels_last)
+        trainer.ema.to(memory_format=torch.channels_last)
+    if reference:
+        use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
+    mode = FakeTensorMode()
+    for module in (trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else [])):
+        fakeify(module, mode, cpu)
+    trainer.device = cpu
+    trainer.optimizer = build_optimizer(trainer.model, cfg)  # over the fake parameters
+    if trainer.teachers is not None:
+        trainer.teachers.device = cpu
+    emulate_gpu_precision(trainer, channels_last=False)  # channels-last is done, on the meta tensors
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    yield trainer, mode
+
+
+def step_batch(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """A synthetic batch of the trainer's size (supervised's reference protocol doubles it) on its device."""
+    return synthetic_batch(trainer.cfg, trainer.method.n_strong, trainer.device, trainer.batch_size)
+
+
+def autocast_for(trainer: Trainer) -> contextlib.AbstractContextManager:
+    """The autocast context of the trainer's step (none in fp32)."""
+    dtype = trainer.amp_dtype
+    return torch.autocast(trainer.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def student_input(trainer: Trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The images of the step's student forward: labelled, then each strong view (none for supervised)."""
+    views = [batch["img_u_s"][:, v] for v in range(trainer.method.n_strong)] if trainer.method.unlabeled else []
+    return torch.cat([batch["img_x"], *views])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def _sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_backward_flops(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
+                         **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _native_mha_flops(query: Any, key: Any, value: Any, embed_dim: int, num_head: int, *args: Any,
+                      out_shape: Any = None, **kwargs: Any) -> int:
+    """nn.MultiheadAttention's inference fast path (CLIP's blocks, frozen): projections and attention in one op."""
+    b, n_q, d = query
+    n_k = key[1]
+    projections = 2 * b * d * d * (n_q + 2 * n_k) + 2 * b * n_q * d * d  # q, k, v in; out
+    return projections + 2 * 2 * b * n_q * n_k * d
+
+
+def flop_counter() -> Any:
+    """FlopCounterMode that also counts the CPU's fused attention and nn.MultiheadAttention's fast path, which
+    PyTorch's table leaves out (its GPU attention kernels are in it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
+        aten._native_multi_head_attention: _native_mha_flops})
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 per multiply-add) of the matmuls, convolutions and attention that `fn()` runs."""
+    with flop_counter() as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def step_flops(cfg: Config) -> dict[str, Any]:
+    """FLOPs of one training step of `cfg`, per component, computed on fake tensors (any device, seconds).
+
+    'student_forward' is the student's forward on the step's images (labelled + strong views, and the
+    second pass at the CLIP resolution); 'student_backward' is the rest of the step after the EMA
+    pseudo-labels and the teachers, i.e. its backward pass. Elementwise work (losses, EMA, AdamW) has no
+    FLOPs in this count: it is memory-bound.
+    """
+    from methods.common import pseudo_label
+
+    with fake_trainer(cfg) as (trainer, mode), mode:
+        batch = step_batch(trainer)
+        total = count_flops(lambda: trainer.step(dict(batch)))
+        with autocast_for(trainer):
+            ema = count_flops(lambda: pseudo_label(trainer.ema, batch["img_u_w"])) if trainer.method.unlabeled else 0
+            images = student_input(trainer, batch)
+            forward = count_flops(lambda: trainer.forward(images))
+        teachers: dict[str, int] = {}
+        if trainer.teachers is not None:
+            for name, model in trainer.teachers.models.items():
+                dtype = trainer.teachers.autocast_dtype[name]
+                with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                    teachers[name] = count_flops(lambda m=model: m(images))
+    parts = {"student_forward": forward, "student_backward": total - ema - forward - sum(teachers.values()),
+             "ema_pseudo_labels": ema, **{f"teacher_{name}": v for name, v in teachers.items()}}
+    b, crop = trainer.batch_size, cfg.dataset.crop_size
+    return {"method": cfg.train.method, "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}",
+            "crop": crop, "total": total, "parts": parts,
+            "share": {k: v / total for k, v in parts.items()} if total else {}}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of tensor storage alive while the mode is active, and their peak, as a GPU allocator counts them.
+
+    Every storage an operator returns is counted (rounded up to `rounding` bytes) until it is freed; storages
+    that exist before are added with `add` under a label (parameters, optimizer states...), so that the
+    peak can be broken down. Views share their base's storage and count once.
+    """
+
+    def __init__(self, rounding: int = CUDA_ALLOCATION_UNIT) -> None:
+        super().__init__()
+        self.rounding = rounding
+        self.refs: dict[int, weakref.ref] = {}
+        self.by_label: dict[str, int] = {}
+        self.current = 0
+        self.peak = 0
+        self.at_peak: dict[str, int] = {}
+
+    def add(self, tensor: object, label: str = "activations_and_temporaries") -> None:
+        if not isinstance(tensor, torch.Tensor):
+            return
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self.refs:
+            return
+        size = -(-storage.nbytes() // self.rounding) * self.rounding
+
+        def freed(_: object, key: int = key, size: int = size, label: str = label) -> None:
+            self.refs.pop(key, None)
+            self.current -= size
+            self.by_label[label] -= size
+
+        self.refs[key] = weakref.ref(storage, freed)
+        self.current += size
+        self.by_label[label] = self.by_label.get(label, 0) + size
+        if self.current > self.peak:
+            self.peak = self.current
+            self.at_peak = dict(self.by_label)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self.add(t)
+        return out
+
+
+def track_trainer_state(tracker: LiveTensorBytes, trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
+    """Add what lives across steps, labelled: student, its gradients, AdamW states, EMA, teachers, batch."""
+    params = list(trainer.model.parameters())
+    groups = {
+        "student_parameters": params + list(trainer.model.buffers()),
+        "gradients": [p.grad for p in params if p.grad is not None],
+        "adamw_states": [v for state in trainer.optimizer.state.values() for v in state.values()],
+        "ema_model": list(trainer.ema.parameters()) + list(trainer.ema.buffers()),
+        "teachers": [t for m in (trainer.teachers.modules() if trainer.teachers else [])
+                     for t in [*m.parameters(), *m.buffers()]],
+        "batch": list(batch.values()),
+    }
+    for label, tensors in groups.items():
+        for t in tensors:
+            tracker.add(t, label)
+
+
+def measure_step_memory(trainer: Trainer, batch: dict[str, torch.Tensor], rounding: int = CUDA_ALLOCATION_UNIT
+                        ) -> LiveTensorBytes:
+    """One step of `trainer` after a first one (AdamW states exist, gradients of the last step are alive),
+    with every live storage tracked: the steady-state peak of training."""
+    trainer.step(dict(batch))
+    trainer.iteration += 1
+    tracker = LiveTensorBytes(rounding)
+    track_trainer_state(tracker, trainer, batch)
+    with tracker:
+        trainer.step(dict(batch))
+    trainer.iteration += 1
+    return tracker
+
+
+def step_memory(cfg: Config, reference: bool = False) -> dict[str, Any]:
+    """The expected peak GPU memory (GiB, as torch.cuda.max_memory_allocated reports it) of a training step,
+    computed on fake tensors: ours, or with `reference` the reference way (give REFERENCE_OVERRIDES in cfg)."""
+    with fake_trainer(cfg, reference) as (trainer, mode), mode:
+        tracker = measure_step_memory(trainer, step_batch(trainer))
+    b = trainer.batch_size
+    gib = 2 ** 30
+    return {"reference": reference, "method": cfg.train.method, "precision": str(trainer.amp_dtype or torch.float32),
+            "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
+            "grad_checkpointing": cfg.model.grad_checkpointing,
+            "peak_gib": tracker.peak / gib, "at_peak_gib": {k: v / gib for k, v in tracker.at_peak.items()},
+            "between_steps_gib": tracker.current / gib}
