@@ -49,6 +49,7 @@ from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
 from util.logging import code_version, setup_logger
 from util.schedule import ema_ratio, poly_lr, set_lr
+from util.speed import model_flops_utilisation, peak_bf16_tflops, step_flops
 from util.visualize import sample_panel
 
 # Resuming under other values of these is refused outright: the saved weights or optimizer state would not
@@ -82,7 +83,9 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
               {"params": list(model.head_parameters()), "lr_scale": cfg.train.lr_multi}]
     groups = [g for g in groups if g["params"]]
     t = cfg.train
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    # Fused AdamW on GPUs: one kernel for every parameter instead of several per tensor.
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused)
 
 
 def split_path(cfg: Config, name: str) -> Path:
@@ -138,14 +141,18 @@ class Trainer:
         self.model = build_segmenter(cfg).to(self.device)
         # Only a method that distils gets teachers (cfg.distill_teachers is empty otherwise).
         self.teachers = build_teachers(cfg, self.device)
-        if cfg.train.channels_last and self.device.type == "cuda":
+        gpu_like = self.device.type == "cuda" or cfg.train.cpu_autocast
+        if cfg.train.channels_last and gpu_like:
             self.model.to(memory_format=torch.channels_last)
         self.ema = make_ema(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device, allow_cpu=cfg.train.cpu_autocast)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         forward: nn.Module = TrainForward(self.model)
-        if is_distributed():
+        # Without data (the benchmark and the FLOP count build a Trainer to feed it their own batches) the
+        # trainer stays a single process even under torchrun.
+        self.distributed = is_distributed() and with_data
+        if self.distributed:
             forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
         self.forward = torch.compile(forward) if cfg.train.compile else forward
@@ -168,7 +175,25 @@ class Trainer:
         self.log = setup_logger(None, info.is_main)
         self.writer: SummaryWriter | None = None
         # A CPU group for the stop flag, so that agreeing on SIGTERM never waits on the GPU stream.
-        self.flag_group = dist.new_group(backend="gloo") if is_distributed() else None
+        self.flag_group = dist.new_group(backend="gloo") if self.distributed else None
+        self.flops_per_step, self.peak_tflops = self._flops_for_mfu() if with_data else (None, None)
+
+    def _flops_for_mfu(self) -> tuple[int | None, float | None]:
+        """FLOPs of one step of this process and the GPU's dense bf16 peak, for MFU in the log (GPUs only).
+
+        Counted once on fake tensors (seconds, no GPU memory). A counting failure costs the MFU column, never
+        the run: it is logged and training goes on.
+        """
+        if self.device.type != "cuda":
+            return None, None
+        peak = peak_bf16_tflops(torch.cuda.get_device_name(self.device))
+        if peak is None:
+            return None, None
+        try:
+            return step_flops(self.cfg)["total"], peak
+        except Exception as e:  # noqa: BLE001 - a diagnostic must not stop a training run
+            self.log.warning(f"no MFU in the log: counting the step's FLOPs failed ({type(e).__name__}: {e})")
+            return None, None
 
     # ------------------------------------------------------------------------------------------------
     # Data
@@ -277,7 +302,9 @@ class Trainer:
                                f"run has {self.iters_per_epoch} (batch size, split or process count changed)")
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["model_ema"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        # load_state_dict restores every group setting, `fused` too: keep this run's choice.
+        fused, saved = self.optimizer.param_groups[0]["fused"], ckpt["optimizer"]
+        self.optimizer.load_state_dict({**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = ckpt["iteration"]
         self.best, self.history = upgrade_best(ckpt["best"]), ckpt.get("history", [])
@@ -338,7 +365,7 @@ class Trainer:
 
     def check_replicas(self) -> None:
         """Fail loudly if the processes' students have drifted apart (DDP keeps them equal bit for bit)."""
-        if not is_distributed():
+        if not self.distributed:
             return
         sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
         low, high = sums.clone(), sums.clone()
@@ -429,6 +456,9 @@ class Trainer:
         scalars = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
         scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
         scalars["train/images_per_s"] = per_step * steps / max(now - tick, 1e-9)
+        if self.flops_per_step is not None:
+            scalars["train/mfu"] = model_flops_utilisation(self.flops_per_step, max(now - tick, 1e-9) / max(steps, 1),
+                                                           self.peak_tflops)
         if self.device.type == "cuda":
             scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.writer:

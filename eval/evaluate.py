@@ -51,7 +51,7 @@ def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device
         model.eval()
     mode = cfg.eval.mode
     window, stride = resolve_window(cfg) if mode == "sliding_window" else (None, None)
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    amp_dtype = autocast_dtype(cfg.train.precision, device, allow_cpu=cfg.train.cpu_autocast)
     cm = ConfusionMatrix(cfg.dataset.nclass, device)
     samples: list[dict[str, Any]] = []
 

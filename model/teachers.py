@@ -133,13 +133,15 @@ def freeze(module: nn.Module) -> nn.Module:
 class Teachers:
     """The frozen teachers: called on the student's batch, returns {'dino': (B, h*w, Dd), 'clip': (B, n, Dc)}."""
 
-    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: dict[str, str]) -> None:
+    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: dict[str, str],
+                 cpu_autocast: bool = False) -> None:
         self.models = {name: freeze(m).to(device) for name, m in models.items()}
         self.device = torch.device(device)
-        # Reduced precision only on a GPU: CPU autocast is slow and the tests want exact fp32.
+        # Reduced precision on a GPU (or when train.cpu_autocast asks for it): CPU autocast is slow and the
+        # tests want exact fp32.
+        reduced = self.device.type == "cuda" or cpu_autocast
         dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
-        self.autocast_dtype = {name: dtypes[precision[name]] if self.device.type == "cuda" else None
-                               for name in models}
+        self.autocast_dtype = {name: dtypes[precision[name]] if reduced else None for name in models}
 
     def modules(self) -> list[nn.Module]:
         """The teacher networks (for switches such as attention kernels)."""
@@ -175,4 +177,4 @@ def build_teachers(cfg: Config, device: torch.device | str) -> Teachers | None:
             load_clip_weights(clip.visual, t.clip.weights, "teachers.clip.weights", t.clip.arch)
         models["clip"] = clip
     precision = {"dino": t.dino.precision, "clip": t.clip.precision}
-    return Teachers(models, torch.device(device), precision) if models else None
+    return Teachers(models, torch.device(device), precision, cfg.train.cpu_autocast) if models else None

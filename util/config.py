@@ -215,6 +215,9 @@ class TrainConfig(Section):
     log_interval: int = Field(20, gt=0)
     compile: bool = False
     channels_last: bool = True
+    # Run train.precision on a CPU too (bf16/fp16 autocast, teachers in teachers.*.precision, channels-last):
+    # slow on most CPUs; for exercising the GPU's precision paths without a GPU.
+    cpu_autocast: bool = False
 
     @field_validator("method")
     @classmethod
