@@ -42,8 +42,15 @@ from model.teachers import build_teachers
 from model.weights import check_weight_files
 from util.checkpoint import RunLock, atomic_save, atomic_write_text, check_output_dir, load_own_checkpoint
 from util.cli import add_config_args, config_from_args, run_main
-from util.config import (MODEL_KEYS, Config, config_differences, describe_differences, model_differences,
-                         save_config, under)
+from util.config import (
+    MODEL_KEYS,
+    Config,
+    config_differences,
+    describe_differences,
+    model_differences,
+    save_config,
+    under,
+)
 from util.dist import DistInfo, cleanup, init_distributed, is_distributed
 from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
@@ -304,7 +311,8 @@ class Trainer:
         self.ema.load_state_dict(ckpt["model_ema"])
         # load_state_dict restores every group setting, `fused` too: keep this run's choice.
         fused, saved = self.optimizer.param_groups[0]["fused"], ckpt["optimizer"]
-        self.optimizer.load_state_dict({**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
+        groups = [{**g, "fused": fused} for g in saved["param_groups"]]
+        self.optimizer.load_state_dict({**saved, "param_groups": groups})
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = ckpt["iteration"]
         self.best, self.history = upgrade_best(ckpt["best"]), ckpt.get("history", [])

@@ -42,8 +42,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from dataset.info import DATASETS, IGNORE_INDEX
-from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, list_files, loveda_splits, missing_tiles,
-                            potsdam_splits, read_list, write_splits)
+from dataset.splits import (
+    SHIPPED,
+    Splits,
+    crop_line,
+    deepglobe_splits,
+    list_files,
+    loveda_splits,
+    missing_tiles,
+    potsdam_splits,
+    read_list,
+    write_splits,
+)
 from util.cli import run_main
 from util.errors import DataError, short_reason
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from methods.common import (Losses, PseudoLabels, StepContext, cross_entropy_x, mix, pseudo_label,
-                            unsupervised_loss, weighted_total)
+from methods.common import (
+    Losses,
+    PseudoLabels,
+    StepContext,
+    cross_entropy_x,
+    mix,
+    pseudo_label,
+    unsupervised_loss,
+    weighted_total,
+)
 
 
 def cutmixed_targets(batch: dict, pseudo: PseudoLabels, view: int = 0) -> tuple[torch.Tensor, ...]:

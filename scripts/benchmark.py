@@ -37,9 +37,18 @@ from util.dist import init_distributed  # noqa: E402
 from util.ema import ema_update  # noqa: E402
 from util.precision import autocast_dtype  # noqa: E402
 from util.schedule import ema_ratio  # noqa: E402
-from util.speed import (REFERENCE_OVERRIDES, adamw_like, emulate_gpu_precision,  # noqa: E402
-                        model_flops_utilisation, peak_bf16_tflops, step_batch, step_flops, step_memory,
-                        student_input, use_unfused_attention)
+from util.speed import (  # noqa: E402
+    REFERENCE_OVERRIDES,
+    adamw_like,
+    emulate_gpu_precision,
+    model_flops_utilisation,
+    peak_bf16_tflops,
+    step_batch,
+    step_flops,
+    step_memory,
+    student_input,
+    use_unfused_attention,
+)
 
 # Weights are random: the benchmark must run without pretrained/ files.
 RANDOM_WEIGHTS = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
@@ -181,12 +190,13 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
     amp = autocast_dtype(cfg.train.precision, device, allow_cpu=gpu_like)
     n_images = cfg.eval.batch_size if not reference else 1
     img = torch.randn(n_images, 3, size, size, device=device)
-    window, stride = resolve_window(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": "sliding_window"})}))
+    sliding = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": "sliding_window"})})
+    window, stride = resolve_window(sliding)
     result: dict[str, object] = {"what": "eval", "reference": reference, "precision": str(amp or torch.float32),
                                  "tile": size, "window": window, "stride": stride}
     for mode in ("original", "sliding_window"):
         reset_peak(device)
-        seconds = timed(lambda: predict_logits(model, img, mode, window, stride, cfg.eval.batch_size, amp),
+        seconds = timed(lambda mode=mode: predict_logits(model, img, mode, window, stride, cfg.eval.batch_size, amp),
                         iters, warmup, device)
         n_windows = len(range(0, max(size - window, 0), stride)) + 1
         per_image = n_windows ** 2 if mode == "sliding_window" else 1
@@ -278,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = RANDOM_WEIGHTS + (TINY if args.tiny else [])
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)
     extra += ["train.compile=true"] * args.compile
-    variants = {"ours": False, "reference": True} if args.both else {("reference" if args.reference else "ours"): args.reference}
+    only = "reference" if args.reference else "ours"
+    variants = {"ours": False, "reference": True} if args.both else {only: args.reference}
     cuda = torch.cuda.is_available()
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or (peak_bf16_tflops(device_name) if cuda else None)

@@ -138,8 +138,10 @@ def write_weights(folder: Path, sizes: Sizes) -> dict[str, Path]:
     """dinov2_<student>.pth, dinov2_<teacher>.pth and ViT-L-14.pth in `folder`; their paths by config key."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    files = {"model.pretrained": (folder / f"dinov2_{sizes.backbone}.pth", lambda: dinov2_official_state(sizes.backbone)),
-             "teachers.dino.weights": (folder / f"dinov2_{sizes.dino}_teacher.pth", lambda: dinov2_official_state(sizes.dino)),
+    files = {"model.pretrained": (folder / f"dinov2_{sizes.backbone}.pth",
+                                  lambda: dinov2_official_state(sizes.backbone)),
+             "teachers.dino.weights": (folder / f"dinov2_{sizes.dino}_teacher.pth",
+                                       lambda: dinov2_official_state(sizes.dino)),
              "teachers.clip.weights": (folder / f"clip_{sizes.clip}.pth", lambda: openai_clip_state(sizes.clip))}
     for path, make in files.values():
         torch.save(make(), path)
@@ -275,7 +277,8 @@ def environment(smoke: Smoke) -> dict[str, Any]:
 
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cpu_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                            "cpu_threads": torch.get_num_threads(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():
         props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
         info.update(gpus=[{"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
@@ -311,7 +314,8 @@ def data_stage(smoke: Smoke) -> dict[str, Any]:
         for argv in (["-m", "dataset.synthetic", "--dataset", "loveda", "--out", str(raw), "--size", str(s.raw_size),
                       "--count", str(s.scenes), "--seed", "0"],
                      ["-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(data / "loveda"), "--splits",
-                      str(splits), "--resplit", "--workers", str(max(1, min(8, os.cpu_count() or 1)) if not smoke.cpu else 1)]):
+                      str(splits), "--resplit", "--workers",
+                      str(max(1, min(8, os.cpu_count() or 1)) if not smoke.cpu else 1)]):
             subprocess.run([sys.executable, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True,
                            timeout=s.timeout)
     # Exactly iters_per_epoch batches of unlabelled crops per epoch, and a short val list.
@@ -387,7 +391,8 @@ def benchmark_stage(smoke: Smoke) -> dict[str, Any]:
                                            "--out", str(out)])
     report = json.loads(out.read_text())
     train = report["train"]
-    return {"device": report["device"], "train_images_per_s": {k: train[k]["images_per_s"] for k in ("ours", "reference")},
+    return {"device": report["device"],
+            "train_images_per_s": {k: train[k]["images_per_s"] for k in ("ours", "reference")},
             "train_speedup": train["ratios"]["train_speedup"], "mfu": train["ours"].get("mfu"),
             "ms_breakdown": train["ours"]["ms_breakdown"], "adamw_ms": train["ours"].get("adamw_ms"),
             "peak_memory_gb": {k: train[k]["peak_memory_gb"] for k in ("ours", "reference")},

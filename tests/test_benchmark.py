@@ -18,8 +18,19 @@ from tests.train_fixtures import REPO
 from train import Trainer
 from util.config import load_config
 from util.dist import init_distributed
-from util.speed import (REFERENCE_OVERRIDES, LiveTensorBytes, count_flops, emulate_gpu_precision, fake_trainer,
-                        fakeify, measure_step_memory, peak_bf16_tflops, step_batch, step_flops, step_memory)
+from util.speed import (
+    REFERENCE_OVERRIDES,
+    LiveTensorBytes,
+    count_flops,
+    emulate_gpu_precision,
+    fake_trainer,
+    fakeify,
+    measure_step_memory,
+    peak_bf16_tflops,
+    step_batch,
+    step_flops,
+    step_memory,
+)
 
 RANDOM = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
 TINY = RANDOM + ["model.backbone=tiny", "teachers.dino.arch=tiny", "teachers.clip.arch=tiny",

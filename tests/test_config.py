@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pydantic import ValidationError
 
 from util.config import Config, load_config, parse_override, save_config

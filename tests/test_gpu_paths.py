@@ -67,7 +67,7 @@ def state_on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def assert_close_states(a: dict, b: dict, atol: float) -> None:
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -199,7 +199,8 @@ def test_fused_adamw_gives_the_same_update_and_resumes_from_a_plain_checkpoint(d
     naive.load_state_dict(copy.deepcopy(plain_state))
     assert not naive.param_groups[0]["fused"]  # None or False: unfused
     resumed = fused_adamw(ours)
-    resumed.load_state_dict({**plain_state, "param_groups": [{**grp, "fused": True} for grp in plain_state["param_groups"]]})
+    groups = [{**grp, "fused": True} for grp in plain_state["param_groups"]]
+    resumed.load_state_dict({**plain_state, "param_groups": groups})
     assert resumed.param_groups[0]["fused"] is True
     step = next(iter(resumed.state.values()))["step"]
     assert step.device.type == device and step.dtype == torch.float32
@@ -251,7 +252,8 @@ def test_every_sdpa_kernel_gives_the_explicit_attention(device):
                 continue
             ran.append((backend.name, str(dtype)))
             atol = (1e-5 if device == "cpu" else 1e-4) if dtype is None else 3e-2
-            torch.testing.assert_close(got, want, atol=atol, rtol=0, msg=lambda m: f"{backend} {dtype}: {m}")
+            torch.testing.assert_close(got, want, atol=atol, rtol=0,
+                                       msg=lambda m, backend=backend, dtype=dtype: f"{backend} {dtype}: {m}")
             relative = float((grad - want_grad).norm() / want_grad.norm())
             assert relative < (1e-4 if dtype is None else 3e-2), (backend, dtype, relative)
     assert ("MATH", "None") in ran and len(ran) >= 3, ran

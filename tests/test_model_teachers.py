@@ -71,7 +71,8 @@ def reference_clip_tokens(state: dict, img: torch.Tensor, size: int, act=lambda 
         q, k, v = (ln(x, p + "ln_1") @ s[p + "attn.in_proj_weight"].T + s[p + "attn.in_proj_bias"]).chunk(3, -1)
         q, k, v = (t.reshape(len(x), -1, heads, w // heads).transpose(1, 2) for t in (q, k, v))
         attn = ((q @ k.transpose(-2, -1)) / math.sqrt(w // heads)).softmax(-1) @ v
-        x = x + attn.transpose(1, 2).reshape(len(x), -1, w) @ s[p + "attn.out_proj.weight"].T + s[p + "attn.out_proj.bias"]
+        merged = attn.transpose(1, 2).reshape(len(x), -1, w)
+        x = x + merged @ s[p + "attn.out_proj.weight"].T + s[p + "attn.out_proj.bias"]
         y = act(ln(x, p + "ln_2") @ s[p + "mlp.c_fc.weight"].T + s[p + "mlp.c_fc.bias"])
         x = x + y @ s[p + "mlp.c_proj.weight"].T + s[p + "mlp.c_proj.bias"]
     return x[:, 1:]
@@ -149,7 +150,8 @@ def test_renormalize_maps_imagenet_to_clip_statistics(tmp_path):
     renorm.load_state_dict(teacher.state_dict())
     teacher.double(), renorm.double()
     pixels = torch.rand(1, 3, 28, 28, dtype=torch.float64)
-    imagenet = (pixels - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    imagenet = (pixels - mean) / std
     clip = (pixels - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)) / \
         torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
     with torch.no_grad():

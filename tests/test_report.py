@@ -75,7 +75,8 @@ def exp(tmp_path: Path) -> Path:
     run = root / "loveda" / "unimatch_v2" / "5"
     make_config(run, "unimatch_v2", "5", 42)
     torch.save({"model": {}, "epoch": 4, "iteration": 160, "iters_per_epoch": 40, "wall_seconds": 30.0,
-                "selected_by": "ema", "best": {"student": {"miou": 41.0, "epoch": 3}, "ema": {"miou": 42.0, "epoch": 4}}},
+                "selected_by": "ema",
+                "best": {"student": {"miou": 41.0, "epoch": 3}, "ema": {"miou": 42.0, "epoch": 4}}},
                run / "latest.pth")
     # The supervised baseline on the semi-supervised schedule (hand-written YAML): a row of its own.
     run = root / "loveda" / "supervised_same" / "5"

@@ -1,4 +1,4 @@
-"""scripts/reproduce.sh: every method x split x seed trained, scored on test and tabulated; re-runs skip finished work."""
+"""scripts/reproduce.sh: every method x split x seed trained, scored on test, tabulated; re-runs skip finished work."""
 
 from __future__ import annotations
 

@@ -44,8 +44,10 @@ def batch(seed: int = 0, size: int = 56) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     box = torch.zeros(2, 1, size, size, dtype=torch.long)
     box[0, :, 10:40, 14:42] = 1
-    return {"img_x": torch.randn(2, 3, size, size, generator=g), "mask_x": torch.randint(0, 7, (2, size, size), generator=g),
-            "img_u_w": torch.randn(2, 3, size, size, generator=g), "img_u_s": torch.randn(2, 1, 3, size, size, generator=g),
+    return {"img_x": torch.randn(2, 3, size, size, generator=g),
+            "mask_x": torch.randint(0, 7, (2, size, size), generator=g),
+            "img_u_w": torch.randn(2, 3, size, size, generator=g),
+            "img_u_s": torch.randn(2, 1, 3, size, size, generator=g),
             "ignore_mask": torch.zeros(2, size, size, dtype=torch.long), "cutmix_box": box}
 
 
@@ -57,7 +59,7 @@ def step_losses(t: Trainer, b: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def assert_same_students(a: Trainer, b: Trainer, atol: float) -> None:
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
-        torch.testing.assert_close(p, q, atol=atol, rtol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, q, atol=atol, rtol=atol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_training_steps_give_the_reference_losses_and_weights():

@@ -5,9 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from dataset.splits import (SHIPPED, Splits, crop_line, deepglobe_splits, list_files, loveda_crop_names,
-                            loveda_published_splits, loveda_splits, potsdam_splits, reference_crop_name, share,
-                            write_splits)
+from dataset.splits import (
+    SHIPPED,
+    Splits,
+    crop_line,
+    deepglobe_splits,
+    list_files,
+    loveda_crop_names,
+    loveda_published_splits,
+    loveda_splits,
+    potsdam_splits,
+    reference_crop_name,
+    share,
+    write_splits,
+)
 
 
 def quadrants(prefix: str, images: int) -> list[str]:

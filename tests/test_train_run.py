@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -248,7 +247,7 @@ def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tm
             # Equal up to the order of float additions (one batch mean vs the mean of two), which AdamW turns
             # into up to ~2e-5 where a gradient is near zero; other batches move weights by ~5e-3 here.
             torch.testing.assert_close(a[key][name], b[key][name], atol=1e-4, rtol=0,
-                                       msg=lambda m: f"{key}.{name}: {m}")
+                                       msg=lambda m, key=key, name=name: f"{key}.{name}: {m}")
 
 
 def test_a_nonfinite_loss_before_any_checkpoint_does_not_name_one(data, tmp_path, monkeypatch):

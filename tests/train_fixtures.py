@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_tiny_dataset(root: Path, n_labeled: int = 4, n_unlabeled: int = 8, n_val: int = 2,
                        size: int = 48, n_test: int = 2) -> Path:
-    """Images whose class is readable from the colour (so a model can learn it), in split files; returns the splits dir."""
+    """Images whose class is readable from the colour (so a model can learn it), in split files; returns splits/."""
     rng = np.random.default_rng(0)
     colours = np.array([[200, 200, 200], [200, 40, 40], [230, 230, 60], [30, 30, 200],
                         [150, 120, 180], [20, 160, 20], [240, 190, 130]], dtype=np.float32)

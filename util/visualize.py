@@ -43,7 +43,8 @@ def denormalize(img: torch.Tensor) -> np.ndarray:
 
 def sample_panel(img: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, palette) -> np.ndarray:
     """Image | ground truth | prediction side by side, (H, 3W, 3) uint8, e.g. for TensorBoard."""
-    return np.concatenate([denormalize(img), colorize(mask.cpu().numpy(), palette), colorize(pred.cpu().numpy(), palette)], axis=1)
+    panels = [denormalize(img), colorize(mask.cpu().numpy(), palette), colorize(pred.cpu().numpy(), palette)]
+    return np.concatenate(panels, axis=1)
 
 
 def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple[str, ...], path: str | os.PathLike,
