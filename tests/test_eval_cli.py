@@ -114,7 +114,7 @@ def test_predict_writes_mask_colour_and_overlay_per_image(tmp_path, stubs):
     assert predict_cli.main(["--config", str(cfg), "--checkpoint", "any.pth", str(tmp_path / "imgs"),
                              "--out", str(out), "eval.batch_size=2"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{s}_{k}.png" for s in "abc" for k in ("mask", "color", "overlay"))
+    assert names == sorted(f"{s}_{k}.png" for s in "abc" for k in ("mask", "color", "overlay", "legend"))
     for stem, size in (("a", (33, 45)), ("b", (20, 16)), ("c", (40, 29))):
         mask = Image.open(out / f"{stem}_mask.png")
         color = np.asarray(Image.open(out / f"{stem}_color.png"))
@@ -124,14 +124,15 @@ def test_predict_writes_mask_colour_and_overlay_per_image(tmp_path, stubs):
         assert Image.open(out / f"{stem}_overlay.png").size == size[::-1]
 
 
-def test_predict_stops_at_an_unreadable_image_naming_it(tmp_path, stubs):
+def test_predict_skips_an_unreadable_image_and_names_it_at_the_end(tmp_path, stubs):
     cfg = write_config(tmp_path)
     write_images(tmp_path / "imgs")
     (tmp_path / "imgs" / "b.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "pred"
-    with pytest.raises(DataError, match="b.jpg"):
+    with pytest.raises(DataError, match="1 of 3 scene.*b.jpg"):
         predict_cli.main(["--config", str(cfg), "--checkpoint", "any.pth", str(tmp_path / "imgs"), "--out", str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png", "a_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}_{k}.png" for s in "ac" for k in ("mask", "color", "overlay", "legend"))
 
 
 def test_predict_inputs_must_exist_and_have_distinct_stems(tmp_path):

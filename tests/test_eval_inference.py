@@ -4,8 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.inference import (autocast_dtype, default_stride, nearest_patch_multiple, predict_logits,
-                            resolve_window, window_starts)
+from eval.inference import (
+    autocast_dtype,
+    count_windows,
+    default_stride,
+    importance_map,
+    nearest_patch_multiple,
+    predict_logits,
+    predict_rows,
+    resolve_window,
+    window_starts,
+)
 from util.config import Config
 from util.errors import ConfigError
 
@@ -155,3 +164,46 @@ def test_cpu_runs_in_fp32():
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is None
     assert autocast_dtype("fp32", torch.device("cuda")) is None
+
+
+def test_gaussian_blend_weights_each_window_by_the_importance_map():
+    torch.manual_seed(0)
+    img = torch.randn(1, 3, 10, 11)
+    probs = predict_logits(window_mean, img, "sliding_window", window=4, stride=3, batch_size=5, blend="gaussian")
+    weight = importance_map(4, "gaussian")
+    total = torch.zeros(2, 10, 11)
+    norm = torch.zeros(10, 11)
+    for y in (0, 3, 6):
+        for x in (0, 3, 6, 7):
+            m = img[0, :, y:y + 4, x:x + 4].mean()
+            total[:, y:y + 4, x:x + 4] += torch.stack([m, -m]).softmax(0)[:, None, None] * weight
+            norm[y:y + 4, x:x + 4] += weight
+    torch.testing.assert_close(probs[0], total / norm)
+    # Default and `uniform` are the plain average, bit for bit.
+    assert torch.equal(predict_logits(window_mean, img, "sliding_window", 4, 3, 5),
+                       predict_logits(window_mean, img, "sliding_window", 4, 3, 5, blend="uniform"))
+
+
+def test_unknown_blend_is_an_error():
+    with pytest.raises(ValueError, match="unknown blend"):
+        predict_logits(pixelwise, torch.randn(1, 3, 14, 14), "sliding_window", window=14, blend="median")
+
+
+@pytest.mark.parametrize("blend", ["uniform", "gaussian"])
+@pytest.mark.parametrize("size", [(5, 7), (14, 14), (23, 37), (61, 29)], ids=["smaller", "equal", "odd", "tall"])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_streamed_rows_are_the_whole_image_numbers_bit_for_bit(size, blend, batch_size):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def model(x):  # depends on the window's content and context: overlapping windows disagree
+        return conv(x) + x.mean((1, 2, 3))[:, None, None, None]
+
+    img = torch.randn(1, 3, *size)
+    calls = []
+    want = predict_logits(model, img, "sliding_window", 14, 9, batch_size, blend=blend)[0]
+    bands = list(predict_rows(model, lambda a, b: img[0, :, a:b], *size, 14, 9, batch_size, blend,
+                              progress=calls.append))
+    assert [top for top, _ in bands] == sorted({top for top, _ in bands}) and bands[0][0] == 0
+    assert torch.equal(torch.cat([p for _, p in bands], 1), want)
+    assert sum(calls) == count_windows(*size, 14, 9)

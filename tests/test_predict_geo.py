@@ -1,0 +1,427 @@
+"""eval/predict.py for GIS users: georeferenced outputs, bounded memory, seam-free blending, batches of scenes.
+
+A tiny random model (a 3x3 convolution, or a fake one with a border artefact) stands in for the segmenter:
+what is tested is everything around the model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.enums import Compression  # noqa: E402
+from rasterio.transform import Affine  # noqa: E402
+
+import eval.predict as predict_cli  # noqa: E402
+from dataset.info import DATASETS  # noqa: E402
+from eval.inference import importance_map, predict_logits, predict_rows  # noqa: E402
+from util.cli import run_main  # noqa: E402
+from util.errors import DataError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LOVEDA = DATASETS["loveda"]
+PALETTE = np.array(LOVEDA.palette, dtype=np.uint8)
+CRS = "EPSG:32633"  # UTM 33N: a projected CRS
+TRANSFORM = Affine(0.5, 0.0, 389_000.0, 0.0, -0.5, 5_819_000.0)  # 0.5 m pixels, north up
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small tensors on a shared 2-core machine: one thread is many times faster than two fighting for it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, str]:
+    torch.manual_seed(0)
+    return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), which or "student"
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    monkeypatch.setattr(predict_cli, "load_model", tiny_model)
+
+
+def write_config(tmp_path: Path, eval_section: str = "") -> Path:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("dataset: {crop_size: 28}\nmodel: {backbone: tiny, pretrained: null}\n"
+                   "train: {method: fixmatch}\nteachers: {dino: {enabled: false}, clip: {enabled: false}}\n"
+                   "distill: {fusion_weights: {student: 1.0, dino: 0.0, clip: 0.0}}\n" + eval_section)
+    return cfg
+
+
+def scene_pixels(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarray:
+    """(bands, H, W) uint8: smooth patterns with some noise (compresses, yet varies)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    planes = [(xx * 7 + yy) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256, (xx * yy) % 256]
+    data = np.stack([planes[b % 4] for b in range(bands)]) + rng.integers(0, 8, (bands, height, width))
+    return data.astype(np.uint8)
+
+
+def write_geotiff(path: Path, height: int, width: int, bands: int = 3, dtype: str = "uint8", **extra) -> np.ndarray:
+    data = scene_pixels(height, width, bands).astype(dtype)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": dtype, "crs": CRS,
+               "transform": TRANSFORM, "tiled": True, "blockxsize": 256, "blockysize": 256, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return data
+
+
+def run(argv: list[str], capfd) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of the entry point as `python eval/predict.py` runs it."""
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: predict_cli.main(argv))
+    captured = capfd.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def expected_mask(rgb: np.ndarray, window: int, stride: int, blend: str) -> np.ndarray:
+    """The whole-image, in-memory prediction of the tiny model: what the streamed outputs must equal."""
+    model, _ = tiny_model()
+    probs = predict_logits(model, predict_cli.to_input(rgb, torch.device("cpu")), "sliding_window", window, stride,
+                           batch_size=16, blend=blend)
+    return probs[0].argmax(0).to(torch.uint8).numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Georeference kept
+
+
+def test_geotiff_in_gives_georeferenced_compressed_tiled_masks_with_colour_table_and_class_tags(tmp_path, stub, capfd):
+    data = write_geotiff(tmp_path / "tiles" / "scene.tif", 600, 300)  # 600 rows: three rows of 256-px tiles
+    out = tmp_path / "pred"
+    code, stdout, _ = run(["--config", str(write_config(tmp_path)), "--checkpoint", "any.pth",
+                           str(tmp_path / "tiles"), "--out", str(out)], capfd)
+    assert code == 0 and "1 scene(s) written" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scene_color.tif", "scene_legend.png", "scene_mask.tif", "scene_overlay.tif"]  # no temporary, no .aux.xml
+
+    with rasterio.open(out / "scene_mask.tif") as mask_ds:
+        assert mask_ds.crs.to_epsg() == 32633 and mask_ds.transform == TRANSFORM
+        assert (mask_ds.height, mask_ds.width, mask_ds.count, mask_ds.dtypes) == (600, 300, 1, ("uint8",))
+        assert mask_ds.compression == Compression.deflate and mask_ds.profile["tiled"]
+        assert mask_ds.block_shapes == [(256, 256)]
+        colormap = mask_ds.colormap(1)
+        assert [colormap[c][:3] for c in range(LOVEDA.nclass)] == list(LOVEDA.palette)
+        tags = mask_ds.tags()
+        mask = mask_ds.read(1)
+    assert tags["CLASS_NAMES"].split(",") == list(LOVEDA.class_names)
+    assert [tags[f"CLASS_{c}"] for c in range(LOVEDA.nclass)] == list(LOVEDA.class_names)
+    assert tags["BLEND"] == "gaussian" and tags["MODE"] == "sliding_window"
+    # Streamed by bands of rows and tiles, the mask is the whole-image prediction, pixel for pixel.
+    rgb = data.transpose(1, 2, 0)
+    assert np.array_equal(mask, expected_mask(rgb, 28, 18, "gaussian"))
+
+    with rasterio.open(out / "scene_color.tif") as color_ds:
+        assert color_ds.crs.to_epsg() == 32633 and color_ds.transform == TRANSFORM
+        assert (color_ds.height, color_ds.width, color_ds.count) == (600, 300, 3)
+        assert color_ds.compression == Compression.deflate and color_ds.profile["tiled"]
+        assert color_ds.tags()["CLASS_NAMES"] == tags["CLASS_NAMES"]
+        assert np.array_equal(color_ds.read().transpose(1, 2, 0), PALETTE[mask])
+    with rasterio.open(out / "scene_overlay.tif") as overlay_ds:
+        assert overlay_ds.transform == TRANSFORM and overlay_ds.count == 3
+        from util.visualize import overlay
+        assert np.array_equal(overlay_ds.read().transpose(1, 2, 0), overlay(rgb, PALETTE[mask], 0.5))
+    with Image.open(out / "scene_legend.png") as legend:
+        assert legend.format == "PNG" and legend.height > 7 * 15
+
+
+def test_nodata_of_the_input_is_class_255_and_nodata_of_the_mask(tmp_path, stub, capfd):
+    path = tmp_path / "scene.tif"
+    data = write_geotiff(path, 80, 90, nodata=0)
+    data[:, :30, :40] = 0  # a no-data corner, as an orthophoto's collar
+    with rasterio.open(path, "r+") as dst:
+        dst.write(data)
+    code, _, _ = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(path),
+                      "--out", str(tmp_path / "pred")], capfd)
+    assert code == 0
+    with rasterio.open(tmp_path / "pred" / "scene_mask.tif") as ds:
+        mask = ds.read(1)
+        assert ds.nodata == 255
+    assert (mask[:30, :40] == 255).all() and (mask[30:] < 7).all() and (mask[:, 40:] < 7).all()
+
+
+def test_gcps_of_an_input_without_geotransform_are_kept(tmp_path, stub, capfd):
+    from rasterio.control import GroundControlPoint
+
+    gcps = [GroundControlPoint(0, 0, 389_000, 5_819_000), GroundControlPoint(0, 50, 389_025, 5_819_000),
+            GroundControlPoint(40, 0, 389_000, 5_818_980)]
+    path = tmp_path / "scan.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint8", gcps=gcps,
+                       crs=CRS) as dst:
+        dst.write(scene_pixels(40, 50))
+    assert run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(path),
+                "--out", str(tmp_path / "pred")], capfd)[0] == 0
+    with rasterio.open(tmp_path / "pred" / "scan_mask.tif") as ds:
+        points, crs = ds.gcps
+        assert crs.to_epsg() == 32633 and [(p.row, p.col, p.x, p.y) for p in points] == [
+            (p.row, p.col, p.x, p.y) for p in gcps]
+
+
+def test_png_in_gives_png_out_and_uniform_is_todays_prediction(tmp_path, stub, capfd):
+    rgb = scene_pixels(70, 95).transpose(1, 2, 0).copy()
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "imgs" / "a.png")
+    code, _, _ = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tmp_path / "imgs"),
+                      "--out", str(tmp_path / "pred"), "--blend", "uniform"], capfd)
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [
+        "a_color.png", "a_legend.png", "a_mask.png", "a_overlay.png"]
+    # predict_logits on the whole image is what predict computed before it streamed.
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "pred" / "a_mask.png")),
+                          expected_mask(rgb, 28, 18, "uniform"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Any scene size in bounded memory
+
+# The child reports its own peak: VmHWM, the high-water mark of its resident memory. (getrusage's ru_maxrss
+# would not do: Linux carries it over fork and exec, so a child of this large pytest process starts at
+# pytest's size.)
+CHILD = textwrap.dedent("""
+    import re, sys
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    import eval.predict as predict
+
+    def tiny(cfg, checkpoint, which, device):
+        torch.manual_seed(0)
+        return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), "student"
+
+    predict.load_model = tiny
+    code = predict.main(sys.argv[2:])
+    with open("/proc/self/status") as f:
+        print("peak_kb", re.search(r"VmHWM:\\s+(\\d+) kB", f.read()).group(1))
+""")
+
+
+def peak_rss_mb(tmp_path: Path, scene: Path, out: Path) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(REPO), "--config", str(write_config(tmp_path)),
+                           "--checkpoint", "x", str(scene), "--out", str(out), "--window", "112", "--stride", "74"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split("peak_kb")[-1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from Linux's /proc")
+def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
+    # 25 times the pixels; held whole, the 3000-px scene alone would need ~0.5 GB of float probabilities.
+    write_geotiff(tmp_path / "small" / "small.tif", 600, 600)
+    write_geotiff(tmp_path / "large" / "large.tif", 3000, 3000)
+    small = peak_rss_mb(tmp_path, tmp_path / "small" / "small.tif", tmp_path / "pred_small")
+    large = peak_rss_mb(tmp_path, tmp_path / "large" / "large.tif", tmp_path / "pred_large")
+    with rasterio.open(tmp_path / "pred_large" / "large_mask.tif") as ds:
+        assert ds.shape == (3000, 3000) and ds.read(1, window=((2990, 3000), (2990, 3000))).max() < 7
+    print(f"peak RSS: {small:.0f} MB (600 px), {large:.0f} MB (3000 px)")
+    assert large < 1.5 * small, f"peak RSS {large:.0f} MB for 3000 px against {small:.0f} MB for 600 px"
+
+
+def test_rows_are_read_and_handed_back_as_the_windows_advance():
+    # A tall narrow image: only the band of rows the windows cover is alive, whatever the height.
+    height, width, window, stride = 2000, 60, 14, 9
+    img = torch.randn(3, height, width)
+    read_to = 0
+    alive = []
+
+    def read(top, bottom):
+        nonlocal read_to
+        read_to = max(read_to, bottom)
+        return img[:, top:bottom]
+
+    done = 0
+    for top, probs in predict_rows(lambda x: x[:, :2], read, height, width, window, stride, batch_size=4):
+        assert top == done
+        done += probs.shape[1]
+        alive.append(read_to - top)
+    assert done == height
+    assert max(alive) <= window + 2 * stride  # rows read but not yet handed back
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Seam-free blending
+
+
+def border_artefact(x: torch.Tensor) -> torch.Tensor:
+    """Class 1, very sure, within 2 px of the window's border; class 0, less sure, inside."""
+    n, _, h, w = x.shape
+    ring = torch.ones(h, w, dtype=torch.bool)
+    ring[2:-2, 2:-2] = False
+    logits = torch.zeros(n, 2, h, w)
+    logits[:, 0] = 1.0
+    logits[:, 0, ring] = 0.0
+    logits[:, 1, ring] = 10.0
+    return logits
+
+
+def interior_artefacts(mask: np.ndarray) -> int:
+    """Class-1 pixels away from the scene's own border (which every window's border covers)."""
+    return int((mask[2:-2, 2:-2] == 1).sum())
+
+
+def test_gaussian_blending_leaves_no_seams_where_uniform_does():
+    img = torch.zeros(3, 100, 130)
+    masks = {}
+    for blend in ("uniform", "gaussian"):
+        bands = predict_rows(border_artefact, lambda a, b: img[:, a:b], 100, 130, 28, 18, 8, blend)
+        masks[blend] = torch.cat([p for _, p in bands], 1).argmax(0).numpy()
+    assert interior_artefacts(masks["uniform"]) > 500  # a grid of lines along the window edges
+    rows = np.nonzero((masks["uniform"][2:-2, 2:-2] == 1).all(1))[0] + 2
+    assert len(rows) > 0  # whole rows of seam
+    assert interior_artefacts(masks["gaussian"]) == 0
+
+
+def test_predict_blends_gaussian_by_default_and_uniform_on_request(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(predict_cli, "load_model", lambda *a: (border_artefact, "student"))
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((100, 130, 3), 128, np.uint8)).save(tmp_path / "imgs" / "a.png")
+    cfg = write_config(tmp_path)
+    for out, extra in (("default", []), ("uniform", ["--blend", "uniform"])):
+        assert run(["--config", str(cfg), "--checkpoint", "x", str(tmp_path / "imgs"),
+                    "--out", str(tmp_path / out), *extra], capfd)[0] == 0
+    assert interior_artefacts(np.asarray(Image.open(tmp_path / "default" / "a_mask.png"))) == 0
+    assert interior_artefacts(np.asarray(Image.open(tmp_path / "uniform" / "a_mask.png"))) > 500
+
+
+def test_gaussian_importance_map_is_nnunets():
+    w = importance_map(64, "gaussian")
+    assert w.shape == (64, 64) and w.max() == pytest.approx(1.0, abs=1e-3) and w.min() > 0
+    assert torch.equal(w, w.flip(0)) and torch.equal(w, w.T)
+    # sigma = window / 8 around the centre 31.5: pixel 0 is 31.5 px from it, pixel 31 half a pixel.
+    assert w[0, 32] / w[31, 32] == pytest.approx(np.exp(-0.5 * ((31.5 / 8) ** 2 - (0.5 / 8) ** 2)), rel=1e-4)
+    assert importance_map(64, "uniform") is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. One source of defaults
+
+
+def test_mode_and_blend_are_predicts_own_unless_the_command_line_says(tmp_path, stub, monkeypatch):
+    seen = []
+    monkeypatch.setattr(predict_cli, "predict_files", lambda *a, **k: seen.append(a[5]) or [])
+    write_geotiff(tmp_path / "s.tif", 30, 30)
+    cfg = write_config(tmp_path, "eval: {mode: original, blend: uniform, window: 42, stride: 21, batch_size: 3}\n")
+    base = ["--config", str(cfg), "--checkpoint", "x", str(tmp_path / "s.tif"), "--out", str(tmp_path / "p")]
+    predict_cli.main(base)
+    predict_cli.main(base + ["--blend", "uniform", "--window", "56"])
+    predict_cli.main(base + ["eval.mode=original", "eval.blend=uniform", "--batch-size", "5"])
+    assert [(s.mode, s.blend, s.window, s.stride, s.batch_size) for s in seen] == [
+        ("sliding_window", "gaussian", 42, 21, 3),
+        ("sliding_window", "uniform", 56, 21, 3),
+        ("original", "uniform", 42, 21, 5)]
+
+
+def test_every_flag_is_in_help_and_in_the_readme():
+    parser = predict_cli.build_parser()
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    assert {"--blend", "--list", "--alpha", "--mode", "--window", "--stride", "--batch-size"} <= set(flags)
+    help_text = parser.format_help()
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Evaluation and prediction"):readme.index("## Configuration")]
+    for flag in flags:
+        assert flag in help_text and flag in section, flag
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Batch of scenes
+
+
+def test_failing_scenes_are_skipped_the_others_written_and_named_in_one_final_line(tmp_path, stub, capfd):
+    tiles = tmp_path / "tiles"
+    write_geotiff(tiles / "a_good.tif", 50, 60)
+    write_geotiff(tiles / "b_one_band.tif", 50, 60, bands=1)
+    write_geotiff(tiles / "c_two_band.tif", 50, 60, bands=2)
+    (tiles / "d_broken.png").write_bytes(b"\x89PNG not really")
+    write_geotiff(tiles / "e_uint16.tif", 50, 60, dtype="uint16")
+    Image.fromarray(scene_pixels(40, 30).transpose(1, 2, 0).copy()).save(tiles / "f_good.png")
+    write_geotiff(tiles / "g_rgbir.tif", 50, 60, bands=4)  # bands 1-3 are red, green, blue: fine
+    out = tmp_path / "pred"
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tiles), "--out", str(out)],
+                       capfd)
+    assert code == 2
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last.startswith("error: 4 of 7 scene(s) failed (first: ") and str(tiles / "b_one_band.tif") in last
+    assert "3 written to" in last and sum("error: " in line for line in err.splitlines()) == 1
+    reports = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.startswith("skipped ")]
+    for name in ("b_one_band.tif", "c_two_band.tif", "d_broken.png", "e_uint16.tif"):
+        assert sum(name in line for line in reports) == 1, (name, reports)
+    assert "1 band(s)" in err and "2 band(s)" in err and "uint16" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"a_good_{k}.tif" for k in ("mask", "color", "overlay")] + ["a_good_legend.png"]
+        + [f"f_good_{k}.png" for k in ("mask", "color", "overlay", "legend")]
+        + [f"g_rgbir_{k}.tif" for k in ("mask", "color", "overlay")] + ["g_rgbir_legend.png"])
+
+
+def test_a_scene_that_breaks_midway_leaves_no_partial_files(tmp_path, stub, capfd):
+    tiles = tmp_path / "tiles"
+    write_geotiff(tiles / "a.tif", 700, 300, compress="deflate")
+    data = (tiles / "a.tif").read_bytes()
+    (tiles / "a.tif").write_bytes(data[:len(data) * 2 // 3])  # an interrupted copy: later tiles unreadable
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tiles),
+                        "--out", str(tmp_path / "pred")], capfd)
+    assert code == 2 and "1 of 1 scene(s) failed" in err and str(tiles / "a.tif") in err
+    assert not (tmp_path / "pred").exists()
+
+
+def test_outputs_are_never_read_back_as_inputs(tmp_path, stub, capfd):
+    tiles = tmp_path / "tiles"
+    write_geotiff(tiles / "a.tif", 40, 40)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tiles / "old_mask.png")   # an earlier run's
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tiles / "legend.png")
+    cfg = write_config(tmp_path)
+    argv = ["--config", str(cfg), "--checkpoint", "x", str(tiles), "--out", str(tiles / "pred")]
+    for _ in range(2):  # the second run sees the first run's outputs inside the input folder
+        code, stdout, err = run(argv, capfd)
+        assert code == 0 and "1 scene(s) written" in stdout, err
+    assert sorted(p.name for p in (tiles / "pred").iterdir()) == [
+        "a_color.tif", "a_legend.png", "a_mask.tif", "a_overlay.tif"]
+    # Named directly, inside --out: not an input either.
+    code, _, err = run(["--config", str(cfg), "--checkpoint", "x", str(tiles / "pred" / "a_color.tif"),
+                        "--out", str(tiles / "pred")], capfd)
+    assert code == 2 and "no images" in err
+
+
+def test_out_must_be_a_writable_folder_before_anything_runs(tmp_path, monkeypatch, capfd):
+    def no_model(*args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(predict_cli, "load_model", no_model)
+    write_geotiff(tmp_path / "a.tif", 20, 20)
+    (tmp_path / "file.txt").write_text("x")
+    for out, needle in ((tmp_path / "file.txt", "is a file, not a folder"),
+                        (tmp_path / "file.txt" / "pred", "is a file, not a folder")):
+        code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tmp_path / "a.tif"),
+                            "--out", str(out)], capfd)
+        assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_inputs_from_list_files(tmp_path, stub, capfd):
+    write_geotiff(tmp_path / "s" / "one.tif", 30, 30)
+    write_geotiff(tmp_path / "s" / "two.tif", 30, 30)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "s" / "three.png")
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"# scenes\n{tmp_path / 's' / 'one.tif'}\n\n{tmp_path / 's' / 'two.tif'}\n")
+    other = tmp_path / "more.txt"
+    other.write_text(f"{tmp_path / 's' / 'three.png'}\n")
+    code, stdout, _ = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", f"@{listing}",
+                           "--list", str(other), "--out", str(tmp_path / "pred")], capfd)
+    assert code == 0 and "3 scene(s) written" in stdout
+    with pytest.raises(DataError, match="list file not found"):
+        predict_cli.collect_inputs([f"@{tmp_path / 'absent.txt'}"])
+    listing.write_text(f"{tmp_path / 's' / 'four.tif'}\n")
+    with pytest.raises(DataError, match="four.tif"):
+        predict_cli.collect_inputs([f"@{listing}"])
