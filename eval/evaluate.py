@@ -60,7 +60,8 @@ def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device
         for batch in groups:
             img = batch["img"].to(device, non_blocking=True)
             mask = batch["mask"].to(device, non_blocking=True)
-            probs = predict_logits(model, img, mode, window, stride, cfg.eval.batch_size, amp_dtype)
+            probs = predict_logits(model, img, mode, window, stride, cfg.eval.batch_size, amp_dtype,
+                                   blend=cfg.eval.blend)
             pred = probs.argmax(1)
             cm.update(pred, mask)
             for i in range(min(len(pred), max_visualize - len(samples))):
