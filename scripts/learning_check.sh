@@ -1,7 +1,10 @@
 #!/bin/sh
 # The learning check (docs/learning_check.md): does each method learn what it claims, in minutes on a CPU?
-#   sh scripts/learning_check.sh            # everything: 4 methods x 1/5/10 % x 2 seeds, ablations at 1 %, 100 %
+#   sh scripts/learning_check.sh            # everything: 4 methods x 1/5/10 % x 2 seeds, RS-MTDF ablations at 1 %,
+#                                           # random-teacher controls at 1 and 5 %, supervised 100 %
 #   sh scripts/learning_check.sh --quick    # 1 % only, one seed: supervised, fixmatch, rs_mtdf, random teachers
+#   DIAGNOSE=1 sh scripts/learning_check.sh # then also pseudo-label quality and linear probes of the students
+# Run it with the project's environment active (. .venv/bin/activate).
 # Steps (each skips what exists, so a second call reuses scenes, teachers and finished runs):
 #   1. domain-shifted synthetic scenes in LoveDA's layout -> tiles and 1/5/10/100 % lists (dataset/synthetic_shift.py)
 #   2. stand-in DINOv2 / CLIP teachers pretrained on a disjoint pool of scenes (both at once, one core each),
@@ -36,4 +39,7 @@ if [ -f eval/report.py ]; then
     python eval/report.py "$WORK/runs" --out "$WORK/report"
 fi
 python scripts/learning_check.py summary --work "$WORK"
+if [ "${DIAGNOSE:-0}" = 1 ]; then
+    python scripts/learning_check.py diagnose --work "$WORK"
+fi
 stamp "learning check finished"
