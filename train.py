@@ -587,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         trainer.run()
         if trainer.writer:
             trainer.writer.close()
+        if trainer.flag_group is not None:
+            # Every process reaches the end before any tears the groups down: a gloo peer that closes its
+            # connections while another still uses them can abort that one at exit.
+            dist.barrier(group=trainer.flag_group)
     finally:
         if lock is not None:
             # A run refused before it wrote anything leaves the folder as it found it.
