@@ -397,11 +397,12 @@ def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
                 extra = teach if m == "rs_mtdf" else []
                 out.append((f"{m}_{split}_s{seed}", [f"train.method={m}", f"dataset.split={split}",
                                                       f"train.seed={seed}", *extra]))
-            if split == "5" and not quick:
+            if split in ("5", "10") and not quick:
                 # Added after the first full run showed RS-MTDF ahead at 5 % and 10 %: is that the teachers'
-                # knowledge, or distillation/fusion as such? The random-teacher control at 5 % answers it.
-                out.append((f"rs_mtdf-random_5_s{seed}", ["train.method=rs_mtdf", "dataset.split=5",
-                                                          f"train.seed={seed}", *teach_rand]))
+                # knowledge, or distillation as such (random teachers)? Does fusion add to it (no fusion)?
+                for name, over in (("random", teach_rand), ("nofusion", [*teach, "distill.fusion=false"])):
+                    out.append((f"rs_mtdf-{name}_{split}_s{seed}", ["train.method=rs_mtdf", f"dataset.split={split}",
+                                                                   f"train.seed={seed}", *over]))
         ablations = {
             "rs_mtdf-random_1": teach_rand,
         } if quick else {
@@ -412,12 +413,13 @@ def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
                                "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"],
             "rs_mtdf-nofusion_1": [*teach, "distill.fusion=false"],
         }
-        # Ablations and the 100 % upper bound: seed 0 only (the budget), the 100 % run not in --quick.
-        if seed == 0:
+        # Ablations at 1 %: both seeds in the full check (seed 1 added after the first full run), seed 0 in
+        # --quick; the 100 % upper bound: seed 0, not in --quick.
+        if seed == 0 or not quick:
             for name, over in ablations.items():
                 out.append((f"{name}_s{seed}", ["train.method=rs_mtdf", "dataset.split=1", f"train.seed={seed}",
                                                 *over]))
-            if not quick:
+            if not quick and seed == 0:
                 out.append((f"supervised_100_s{seed}", ["train.method=supervised", "dataset.split=100",
                                                        f"train.seed={seed}"]))
     return out
