@@ -32,8 +32,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from dataset.synthetic import (AGRICULTURE, BACKGROUND, BARREN, BUILDING, FOREST, RECIPES, ROAD, WATER, layout,
-                               smooth_noise, to_labels)
+from dataset.synthetic import (
+    AGRICULTURE,
+    BACKGROUND,
+    BARREN,
+    BUILDING,
+    FOREST,
+    RECIPES,
+    ROAD,
+    WATER,
+    layout,
+    smooth_noise,
+    to_labels,
+)
 from util.cli import run_main
 
 # Colours of the "reference" domain (summer, neutral sensor); every scene moves them (see Domain).
@@ -159,7 +170,9 @@ def shift_scene(rng: np.random.Generator, size: int, recipe: str,
 
 
 def pool(seed: int, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """`count` scenes (half rural, half urban) in memory: images (N, size, size, 3) uint8, LoveDA labels (N, size, size)."""
+    """`count` scenes (half rural, half urban) in memory: images (N, size, size, 3) uint8, labels
+    (N, size, size) in LoveDA's raw encoding.
+    """
     rng = np.random.default_rng(seed)
     images = np.zeros((count, size, size, 3), np.uint8)
     labels = np.zeros((count, size, size), np.uint8)
@@ -191,7 +204,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the raw tree into")
     parser.add_argument("--size", type=int, default=168, help="image side in pixels (LoveDA tiles are its quadrants)")
-    parser.add_argument("--count", type=int, default=50, help="images per domain (Rural, Urban) of Train; Val gets half")
+    parser.add_argument("--count", type=int, default=50,
+                        help="images per domain (Rural, Urban) of Train; Val gets half")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.size < 32 or args.count < 1:

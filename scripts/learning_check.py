@@ -170,8 +170,8 @@ class Probe(nn.Module):
 
     def __init__(self, kind: str) -> None:
         super().__init__()
-        from model.teachers import CLIP_ARCHS, ClipTeacher, DinoTeacher
         from model.encoder import SIZES
+        from model.teachers import CLIP_ARCHS, ClipTeacher, DinoTeacher
 
         self.kind = kind
         if kind == "dino":
@@ -255,7 +255,7 @@ def colour_probe(img: torch.Tensor, lab: torch.Tensor, held_img: torch.Tensor, h
     px, y = px[keep].float() / 255, y[keep]
     mlp = nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, NCLASS))
     opt = torch.optim.Adam(mlp.parameters(), lr=3e-3)
-    for step in range(1500):
+    for _ in range(1500):
         idx = torch.randint(0, len(y), (4096,), generator=g)
         loss = F.cross_entropy(mlp(px[idx]), y[idx], ignore_index=255)
         opt.zero_grad()
@@ -350,7 +350,8 @@ def check_teachers(work: Path) -> None:
     """Both folders load through build_teachers; merge the two records into teachers.json."""
     verify_teachers(work / "teachers_pretrained")
     verify_teachers(work / "teachers_random")
-    merged = {kind: json.loads((work / "teachers_pretrained" / f"{kind}.json").read_text()) for kind in ("dino", "clip")}
+    merged = {kind: json.loads((work / "teachers_pretrained" / f"{kind}.json").read_text())
+              for kind in ("dino", "clip")}
     (work / "teachers_pretrained" / "teachers.json").write_text(json.dumps(merged, indent=1))
     for kind, r in merged.items():
         print(f"teachers: {kind} held-out linear probe mIoU {r['probe_held_out']['miou']} "
@@ -363,7 +364,7 @@ def probe_random(model: Probe, img, lab, held_img, held_lab, steps: int, seed: i
     opt = torch.optim.AdamW(model.head.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(img), (48,), generator=g)
         x, y = augment(img[idx], lab[idx], g)
         target, weight = soft_targets(y, model.grid)
@@ -508,7 +509,8 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
                 sure = (conf >= thresh) & valid
                 res[f"{ckpt[:-4]}_{which}"] = {
                     "confident_share": round(100 * float(sure.sum() / valid.sum()), 1),
-                    "confident_accuracy": round(100 * float((pred == masks)[sure].float().mean()), 1) if sure.any() else None,
+                    "confident_accuracy": (round(100 * float((pred == masks)[sure].float().mean()), 1)
+                                           if sure.any() else None),
                     "all_accuracy": round(100 * float((pred == masks)[valid].float().mean()), 1)}
         out[name] = res
         print(f"pseudo-labels {name}: {res}", flush=True)
