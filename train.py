@@ -40,7 +40,7 @@ from methods.common import StepContext
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
 from model.weights import check_weight_files
-from util.checkpoint import RunLock, atomic_save, atomic_write_text, check_output_dir, load_own_checkpoint
+from util.checkpoint import RunLock, atomic_save, atomic_write_text, load_own_checkpoint
 from util.cli import add_config_args, config_from_args, run_main
 from util.config import (
     MODEL_KEYS,
@@ -54,6 +54,7 @@ from util.config import (
 from util.dist import DistInfo, cleanup, init_distributed, is_distributed
 from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
+from util.io import check_output_folder
 from util.logging import code_version, setup_logger
 from util.schedule import ema_ratio, poly_lr, set_lr
 from util.speed import model_flops_utilisation, peak_bf16_tflops, step_flops
@@ -554,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"dataset.split={args.split}"] * (args.split is not None)
     extra += [f"save_path={args.save_path}"] * (args.save_path is not None)
     cfg = config_from_args(args, extra)
-    run_dir = check_output_dir(cfg.run_dir, "save_path")
+    run_dir = check_output_folder(cfg.run_dir, "save_path")
     latest = run_dir / "latest.pth"
     refuse_foreign_files(run_dir, cfg)
     info = init_distributed()

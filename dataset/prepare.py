@@ -56,6 +56,7 @@ from dataset.splits import (
 )
 from util.cli import run_main
 from util.errors import DataError, short_reason
+from util.io import check_output_folder
 
 try:
     import fcntl
@@ -476,25 +477,6 @@ def _run_jobs(jobs: list[Job], out: Path, tile: int, overwrite: bool, workers: i
 # The output folder: checked before any work, one cutting per folder, one run at a time
 
 
-def check_writable_folder(path: Path, flag: str) -> None:
-    """`path` is a writable folder or can be created as one; else a DataError naming `flag` and the reason."""
-    if path.is_symlink() and not path.exists():
-        raise DataError(f"{flag} {path} is a broken symbolic link")
-    if path.exists():
-        if not path.is_dir():
-            raise DataError(f"{flag} {path} is a file, not a folder")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise DataError(f"{flag} {path} is not writable")
-        return
-    ancestor = path.absolute().parent
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise DataError(f"{flag} {path} cannot be created: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise DataError(f"{flag} {path} cannot be created: {ancestor} is not writable")
-
-
 def tile_options(dataset: str, raw: Path, tile: int) -> dict:
     """What the tiles on disk depend on: tiles cut with other values must not be mixed with these."""
     return {"dataset": dataset, "raw": str(raw.resolve()), "tile": None if dataset == "loveda" else tile}
@@ -618,9 +600,9 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
     if not raw.is_dir():
         raise DataError(f"--raw {raw} is a file, not a folder" if raw.exists() else
                         f"raw dataset folder not found: {raw}")
-    check_writable_folder(out, "--out")
+    check_output_folder(out, "--out")
     if resplit:
-        check_writable_folder(splits_dir, "--splits")
+        check_output_folder(splits_dir, "--splits")
     elif not (splits_dir / "val.txt").is_file():
         raise DataError(f"no split lists in {splits_dir} to check the tiles against; pass --resplit to write "
                         f"new ones there")

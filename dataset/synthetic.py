@@ -12,6 +12,7 @@ can learn every class from pixels.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -163,15 +164,24 @@ def to_labels(dataset: str, cls: np.ndarray) -> np.ndarray:
     return lut[cls]
 
 
-def write_loveda(out: Path, rng: np.random.Generator, size: int, count: int) -> int:
-    """{Train,Val}/{Urban,Rural}/{images_png,masks_png}/<id>.png; masks hold class + 1, 0 = no-data."""
+def demo_scene(rng: np.random.Generator, size: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
+    """The demo's LoveDA scene of a domain ('rural' | 'urban'), with a no-data band in 30 % of them."""
+    return scene(rng, size, domain, nodata_p=0.3)
+
+
+def write_loveda(out: Path, rng: np.random.Generator, size: int, count: int,
+                 draw: Callable[[np.random.Generator, int, str], tuple[np.ndarray, np.ndarray]] = demo_scene) -> int:
+    """{Train,Val}/{Urban,Rural}/{images_png,masks_png}/<id>.png; masks hold class + 1, 0 = no-data.
+
+    `draw(rng, size, domain)` gives one (RGB image, generic class map).
+    """
     next_id = 0
     for split, n in (("Train", count), ("Val", max(1, (count + 1) // 2))):
         for domain in ("Rural", "Urban"):
             (out / split / domain / "images_png").mkdir(parents=True, exist_ok=True)
             (out / split / domain / "masks_png").mkdir(parents=True, exist_ok=True)
             for _ in range(n):
-                img, cls = scene(rng, size, domain.lower(), nodata_p=0.3)
+                img, cls = draw(rng, size, domain.lower())
                 labels = to_labels("loveda", cls)
                 raw = np.where(labels == 255, 0, labels + 1).astype(np.uint8)
                 Image.fromarray(img).save(out / split / domain / "images_png" / f"{next_id}.png")

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from dataset.synthetic import (
     AGRICULTURE,
@@ -44,6 +43,7 @@ from dataset.synthetic import (
     layout,
     smooth_noise,
     to_labels,
+    write_loveda,
 )
 from util.cli import run_main
 
@@ -183,20 +183,8 @@ def pool(seed: int, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_loveda_shift(out: Path, rng: np.random.Generator, size: int, count: int) -> int:
-    """LoveDA's raw tree ({Train,Val}/{Rural,Urban}/{images_png,masks_png}); masks hold class + 1."""
-    next_id = 0
-    for split, n in (("Train", count), ("Val", max(1, (count + 1) // 2))):
-        for domain in ("Rural", "Urban"):
-            (out / split / domain / "images_png").mkdir(parents=True, exist_ok=True)
-            (out / split / domain / "masks_png").mkdir(parents=True, exist_ok=True)
-            for _ in range(n):
-                img, cls, _ = shift_scene(rng, size, domain.lower())
-                labels = to_labels("loveda", cls)
-                raw = np.where(labels == 255, 0, labels + 1).astype(np.uint8)
-                Image.fromarray(img).save(out / split / domain / "images_png" / f"{next_id}.png")
-                Image.fromarray(raw).save(out / split / domain / "masks_png" / f"{next_id}.png")
-                next_id += 1
-    return next_id
+    """LoveDA's raw tree ({Train,Val}/{Rural,Urban}/{images_png,masks_png}) of domain-shifted scenes."""
+    return write_loveda(out, rng, size, count, draw=lambda g, side, domain: shift_scene(g, side, domain)[:2])
 
 
 def main() -> int:

@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from dataset.info import DATASETS  # noqa: E402
 from eval.evaluate import build_eval_loader, evaluate, metrics_table  # noqa: E402
 from eval.inference import resolve_window  # noqa: E402
-from util.checkpoint import check_output_dir  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.dist import cleanup, init_distributed  # noqa: E402
 from util.errors import DataError, WeightsError  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
 from util.visualize import plot_confusion_matrix  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else (
             Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{cfg.eval.mode}_{weights}")
         # A bad output folder is found before the evaluation, not after it.
-        check_output_dir(out, "--out")
+        check_output_folder(out, "--out")
         from dataset.semi import SemiDataset
 
         dataset = SemiDataset(cfg, args.split, split_file)

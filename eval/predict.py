@@ -54,6 +54,7 @@ from eval.inference import Model, autocast_dtype, count_windows, predict_logits,
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.errors import DataError, UserError, short_reason  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
 from util.visualize import colorize, overlay, save_png  # noqa: E402
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -161,24 +162,6 @@ def collect_inputs_from_list(list_file: Path) -> list[Path]:
         else:
             raise DataError(f"input not found: {path} (listed in {list_file})")
     return paths
-
-
-def check_out(out: Path) -> None:
-    """--out must be a folder that exists or can be made, and that this user can write into; checked before
-    the model is loaded. It is created only when the first scene's outputs are written."""
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"--out {out} is a file, not a folder")
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise DataError(f"--out {out} is not writable")
-        return
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DataError(f"--out {out} cannot be created: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"--out {out} cannot be created: {parent} is not writable")
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -656,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = resolve_settings(cfg, given)
     out = Path(args.out)
     paths = collect_inputs(inputs, out)
-    check_out(out)
+    check_output_folder(out, "--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
     failures = predict_files(model, paths, out, cfg, device, settings, args.alpha, args.checkpoint)

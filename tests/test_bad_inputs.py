@@ -600,7 +600,8 @@ def _(env: Env):
 @case("train-save-path-under-a-file", "train")
 def _(env: Env):
     env.save.write_text("notes")
-    return env.train(f"save_path={env.save / 'inner'}"), ["save_path", str(env.save / "inner"), "which is a file"]
+    inner = env.save / "inner"
+    return env.train(f"save_path={inner}"), ["save_path", str(inner), "cannot be created", "is a file"]
 
 
 @case("train-save-path-unknown-placeholder", "train")

@@ -64,21 +64,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def check_output_dir(path: str | os.PathLike, what: str) -> Path:
-    """`path` as a folder that exists or can be made and written to, or one WeightsError naming `what`."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WeightsError(f"{what}: {path} is a file, not a folder")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise WeightsError(f"{what}: {path} is under {existing}, which is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WeightsError(f"{what}: cannot write in {existing} (permission denied)")
-    return path
-
-
 class RunLock:
     """An exclusive lock on a run folder for the life of the process that holds it.
 

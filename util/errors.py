@@ -13,6 +13,10 @@ class DataError(UserError):
     """A dataset file, split list, image or mask is missing or malformed."""
 
 
+class OutputError(UserError):
+    """An output folder is a file, under a file, or cannot be written."""
+
+
 class WeightsError(UserError):
     """A weight file or checkpoint is missing, unreadable, or belongs to another model."""
 
