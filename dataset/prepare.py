@@ -694,7 +694,7 @@ def print_summary(summary: dict) -> None:
         print(f"  note: could not read folder {folder}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command line: prepare one dataset."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -711,7 +711,7 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="rewrite crops that already exist")
     parser.add_argument("--tile", type=int, help="crop size for potsdam/deepglobe (default 512; LoveDA is cut into "
                                                    "quadrants and takes no --tile)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tile is not None and args.dataset == "loveda":
         parser.error("--tile does not apply to loveda: each image is cut into its four quadrants")
     if args.tile is not None and args.tile <= 0:

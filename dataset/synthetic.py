@@ -228,7 +228,7 @@ WRITERS = {"loveda": write_loveda, "potsdam": write_potsdam, "deepglobe": write_
 REAL_SIZE = {"loveda": 1024, "potsdam": 6000, "deepglobe": 2448}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command line: write a synthetic raw tree."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the raw tree into")
@@ -237,7 +237,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=4,
                         help="images per domain of Train (LoveDA; Val gets half), or tiles (Potsdam, DeepGlobe)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = args.size or REAL_SIZE[args.dataset]
     if size < 16 or args.count < 1:
         parser.error("--size must be at least 16 and --count at least 1")

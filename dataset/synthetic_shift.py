@@ -187,7 +187,7 @@ def write_loveda_shift(out: Path, rng: np.random.Generator, size: int, count: in
     return write_loveda(out, rng, size, count, draw=lambda g, side, domain: shift_scene(g, side, domain)[:2])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command line: write a raw LoveDA-layout tree of domain-shifted scenes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the raw tree into")
@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=50,
                         help="images per domain (Rural, Urban) of Train; Val gets half")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.size < 32 or args.count < 1:
         parser.error("--size must be at least 32 and --count at least 1")
     n = write_loveda_shift(args.out, np.random.default_rng(args.seed), args.size, args.count)

@@ -40,10 +40,10 @@ def report(cfg: Config) -> list[tuple[str, int]]:
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = config_from_args(args)
     rows = report(cfg)
     width = max(len(part) for part, _ in rows)

@@ -574,7 +574,7 @@ def summary(work: Path) -> None:
     print(text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=("data", "teachers", "runs", "summary", "diagnose"),
                         help="diagnose: pseudo-label quality of the 1 %% runs and linear probes of the students")
@@ -584,7 +584,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (threads split between them)")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--kind", choices=("dino", "clip"), help="teachers: pretrain only this one (else: check both)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     work = args.work.resolve()
     if args.step == "data":
         make_data(work)

@@ -60,12 +60,7 @@ def entry_main(entry: str, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[st
         from eval import predict as module
         return module.main
     from dataset import prepare as module
-
-    def prepare_main(argv: list[str]) -> int:
-        # dataset.prepare reads sys.argv itself.
-        monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
-        return module.main()
-    return prepare_main
+    return module.main
 
 
 def invoke(main: Callable[[list[str]], int | None], argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:

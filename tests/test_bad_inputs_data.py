@@ -284,10 +284,7 @@ def test_train_reads_lists_and_pixels_as_users_save_them(tmp_path, capfd):
 def prepare_main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
     from dataset import prepare as module
 
-    def main() -> int:
-        monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
-        return module.main()
-    return main
+    return lambda: module.main(argv)
 
 
 def potsdam_argv(tmp: Path, *extra: str, raw: str = "raw", out: str = "out", tile: int = 10) -> list[str]:
