@@ -49,6 +49,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_benchmark_measures_ours_and_the_reference_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "scripts/benchmark.py", "--config", "configs/loveda.yaml", "--what", "both",

@@ -68,6 +68,7 @@ run_main(lambda: atomic_save({{"model": {{"w": torch.ones(100_000)}}}}, {path!r}
 """
 
 
+@pytest.mark.slow
 def test_a_real_write_failure_is_one_line_and_removes_its_temporary_file(tmp_path):
     """Not a patched OSError: the kernel refuses the bytes (RLIMIT_FSIZE), as a full disk would."""
     import subprocess
@@ -86,6 +87,7 @@ def test_a_real_write_failure_is_one_line_and_removes_its_temporary_file(tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
 
 
+@pytest.mark.slow
 def test_readers_never_see_a_half_written_checkpoint_while_another_process_rewrites_it(tmp_path):
     """A writer process replaces latest.pth over and over; every read in between gets one whole version."""
     import subprocess

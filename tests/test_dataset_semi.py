@@ -379,6 +379,7 @@ def test_masks_are_l_p_or_16_bit_below_256_else_the_mode_is_named(data, kind, ac
     assert "mode I;16" in message and "value 300" in message if kind == "I;16 300" else f"not mode {kind}" in message
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")   # PIL's notes on damaged TIFF tags
 def test_a_corrupt_file_of_any_format_is_one_data_error_naming_it(tmp_path):
     """Decoders raise OSError, SyntaxError, ValueError, TypeError... on damaged files: each becomes a DataError."""

@@ -314,6 +314,7 @@ def test_cuda_peak_memory_is_the_estimate():
 # The smoke script itself
 
 
+@pytest.mark.slow
 def test_gpu_smoke_script_runs_every_stage_on_the_cpu(tmp_path):
     out = tmp_path / "smoke"
     done = subprocess.run(["sh", "scripts/gpu_smoke.sh", "--cpu", str(out)], cwd=REPO, capture_output=True,

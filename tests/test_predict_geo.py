@@ -218,6 +218,7 @@ def peak_rss_mb(tmp_path: Path, scene: Path, out: Path) -> float:
     return int(proc.stdout.split("peak_kb")[-1]) / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from Linux's /proc")
 def test_peak_memory_does_not_grow_with_the_scene(tmp_path):
     # 25 times the pixels; held whole, the 3000-px scene alone would need ~0.5 GB of float probabilities.

@@ -10,7 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
+
+# Real processes, torchrun and kills: minutes on 2 cores (`pytest -m 'not slow'` leaves them out).
+pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:

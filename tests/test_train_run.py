@@ -16,6 +16,9 @@ import train
 from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
 from util.checkpoint import load_own_checkpoint
 
+# Real processes, torchrun and kills: minutes on 2 cores (`pytest -m 'not slow'` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
