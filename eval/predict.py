@@ -49,6 +49,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dataset.info import DATASETS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dataset.prepare import open_rgb  # noqa: E402
 from eval.eval import load_model  # noqa: E402
 from eval.inference import Model, autocast_dtype, count_windows, predict_logits, predict_rows, resolve_window  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
@@ -165,15 +166,18 @@ def collect_inputs_from_list(list_file: Path) -> list[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """A PNG/JPEG file as (H, W, 3) uint8 RGB; an unreadable file or a 1- or 2-band one is a DataError."""
+    """A PNG/JPEG file as (H, W, 3) uint8 RGB; an unreadable file or a 1- or 2-band one is a DataError.
+
+    Pixels are read as training reads them (dataset.prepare.open_rgb): 16-bit data only where 8-bit is exact.
+    """
     try:
         with Image.open(path) as im:
-            bands = len(im.getbands())
-            if im.mode not in ("P", "PA") and bands < 3:
-                raise DataError(f"{path} has {bands} band(s) (mode {im.mode}); predict needs an RGB image")
-            return np.array(im.convert("RGB"))
+            bands, mode = len(im.getbands()), im.mode
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
+    if mode not in ("P", "PA") and bands < 3:
+        raise DataError(f"{path} has {bands} band(s) (mode {mode}); predict needs an RGB image")
+    return np.asarray(open_rgb(path))
 
 
 def to_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
