@@ -177,7 +177,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
     if mode not in ("P", "PA") and bands < 3:
         raise DataError(f"{path} has {bands} band(s) (mode {mode}); predict needs an RGB image")
-    return np.asarray(open_rgb(path))
+    return np.array(open_rgb(path))  # a writable copy: torch.from_numpy refuses to share read-only memory
 
 
 def to_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
