@@ -460,12 +460,12 @@ def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path) ->
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            # Beside the axes: inside, a long list of ablations hides the curves it labels.
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     fig.suptitle(f"{title}, mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
