@@ -119,14 +119,7 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> list[Path]:
         if text.startswith("@") and not Path(text).exists():
             paths += collect_inputs_from_list(Path(text[1:]))
             continue
-        path = Path(text)
-        if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith("."))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise DataError(f"input not found: {path}")
+        paths += expand_input(Path(text))
     unique: list[Path] = []
     seen_paths: set[Path] = set()
     for path in paths:
@@ -151,18 +144,19 @@ def collect_inputs(inputs: list[str], out: Path | None = None) -> list[Path]:
     return unique
 
 
+def expand_input(path: Path, listed_in: Path | None = None) -> list[Path]:
+    """A file as itself, a folder as its image files (sorted, hidden ones left out); a missing one is an error."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                      and not p.name.startswith("."))
+    if path.is_file():
+        return [path]
+    raise DataError(f"input not found: {path}" + (f" (listed in {listed_in})" if listed_in else ""))
+
+
 def collect_inputs_from_list(list_file: Path) -> list[Path]:
-    paths: list[Path] = []
-    for entry in read_list(list_file):
-        path = Path(entry)
-        if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith("."))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise DataError(f"input not found: {path} (listed in {list_file})")
-    return paths
+    """The inputs named in a list file, one path (file or folder) per line."""
+    return [p for entry in read_list(list_file) for p in expand_input(Path(entry), list_file)]
 
 
 def read_rgb(path: Path) -> np.ndarray:
