@@ -211,3 +211,10 @@ def test_the_method_names_are_the_registrys(monkeypatch):
                                                                 teachers=True))
     cfg = Config.model_validate({"train": {"method": "mean_teacher"}})
     assert cfg.distill_teachers == ("dino", "clip")
+
+
+def test_protocol_defaults_are_the_authors():
+    """best.pth by the student (their scripts), their supervised schedule (batch x2, 3000 draws an epoch)."""
+    train = Config().train
+    assert (train.best_by, train.supervised_protocol, train.supervised_epoch_samples) == ("student", "reference", 3000)
+    assert Config().eval.weights is None and Config().eval.blend == "uniform"
