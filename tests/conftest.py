@@ -1,6 +1,19 @@
-"""Tests import the project's packages from the repository root, as the entry points do."""
+"""Shared by the tests: the project's packages import from the repository root, as the entry points do."""
 
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny tensors on a shared 2-core machine run faster so, and every call reduces in
+    the same order (a module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,12 +41,7 @@ SMALL_STEP = TINY + ["dataset.crop_size=56", "teachers.clip.input_size=28", "dis
                      "train.batch_size=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from test_model_encoder import single_thread  # noqa: F401 (autouse fixture)
 from test_model_teachers import tiny_cfg
 
 from model.check import report
 from model.convert import convert_authors_state_dict, load_segmenter_weights
 from model.segmenter import Segmenter, build_segmenter
 from util.errors import WeightsError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def authors_name(key: str) -> str:

@@ -14,13 +14,7 @@ from util.errors import WeightsError
 TINY = SIZES["tiny"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster than two threads fighting for a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official_dinov2_state(dim: int = TINY.embed_dim, depth: int = TINY.depth, seed: int = 0) -> dict:

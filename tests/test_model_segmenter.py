@@ -3,13 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model_encoder import official_dinov2_state, single_thread  # noqa: F401
+from test_model_encoder import official_dinov2_state
 from test_model_teachers import tiny_cfg
 
 from model.fusion import distillation_loss, tokens_to_map
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
 from util.errors import WeightsError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

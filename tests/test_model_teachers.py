@@ -8,12 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
-from test_model_encoder import official_dinov2_state, reference_dinov2, single_thread  # noqa: F401
+from test_model_encoder import official_dinov2_state, reference_dinov2
 
 from model.encoder import DinoEncoder, load_dinov2_weights
 from model.teachers import CLIP_ARCHS, ClipTeacher, build_clip_tower, build_teachers, load_clip_weights
 from util.config import Config
 from util.errors import WeightsError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARCH = CLIP_ARCHS["tiny"]
 

@@ -34,13 +34,7 @@ CRS = "EPSG:32633"  # UTM 33N: a projected CRS
 TRANSFORM = Affine(0.5, 0.0, 389_000.0, 0.0, -0.5, 5_819_000.0)  # 0.5 m pixels, north up
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors on a shared 2-core machine: one thread is many times faster than two fighting for it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, str]:

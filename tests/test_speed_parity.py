@@ -22,13 +22,7 @@ TINY = ["dataset.crop_size=56", "train.batch_size=2", "teachers.clip.input_size=
         "train.conf_thresh=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Same reductions in the same order every call: differences below come from the path, not from threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainer(reference: bool) -> Trainer:
