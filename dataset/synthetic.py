@@ -125,6 +125,15 @@ def layout(rng: np.random.Generator, size: int, recipe: dict) -> tuple[np.ndarra
     return cls, ids, instance
 
 
+def field_stripes(rng: np.random.Generator, ids: np.ndarray, period: tuple[float, float]) -> np.ndarray:
+    """A sine of stripes in [-1, 1] whose angle and period (pixels, drawn in `period`) change per parcel."""
+    size = ids.shape[0]
+    angle = rng.uniform(0, np.pi, ids.max() + 1)[ids]
+    wavelength = rng.uniform(*period, ids.max() + 1)[ids]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    return np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / wavelength)
+
+
 def render(rng: np.random.Generator, cls: np.ndarray, ids: np.ndarray, instance: np.ndarray) -> np.ndarray:
     """RGB pixels of a class map: per-class colour, blotches and grain; fields striped per parcel."""
     size = cls.shape[0]
@@ -137,10 +146,7 @@ def render(rng: np.random.Generator, cls: np.ndarray, ids: np.ndarray, instance:
             img[m] = (np.array(mean, np.float32) + blotch_amp * blotch[m] + grain_amp * grain[m])
     fields = cls == AGRICULTURE
     if fields.any():
-        angle = rng.uniform(0, np.pi, ids.max() + 1)[ids]
-        period = rng.uniform(size / 90, size / 30, ids.max() + 1)[ids]
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
+        stripes = field_stripes(rng, ids, (size / 90, size / 30))
         img[fields] += stripes[fields][:, None] * np.array([-22, 12, -10], np.float32)
     things = (cls == BUILDING) | (cls == CAR)
     img[things] += instance[things]

@@ -40,6 +40,7 @@ from dataset.synthetic import (
     RECIPES,
     ROAD,
     WATER,
+    field_stripes,
     layout,
     smooth_noise,
     to_labels,
@@ -116,10 +117,7 @@ def render_textured(rng: np.random.Generator, cls: np.ndarray, ids: np.ndarray, 
     lum += np.where(cls == FOREST, 38 * crowns + 6 * blotch + 4 * grain, 0)
     fields = cls == AGRICULTURE
     if fields.any():
-        angle = rng.uniform(0, np.pi, ids.max() + 1)[ids]
-        period = rng.uniform(size / 45, size / 18, ids.max() + 1)[ids]
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        stripes = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
+        stripes = field_stripes(rng, ids, (size / 45, size / 18))
         lum += np.where(fields, 36 * stripes + 3 * grain, 0)
     img += (t * lum)[..., None]
 
