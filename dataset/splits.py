@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from util.cli import run_main
 from util.errors import DataError
+from util.io import check_output_folder
 
 PERCENTS = ("1", "5", "10")
 
@@ -248,10 +250,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the authors' published lists, holding potsdam/ and deepglobe/")
     parser.add_argument("--out", type=Path, default=SHIPPED, help="where to write (default: the repository's splits/)")
     args = parser.parse_args(argv)
-    for dataset, counts in write_published_splits(args.reference, args.out).items():
-        print(dataset, counts)
+    for name in ("potsdam", "deepglobe"):
+        if not (args.reference / name / "val.txt").is_file():
+            raise DataError(f"--reference {args.reference} has no {name}/val.txt: not the published lists' folder")
+    check_output_folder(args.out, "--out")
+    try:
+        counts = write_published_splits(args.reference, args.out)
+    except ValueError as e:  # a line that is not a tile name of the published lists
+        raise DataError(str(e)) from None
+    for dataset, written in counts.items():
+        print(dataset, written)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -29,6 +29,7 @@ from typing import Any  # noqa: E402
 from util.cli import run_main  # noqa: E402
 from util.config import Config, read_yaml  # noqa: E402
 from util.errors import UserError, short_reason  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
 
 METHOD_ORDER = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
 RUN_MARKERS = ("progress.json", "latest.pth", "best.pth")
@@ -522,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
         skipped += bad
     rows = build_rows(runs)
-    out = args.out or args.folders[0] / "report"
+    out = check_output_folder(args.out or args.folders[0] / "report", "--out")
     write_report(out, rows, sorted(skipped), args.folders)
     print(markdown_table(rows))
     print(f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} skipped; written to {out}")

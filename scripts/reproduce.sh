@@ -45,6 +45,13 @@ for arg in "$@"; do
     esac
 done
 
+for seed in $(echo "$SEEDS" | tr ',' ' '); do
+    case "$seed" in
+        ''|*[!0-9]*) echo "error: seed '$seed' is not a whole number (seeds are comma-separated, e.g. 0,1,2)" >&2
+                     exit 2 ;;
+    esac
+done
+
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/${DATASET}.yaml}
 EXP=${EXP:-exp/${DATASET}}

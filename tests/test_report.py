@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from eval import report
+from util.cli import run_main
 from util.config import Config, save_config
 
 NO_TEACHERS = {"teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
@@ -171,3 +172,15 @@ def test_plot_shows_test_miou_only_when_every_run_has_it() -> None:
     row = {"n": 2, "test_miou": {"n": 2}, "test_weights": ["ema", "ema"]}
     assert report.plot_metric([row]) == ("test_miou", "test mIoU (ema weights)")
     assert report.plot_metric([row, {**row, "test_miou": {"n": 1}}])[0] == "best_val_student"
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_before_anything_is_written(tmp_path, capsys):
+    root = tmp_path / "exp"
+    make_config(root / "loveda" / "fixmatch" / "1", "fixmatch", "1", 42)
+    (root / "loveda" / "fixmatch" / "1" / "progress.json").write_text("{}")
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: report.main([str(root), "--out", str(out)]))
+    assert info.value.code == 2 and out.read_text() == "mine"
+    assert capsys.readouterr().err.strip() == f"error: --out {out} is a file, not a folder"

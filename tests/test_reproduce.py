@@ -73,3 +73,12 @@ def test_train_sh_exits_with_the_trainers_status_and_ends_with_its_one_line_erro
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: split file not found: {tmp_path / 'none'}")
+
+
+def test_reproduce_refuses_a_seed_that_is_not_a_number_before_any_run(tmp_path):
+    env = {**os.environ, "EXP": str(tmp_path / "exp")}
+    done = subprocess.run(["sh", "scripts/reproduce.sh", "demo", "1", "29500", "fixmatch", "10", "0,x"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: seed 'x' is not a whole number (seeds are comma-separated, e.g. 0,1,2)")
+    assert not (tmp_path / "exp").exists()

@@ -169,3 +169,13 @@ def test_reference_names_map_to_prepare_crop_names():
     assert reference_crop_name("deepglobe", "data_cropped/100694_sat_3.jpg") == "100694_3"
     with pytest.raises(ValueError, match="not a potsdam tile name"):
         reference_crop_name("potsdam", "data_cropped/100694_sat_3.jpg")
+
+
+def test_the_maintainers_split_tool_names_a_wrong_reference_folder_in_one_line(tmp_path, capsys):
+    from dataset.splits import main
+    from util.cli import run_main
+
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: main(["--reference", str(tmp_path), "--out", str(tmp_path / "out")]))
+    assert info.value.code == 2 and "has no potsdam/val.txt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
