@@ -35,6 +35,8 @@ from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.dist import init_distributed  # noqa: E402
 from util.ema import ema_update  # noqa: E402
+from util.errors import OutputError  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
 from util.precision import autocast_dtype  # noqa: E402
 from util.schedule import ema_ratio  # noqa: E402
 from util.speed import (  # noqa: E402
@@ -284,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--both", action="store_true", help="ours and the reference, with ratios")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_intermixed_args(argv)
+    if args.out:
+        # Checked before minutes of measuring, not after.
+        check_output_folder(Path(args.out).absolute().parent, "--out")
+        if Path(args.out).is_dir():
+            raise OutputError(f"--out {args.out} is a folder; give a file name such as bench.json")
 
     extra = RANDOM_WEIGHTS + (TINY if args.tiny else [])
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)

@@ -52,6 +52,9 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from util.cli import run_main  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
+
 METHODS = ("supervised", "fixmatch", "unimatch_v2")
 CONFIG = "configs/loveda.yaml"
 # project entry point -> (module for running in this process, script for running in a child process)
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip (e.g. gpu_tests,nccl)")
     args = parser.parse_args(argv)
 
-    out = Path(args.out).resolve()
+    out = check_output_folder(Path(args.out).resolve(), "OUT")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_smoke_"))
     if args.cpu:
@@ -551,4 +554,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -41,6 +41,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from util.cli import run_main  # noqa: E402
+from util.io import check_output_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "learning_check.yaml"
@@ -585,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--kind", choices=("dino", "clip"), help="teachers: pretrain only this one (else: check both)")
     args = parser.parse_args(argv)
-    work = args.work.resolve()
+    work = check_output_folder(args.work.resolve(), "--work")
     if args.step == "data":
         make_data(work)
     elif args.step == "teachers":
@@ -610,4 +612,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
