@@ -32,9 +32,8 @@ from tqdm import tqdm
 from dataset.info import DATASETS
 from dataset.sampler import SeededSampler
 from dataset.semi import SemiDataset, check_disjoint
-from dataset.splits import read_list
+from dataset.splits import PER_PERCENT, SHARED, read_list, split_file
 from eval.evaluate import build_eval_loader, evaluate
-from eval.inference import autocast_dtype
 from methods import METHODS, Method
 from methods.common import StepContext
 from model.segmenter import build_segmenter
@@ -56,6 +55,7 @@ from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
 from util.io import check_output_folder
 from util.logging import code_version, setup_logger
+from util.precision import autocast_dtype
 from util.schedule import ema_ratio, poly_lr, set_lr
 from util.speed import model_flops_utilisation, peak_bf16_tflops, step_flops
 from util.visualize import sample_panel
@@ -96,10 +96,9 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused)
 
 
-def split_path(cfg: Config, name: str) -> Path:
-    """labeled.txt / unlabeled.txt live under the labelled percent; val.txt and test.txt beside it."""
-    root = Path(cfg.dataset.splits)
-    return root / cfg.dataset.split / name if name in ("labeled.txt", "unlabeled.txt") else root / name
+def split_path(cfg: Config, kind: str) -> Path:
+    """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.splits."""
+    return split_file(cfg.dataset.splits, kind, cfg.dataset.split)
 
 
 def count_lines(path: Path, cfg: Config) -> int:
@@ -210,12 +209,12 @@ class Trainer:
         cfg, info = self.cfg, self.info
         # An epoch is one pass over the unlabelled list for every method, so iteration counts compare; where
         # every image is labelled (DeepGlobe 100 %) the list is empty and an epoch is the labelled list.
-        unlabeled_file = split_path(cfg, "unlabeled.txt")
+        unlabeled_file = split_path(cfg, "unlabeled")
         n_unlabeled = count_lines(unlabeled_file, cfg)
         if n_unlabeled == 0 and self.method.unlabeled:
             raise DataError(f"{unlabeled_file} is empty (dataset.split={cfg.dataset.split} labels every image): "
                             f"train.method={cfg.train.method} needs unlabelled images; use train.method=supervised")
-        labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled.txt"))
+        labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled"))
         self.epoch_length = n_unlabeled or len(labeled)
         if self.reference_supervised:
             self.epoch_length = cfg.train.supervised_epoch_samples
@@ -223,9 +222,9 @@ class Trainer:
         if self.method.unlabeled:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)
             loaders.append(train_loader(unlabeled, self.epoch_length, self.batch_size, cfg.train.seed + 1, cfg, info))
-        val = SemiDataset(cfg, "val", split_path(cfg, "val.txt"))
+        val = SemiDataset(cfg, "val", split_path(cfg, "val"))
         # Training on a val or test tile, or one tile both labelled and unlabelled, is a list mistake.
-        check_disjoint([split_path(cfg, name) for name in ("labeled.txt", "unlabeled.txt", "val.txt", "test.txt")],
+        check_disjoint([split_path(cfg, kind) for kind in (*PER_PERCENT, *SHARED)],
                        cfg.dataset.root)
         self.val_loader = build_eval_loader(val, cfg, info)
         return tuple(loaders)

@@ -52,6 +52,7 @@ from dataset.splits import (
     missing_tiles,
     potsdam_splits,
     read_list,
+    split_file,
     write_splits,
 )
 from util.cli import run_main
@@ -603,7 +604,7 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
     check_output_folder(out, "--out")
     if resplit:
         check_output_folder(splits_dir, "--splits")
-    elif not (splits_dir / "val.txt").is_file():
+    elif not split_file(splits_dir, "val").is_file():
         raise DataError(f"no split lists in {splits_dir} to check the tiles against; pass --resplit to write "
                         f"new ones there")
     else:

@@ -28,6 +28,20 @@ from util.errors import DataError
 from util.io import check_output_folder
 
 PERCENTS = ("1", "5", "10")
+# The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
+PER_PERCENT = ("labeled", "unlabeled")
+SHARED = ("val", "test")
+
+
+def split_file(splits_dir: str | os.PathLike, kind: str, percent: str | None = None) -> Path:
+    """The list of `kind` (labeled, unlabeled, val, test): <splits>/<percent>/<kind>.txt or <splits>/<kind>.txt."""
+    if kind in PER_PERCENT:
+        if percent is None:
+            raise ValueError(f"the {kind} list belongs to a labelled share: give its percent")
+        return Path(splits_dir) / str(percent) / f"{kind}.txt"
+    if kind not in SHARED:
+        raise ValueError(f"unknown split list {kind!r}; one of {', '.join(PER_PERCENT + SHARED)}")
+    return Path(splits_dir) / f"{kind}.txt"
 
 
 @dataclass(frozen=True)
@@ -183,17 +197,18 @@ def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
     def names(path: Path) -> list[str]:
         return sorted(reference_crop_name(dataset, line.split()[0]) for line in read_list(path) if line.strip())
 
-    percents = sorted((p.name for p in folder.iterdir() if (p / "labeled.txt").is_file()), key=int)
-    return Splits(labeled={p: names(folder / p / "labeled.txt") for p in percents},
-                  unlabeled={p: names(folder / p / "unlabeled.txt") for p in percents},
-                  val=names(folder / "val.txt"), test=names(folder / "test.txt"))
+    percents = sorted((p.name for p in folder.iterdir() if split_file(folder, "labeled", p.name).is_file()), key=int)
+    return Splits(labeled={p: names(split_file(folder, "labeled", p)) for p in percents},
+                  unlabeled={p: names(split_file(folder, "unlabeled", p)) for p in percents},
+                  val=names(split_file(folder, "val")), test=names(split_file(folder, "test")))
 
 
 def list_files(splits_dir: str | os.PathLike) -> list[Path]:
     """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
     splits_dir = Path(splits_dir)
-    return sorted([*splits_dir.glob("*/labeled.txt"), *splits_dir.glob("*/unlabeled.txt"),
-                   *(splits_dir / n for n in ("val.txt", "test.txt") if (splits_dir / n).is_file())])
+    per_percent = [path for kind in PER_PERCENT for path in splits_dir.glob(f"*/{kind}.txt")]
+    shared = [split_file(splits_dir, kind) for kind in SHARED]
+    return sorted([*per_percent, *(path for path in shared if path.is_file())])
 
 
 def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
@@ -223,13 +238,13 @@ def write_splits(splits: Splits, out_dir: str | os.PathLike, line: Callable[[str
     """Write <out>/<percent>/{labeled,unlabeled}.txt, <out>/val.txt, <out>/test.txt; returns the line counts."""
     out_dir = Path(out_dir)
     counts: dict[str, int] = {}
-    files = {"val.txt": splits.val, "test.txt": splits.test}
+    files = {split_file(out_dir, "val"): splits.val, split_file(out_dir, "test"): splits.test}
     for p in splits.labeled:
-        files[f"{p}/labeled.txt"] = splits.labeled[p]
-        files[f"{p}/unlabeled.txt"] = splits.unlabeled[p]
-    for rel, names in files.items():
-        _write_atomic(out_dir / rel, [line(n) for n in names])
-        counts[rel] = len(names)
+        files[split_file(out_dir, "labeled", p)] = splits.labeled[p]
+        files[split_file(out_dir, "unlabeled", p)] = splits.unlabeled[p]
+    for path, names in files.items():
+        _write_atomic(path, [line(n) for n in names])
+        counts[path.relative_to(out_dir).as_posix()] = len(names)
     return counts
 
 

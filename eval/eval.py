@@ -25,6 +25,7 @@ import os  # noqa: E402
 import torch  # noqa: E402
 
 from dataset.info import DATASETS  # noqa: E402
+from dataset.splits import split_file  # noqa: E402
 from eval.evaluate import build_eval_loader, evaluate, metrics_table  # noqa: E402
 from eval.inference import resolve_window  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
@@ -95,9 +96,9 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, flag_overrides(args))
-    split_file = Path(cfg.dataset.splits) / f"{args.split}.txt"
-    if not split_file.is_file():
-        raise DataError(f"split file not found: {split_file} (dataset.splits={cfg.dataset.splits})")
+    list_path = split_file(cfg.dataset.splits, args.split)
+    if not list_path.is_file():
+        raise DataError(f"split file not found: {list_path} (dataset.splits={cfg.dataset.splits})")
     window, stride = resolve_window(cfg) if cfg.eval.mode == "sliding_window" else (None, None)
 
     dist_info = init_distributed()
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(out, "--out")
         from dataset.semi import SemiDataset
 
-        dataset = SemiDataset(cfg, args.split, split_file)
+        dataset = SemiDataset(cfg, args.split, list_path)
         loader = build_eval_loader(dataset, cfg, dist_info)
         result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
         if dist_info.is_main:

@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from eval.inference import Model, autocast_dtype, predict_logits, resolve_window
+from eval.inference import Model, predict_logits, resolve_window
 from util.config import Config
 from util.dist import DistInfo
 from util.metrics import ConfusionMatrix
+from util.precision import autocast_dtype
 
 
 def collate_by_size(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from util.config import PATCH_SIZE, Config
 from util.errors import ConfigError
-from util.precision import autocast_dtype  # noqa: F401 - re-exported: it lived here
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 BLENDS = ("uniform", "gaussian")

@@ -51,11 +51,12 @@ from tqdm import tqdm  # noqa: E402
 from dataset.info import DATASETS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dataset.prepare import open_rgb  # noqa: E402
 from eval.eval import load_model  # noqa: E402
-from eval.inference import Model, autocast_dtype, count_windows, predict_logits, predict_rows, resolve_window  # noqa: E402
+from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window  # noqa: E402
 from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
 from util.config import Config  # noqa: E402
 from util.errors import DataError, UserError, short_reason  # noqa: E402
 from util.io import check_output_folder  # noqa: E402
+from util.precision import autocast_dtype  # noqa: E402
 from util.visualize import colorize, overlay, save_png  # noqa: E402
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")

@@ -52,6 +52,7 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
+from dataset.splits import split_file  # noqa: E402
 from util.cli import run_main  # noqa: E402
 from util.io import check_output_folder  # noqa: E402
 
@@ -322,15 +323,15 @@ def data_stage(smoke: Smoke) -> dict[str, Any]:
             subprocess.run([sys.executable, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True,
                            timeout=s.timeout)
     # Exactly iters_per_epoch batches of unlabelled crops per epoch, and a short val list.
-    unlabeled = splits / "10" / "unlabeled.txt"
+    unlabeled = split_file(splits, "unlabeled", "10")
     lines = unlabeled.read_text().splitlines()
     need = s.batch * s.iters_per_epoch
     if len(lines) < need:
         raise RuntimeError(f"{unlabeled} has {len(lines)} lines, {need} needed")
     unlabeled.write_text("\n".join(lines[:need]) + "\n")
-    val = splits / "val.txt"
+    val = split_file(splits, "val")
     val.write_text("\n".join(val.read_text().splitlines()[:s.val_tiles]) + "\n")
-    return {"unlabeled": need, "labeled": len((splits / "10" / "labeled.txt").read_text().splitlines()),
+    return {"unlabeled": need, "labeled": len(split_file(splits, "labeled", "10").read_text().splitlines()),
             "val": s.val_tiles, "tile": s.raw_size // 2}
 
 

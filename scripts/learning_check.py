@@ -41,6 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dataset.splits import split_file  # noqa: E402
 from util.cli import run_main  # noqa: E402
 from util.io import check_output_folder  # noqa: E402
 
@@ -63,7 +64,7 @@ CLIP_INPUT = 42
 def make_data(work: Path) -> None:
     """Raw scenes -> dataset.prepare (tiles, 1/5/10 % lists) -> a 100 % split (all train tiles labelled)."""
     splits = work / "splits"
-    if (splits / "100" / "labeled.txt").is_file():
+    if split_file(splits, "labeled", "100").is_file():
         print(f"data: {splits} exists, kept")
         return
     raw = work / "raw"
@@ -71,11 +72,11 @@ def make_data(work: Path) -> None:
          "--count", str(TRAIN_SCENES), "--seed", str(DATA_SEED)])
     run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
          "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
-    everything = sorted(set((splits / "1" / "labeled.txt").read_text().splitlines())
-                        | set((splits / "1" / "unlabeled.txt").read_text().splitlines()))
-    (splits / "100").mkdir(exist_ok=True)
-    (splits / "100" / "unlabeled.txt").write_text("")
-    (splits / "100" / "labeled.txt").write_text("".join(line + "\n" for line in everything if line.strip()))
+    everything = sorted(set(split_file(splits, "labeled", "1").read_text().splitlines())
+                        | set(split_file(splits, "unlabeled", "1").read_text().splitlines()))
+    split_file(splits, "labeled", "100").parent.mkdir(exist_ok=True)
+    split_file(splits, "unlabeled", "100").write_text("")
+    split_file(splits, "labeled", "100").write_text("".join(line + "\n" for line in everything if line.strip()))
     print(f"data: {len(everything)} train tiles; 100 % split written")
 
 
@@ -491,7 +492,7 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
             continue
         cfg = load_config(run_dir / "config.yaml")
         root = Path(cfg.dataset.root)
-        lines = (Path(cfg.dataset.splits) / cfg.dataset.split / "unlabeled.txt").read_text().split("\n")
+        lines = split_file(cfg.dataset.splits, "unlabeled", cfg.dataset.split).read_text().split("\n")
         pairs = [line.split() for line in lines if line.strip()]
         from PIL import Image
 

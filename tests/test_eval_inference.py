@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from eval.inference import (
-    autocast_dtype,
     count_windows,
     default_stride,
     importance_map,
@@ -17,6 +16,7 @@ from eval.inference import (
 )
 from util.config import Config
 from util.errors import ConfigError
+from util.precision import autocast_dtype
 
 
 class Recorder(torch.nn.Module):
