@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from eval.inference import Model, predict_logits, resolve_window
+from eval.metrics import ConfusionMatrix
 from util.config import Config
 from util.dist import DistInfo
-from util.metrics import ConfusionMatrix
 from util.precision import autocast_dtype
 
 
@@ -42,7 +42,7 @@ def build_eval_loader(dataset: Dataset, cfg: Config, dist_info: DistInfo | None 
 
 def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device,
              dist_info: DistInfo | None = None, max_visualize: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Scores of `model` on the (sharded) `loader`, summed over processes: see util.metrics for the keys.
+    """Scores of `model` on the (sharded) `loader`, summed over processes: see eval.metrics for the keys.
 
     The result also holds 'confusion_matrix' (nclass x nclass list, rows ground truth) and 'samples': up
     to `max_visualize` dicts {'img', 'mask', 'pred', 'name'} of this process (CPU tensors).

@@ -7,8 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 from eval.evaluate import build_eval_loader, collate_by_size, evaluate, metrics_table
+from eval.metrics import ConfusionMatrix
 from util.config import Config
-from util.metrics import ConfusionMatrix
 
 NCLASS = 7
 SIZES = [(28, 42), (14, 28), (28, 42), (17, 23), (28, 42)]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from util.metrics import ConfusionMatrix
+from eval.metrics import ConfusionMatrix
 
 # Rows ground truth, columns prediction. By hand: tp (3, 2, 1), gt (4, 2, 2), pred (4, 3, 1), 8 pixels.
 HAND = [[3, 1, 0],
