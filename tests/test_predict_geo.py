@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from PIL import Image
+from rasterio.enums import Compression
+from rasterio.transform import Affine
 
-rasterio = pytest.importorskip("rasterio")
-from rasterio.enums import Compression  # noqa: E402
-from rasterio.transform import Affine  # noqa: E402
-
-import eval.predict as predict_cli  # noqa: E402
-from dataset.info import DATASETS  # noqa: E402
-from eval.inference import importance_map, predict_logits, predict_rows  # noqa: E402
-from util.cli import run_main  # noqa: E402
-from util.errors import DataError  # noqa: E402
+import eval.predict as predict_cli
+from dataset.info import DATASETS
+from eval.inference import importance_map, predict_logits, predict_rows
+from util.cli import run_main
+from util.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 LOVEDA = DATASETS["loveda"]
