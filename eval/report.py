@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 from util.cli import run_main  # noqa: E402
-from util.config import Config, read_yaml  # noqa: E402
+from util.config import Config, read_yaml, upgrade_saved  # noqa: E402
 from util.errors import UserError, short_reason  # noqa: E402
 from util.io import check_output_folder  # noqa: E402
 
@@ -114,7 +114,10 @@ def ablation_label(raw: dict[str, Any]) -> str:
     enabled = [name for name in ("dino", "clip") if _lookup(raw, f"teachers.{name}.enabled", True)]
     label = {("dino", "clip"): "dino+clip", ("dino",): "dino only", ("clip",): "clip only"}.get(tuple(enabled),
                                                                                                   "no teachers")
-    if _lookup(raw, "distill.fusion", True) is False:
+    # No fusion: every teacher's fusion weight 0, or `distill.fusion: false` in configs written before that
+    # key was retired (util.config.upgrade_saved translates it the same way).
+    fusion = _lookup(upgrade_saved(raw), "distill.fusion_weights", Config().distill.fusion_weights)
+    if enabled and isinstance(fusion, dict) and not any(fusion.get(name, 0.0) for name in enabled):
         label += ", no fusion"
     if enabled:
         default = getattr(Config().teachers, enabled[0]).weights

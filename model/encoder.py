@@ -14,9 +14,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from model.weights import is_torchscript, load_checked, load_tensors, require_file
+from util.config import PATCH_SIZE
 from util.errors import WeightsError
 
-PATCH_SIZE = 14
 # Official checkpoints store position embeddings for 518 px: a 37 x 37 grid plus the class token.
 POS_GRID = 37
 # DINOv2 adds this to the target grid before computing the resize scale factor (its interpolate_offset).

@@ -1,12 +1,25 @@
 """The configuration schema: defaults, overrides, and one clear error per kind of mistake."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from util.config import Config, load_config, parse_override, save_config
+from dataset.info import DATASETS
+from util.config import (
+    MODEL_KEYS,
+    PATCH_SIZE,
+    Config,
+    config_differences,
+    flatten,
+    load_config,
+    model_differences,
+    parse_override,
+    save_config,
+)
 from util.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +231,180 @@ def test_protocol_defaults_are_the_authors():
     train = Config().train
     assert (train.best_by, train.supervised_protocol, train.supervised_epoch_samples) == ("student", "reference", 3000)
     assert Config().eval.weights is None and Config().eval.blend == "uniform"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A loaded config never changes; Config.replace derives a changed copy through the same validation.
+
+
+def test_a_loaded_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, "{}"))
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.train.epochs = 1
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.eval = Config().eval
+    assert cfg.train.epochs == 60
+
+
+def test_replace_derives_a_validated_copy_and_leaves_the_original(tmp_path):
+    cfg = load_config(write(tmp_path, "{}"))
+    changed = cfg.replace({"train.epochs": 1, "eval.window": 28, "model.pretrained": None})
+    assert (changed.train.epochs, changed.eval.window, changed.model.pretrained) == (1, 28, None)
+    assert (cfg.train.epochs, cfg.eval.window) == (60, None)
+    assert changed.to_dict() == load_config(write(tmp_path, "{}"), ["train.epochs=1", "eval.window=28",
+                                                                   "model.pretrained=null"]).to_dict()
+    for change, words in (({"eval.window": 15}, ["'eval.window'", "15", "patch size"]),
+                          ({"train.epochs": 0}, ["'train.epochs'"]),
+                          ({"eval.windw": 14}, ["'eval.windw'", "did you mean 'eval.window'"]),
+                          ({"dataset.nclass": 7}, ["'dataset.nclass'", "derived from dataset.name"])):
+        with pytest.raises(ConfigError) as info:
+            cfg.replace(change)
+        assert all(w in str(info.value) for w in words) and "\n" not in str(info.value), str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dataset.nclass is derived from dataset.name; distill.fusion is fusion_weights with every teacher weight 0.
+
+
+def test_nclass_is_derived_from_the_dataset_name(tmp_path):
+    for name, info in DATASETS.items():
+        assert load_config(write(tmp_path, "{}"), [f"dataset.name={name}"]).dataset.nclass == info.nclass
+    assert "nclass" not in Config().to_dict()["dataset"] and "dataset.nclass" not in MODEL_KEYS
+    message = error_of(write(tmp_path, "dataset: {name: potsdam, nclass: 6}\n"))
+    assert "'dataset.nclass'" in message and "derived from dataset.name (potsdam: 6 classes)" in message
+    message = error_of(write(tmp_path, "{}"), ["dataset.nclass=7"])
+    assert "'dataset.nclass'" in message and "loveda: 7 classes" in message
+
+
+def test_fusion_is_one_knob_and_the_retired_switch_names_its_replacement(tmp_path):
+    assert "distill.fusion" not in MODEL_KEYS and "fusion" not in Config().to_dict()["distill"]
+    message = error_of(write(tmp_path, "{}"), ["distill.fusion=false"])
+    assert "'distill.fusion'" in message and "distill.fusion_weights={student: 1, dino: 0, clip: 0}" in message
+    assert "'distill.fusion'" in error_of(write(tmp_path, "distill: {fusion: true}\n"))
+    none = load_config(write(tmp_path, "{}"), ["distill.fusion_weights={student: 1, dino: 0, clip: 0}"])
+    assert not none.distill.fuses and Config().distill.fuses
+    # Without fusion the features are used as they are: a student weight other than 1 would be a no-op.
+    message = error_of(write(tmp_path, "{}"), ["distill.fusion_weights={student: 0.8, dino: 0, clip: 0}"])
+    assert "'distill.fusion_weights.student'" in message and "set it to 1" in message
+    # ... unless the method fuses nothing anyway (no distillation).
+    load_config(write(tmp_path, "{}"), ["train.method=fixmatch", "distill.fusion_weights={dino: 0, clip: 0}"])
+
+
+def saved_run(tmp_path: Path, edit) -> Path:
+    """A run folder as an earlier version left it: config.yaml (with `edit` applied to its dict) and train.log."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    raw = Config().to_dict()
+    edit(raw)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (run / "train.log").write_text("")
+    return run / "config.yaml"
+
+
+def test_a_runs_saved_config_from_before_the_retired_keys_still_loads(tmp_path):
+    def old(raw, nclass=7, fusion=True):
+        raw["dataset"]["nclass"] = nclass
+        raw["distill"]["fusion"] = fusion
+
+    assert load_config(saved_run(tmp_path, old)).to_dict() == Config().to_dict()
+    no_fusion = load_config(saved_run(tmp_path, lambda raw: old(raw, fusion=False)))
+    assert no_fusion.distill.fusion_weights == {"student": 1.0, "dino": 0.0, "clip": 0.0}
+    # A class count other than the dataset's was refused then and is refused now.
+    path = saved_run(tmp_path, lambda raw: old(raw, nclass=6))
+    message = error_of(path)
+    assert str(path) in message and "'dataset.nclass'" in message and "loveda has 7 classes" in message
+    # Overrides on top of a saved config use today's keys; the same file outside a run folder is a user's.
+    assert "'distill.fusion'" in error_of(saved_run(tmp_path, lambda raw: None), ["distill.fusion=true"])
+    path = saved_run(tmp_path, old)
+    (path.parent / "train.log").unlink()
+    assert "'dataset.nclass'" in error_of(path)
+
+
+def test_checkpoint_configs_from_before_the_retired_keys_compare_in_todays_form():
+    ours = Config().to_dict()
+    theirs = Config().to_dict()
+    theirs["dataset"]["nclass"], theirs["distill"]["fusion"] = 7, True
+    assert config_differences(theirs, ours) == {} and model_differences(theirs, ours) == {}
+    # fusion: false built no projections whatever the weights said: today's {student: 1, dino: 0, clip: 0}.
+    theirs["distill"]["fusion"] = False
+    assert set(model_differences(theirs, ours)) == {"distill.fusion_weights.student", "distill.fusion_weights.dino",
+                                                    "distill.fusion_weights.clip"}
+    none = Config().replace({"distill.fusion_weights": {"student": 1, "dino": 0, "clip": 0}}).to_dict()
+    assert model_differences(theirs, none) == {} and config_differences(theirs, none) == {}
+    # Another dataset is named by dataset.name alone (nclass no longer counts as a key of its own).
+    theirs["distill"]["fusion"] = True
+    other = Config().replace({"dataset.name": "potsdam"}).to_dict()
+    assert list(model_differences(theirs, other)) == ["dataset.name"]
+
+
+def test_the_patch_size_has_one_definition_and_the_config_imports_no_torch():
+    from model import encoder
+
+    assert encoder.PATCH_SIZE is PATCH_SIZE == 14
+    code = "import sys, util.config; print(sorted({'torch', 'timm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One source for every default: the shipped dataset configs state every key at its schema default (SPEC §5).
+
+DATASET_CONFIGS = ("loveda", "potsdam", "deepglobe")
+# Not held to the defaults: tiny CPU runs (a tiny student from scratch, small crops) whose values differ by
+# design, as their headers say. They must load (test_every_shipped_config_loads), nothing more.
+EXEMPT_CONFIGS = ("demo", "learning_check")
+# What sets one dataset's config apart from another's: the dataset and where its files are. Each is checked
+# against the dataset instead of the schema default (which is LoveDA's).
+DATASET_KEYS = ("dataset.name", "dataset.root", "dataset.splits", "dataset.eval_exclude")
+# A value that is not the schema default says why on its own line, in a trailing comment that starts so.
+DIFFERS = "# not the default:"
+
+
+def line_comments(path: Path) -> dict[str, str]:
+    """{dotted key: the trailing comment of the line its value is on ('' for none)} for every leaf of a YAML file."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    comments: dict[str, str] = {}
+
+    def walk(node: yaml.MappingNode, prefix: str) -> None:
+        for key, value in node.value:
+            if isinstance(value, yaml.MappingNode):
+                walk(value, f"{prefix}{key.value}.")
+            else:
+                _, mark, comment = lines[value.start_mark.line].partition(" #")
+                comments[prefix + key.value] = f"#{comment}".strip() if mark else ""
+
+    walk(yaml.compose(text), "")
+    return comments
+
+
+def test_every_shipped_config_has_a_rule():
+    assert sorted(p.stem for p in SHIPPED) == sorted(DATASET_CONFIGS + EXEMPT_CONFIGS)
+
+
+@pytest.mark.parametrize("name", DATASET_CONFIGS)
+def test_dataset_config_holds_every_key_at_its_default_or_says_why(name):
+    path = REPO / "configs" / f"{name}.yaml"
+    values, comments = flatten(yaml.safe_load(path.read_text())), line_comments(path)
+    defaults = flatten(Config().to_dict())
+    assert set(values) == set(defaults) == set(comments)
+    for key, default in defaults.items():
+        if key in DATASET_KEYS:
+            continue
+        differs = values[key] != default
+        assert comments[key].startswith(DIFFERS) == differs, (
+            f"{path.name}: {key} is {values[key]!r}, the default {default!r}: a value other than the default "
+            f"needs a comment '{DIFFERS} <why>' on its line, and only such a value has one")
+    info = DATASETS[name]
+    assert (values["dataset.name"], values["dataset.root"], values["dataset.splits"]) == (
+        name, f"dataset/{name}", f"splits/{name}")
+    assert values["dataset.eval_exclude"] in (None, list(info.eval_exclude))
+
+
+def test_the_dataset_configs_agree_on_every_key_but_the_datasets_own():
+    values = {name: flatten(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
+              for name in DATASET_CONFIGS}
+    first = values[DATASET_CONFIGS[0]]
+    for name, other in values.items():
+        diffs = {k for k in set(first) | set(other) if first.get(k) != other.get(k)}
+        assert diffs <= set(DATASET_KEYS), (name, sorted(diffs - set(DATASET_KEYS)))

@@ -32,9 +32,7 @@ def data(tmp_path: Path) -> tuple[Config, Path]:
     lines = [write_pair(root, f"t{i}", seed=i) for i in range(3)]
     split = tmp_path / "split.txt"
     split.write_text("\n".join(lines) + "\n")
-    cfg = Config()
-    cfg.dataset.root = str(root)
-    cfg.dataset.crop_size = CROP
+    cfg = Config().replace({"dataset.root": str(root), "dataset.crop_size": CROP})
     return cfg, split
 
 
@@ -54,7 +52,7 @@ def test_labelled_items_are_normalised_crops_with_long_masks(data):
 
 def test_unlabelled_items_have_n_strong_views_boxes_and_a_254_padding_mask(data):
     cfg, split = data
-    cfg.augment.scale_range = (0.5, 0.5)  # 20x24 -> 10x12: most of the crop is padding
+    cfg = cfg.replace({"augment.scale_range": (0.5, 0.5)})  # 20x24 -> 10x12: most of the crop is padding
     item = SemiDataset(cfg, "train_u", split, n_strong=2)[(1, 9)]
     assert item["img_w"].shape == (3, CROP, CROP)
     assert item["img_s"].shape == (2, 3, CROP, CROP)
@@ -66,7 +64,7 @@ def test_unlabelled_items_have_n_strong_views_boxes_and_a_254_padding_mask(data)
 def test_strong_settings_never_change_the_weak_view_or_the_ignore_mask(data):
     cfg, split = data
     plain = SemiDataset(cfg, "train_u", split)[(0, 11)]
-    cfg.augment.color_jitter_p, cfg.augment.grayscale_p, cfg.augment.blur_p = 1.0, 1.0, 1.0
+    cfg = cfg.replace({"augment.color_jitter_p": 1.0, "augment.grayscale_p": 1.0, "augment.blur_p": 1.0})
     strong = SemiDataset(cfg, "train_u", split)[(0, 11)]
     assert torch.equal(plain["img_w"], strong["img_w"])
     assert torch.equal(plain["ignore_mask"], strong["ignore_mask"])

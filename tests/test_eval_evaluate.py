@@ -32,11 +32,8 @@ def make_model() -> torch.nn.Module:
 
 
 def make_cfg(mode: str) -> Config:
-    cfg = Config()
-    cfg.train.num_workers = 0
-    cfg.eval.mode = mode
-    cfg.eval.window, cfg.eval.stride, cfg.eval.batch_size = 14, 9, 4
-    return cfg
+    return Config().replace({"train.num_workers": 0, "eval.mode": mode, "eval.window": 14, "eval.stride": 9,
+                             "eval.batch_size": 4})
 
 
 def expected_matrix(items, model) -> torch.Tensor:
@@ -71,8 +68,7 @@ def test_original_mode_batches_same_size_images():
 
 def test_excluded_classes_follow_the_dataset_config_and_training_mode_is_restored():
     items, model = make_split(), make_model()
-    cfg = make_cfg("sliding_window")
-    cfg.dataset.eval_exclude = [6]
+    cfg = make_cfg("sliding_window").replace({"dataset.eval_exclude": [6]})
     model.train()
     result = evaluate(model, build_eval_loader(items, cfg), cfg, torch.device("cpu"), max_visualize=2)
     assert result["included"] == [True] * 6 + [False] and result["iou"][6] is None

@@ -153,9 +153,9 @@ def test_unknown_mode_is_an_error():
 def test_window_defaults_to_crop_size_and_two_thirds_stride():
     cfg = Config()
     assert resolve_window(cfg) == (518, 345)
-    cfg.eval.window, cfg.eval.stride = 28, 14
+    cfg = cfg.replace({"eval.window": 28, "eval.stride": 14})
     assert resolve_window(cfg) == (28, 14)
-    cfg.eval.stride = 30
+    cfg = cfg.replace({"eval.stride": 30})
     with pytest.raises(ConfigError, match="eval.stride"):
         resolve_window(cfg)
 

@@ -7,7 +7,7 @@ from test_model_encoder import official_dinov2_state
 from test_model_teachers import tiny_cfg
 
 from model.fusion import distillation_loss, tokens_to_map
-from model.segmenter import build_segmenter
+from model.segmenter import Segmenter, build_segmenter
 from model.teachers import build_teachers
 from util.errors import WeightsError
 
@@ -78,11 +78,28 @@ def test_fusion_weights_come_from_config():
 
 
 def test_without_fusion_the_fourth_map_is_unchanged():
-    m = build_segmenter(tiny_cfg(distill={"fusion": False})).eval()
-    assert len(m.projections) == 0 and set(m.translators) == {"dino", "clip"}
+    m = build_segmenter(tiny_cfg(distill={"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}})).eval()
+    assert len(m.projections) == 0 and set(m.translators) == {"dino", "clip"} and m.fusion_weights is None
     img = torch.randn(1, 3, 28, 42)
     with torch.no_grad():
         torch.testing.assert_close(m(img), manual_logits(m, img, {"student": 1.0}))
+
+
+def test_zero_teacher_weights_build_the_model_that_no_fusion_built():
+    """{student: 1, dino: 0, clip: 0} is what `distill.fusion: false` was: the same keys, the same output."""
+    none = {"student": 1.0, "dino": 0.0, "clip": 0.0}
+    torch.manual_seed(2)
+    m = build_segmenter(tiny_cfg(distill={"fusion_weights": none})).eval()
+    torch.manual_seed(2)
+    unfused = Segmenter("tiny", 7, {"dino": 64, "clip": 96}, 32, None, 28).eval()
+    assert list(m.state_dict()) == list(unfused.state_dict())
+    unfused.load_state_dict(m.state_dict())
+    img = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        assert torch.equal(m(img), unfused(img))
+    # A student weight without fusion would scale the features in the name of fusing: refused.
+    with pytest.raises(ValueError, match="student weight must be 1"):
+        Segmenter("tiny", 7, {"dino": 64}, 32, {"student": 0.8, "dino": 0.0, "clip": 0.0}, 28)
 
 
 def test_single_teacher_has_only_its_branch():

@@ -64,8 +64,7 @@ def test_loveda_splits_are_disjoint_nested_and_val_test_come_from_official_val(l
 
 def test_prepared_loveda_reads_through_the_dataset(loveda_raw, tmp_path):
     prepare("loveda", loveda_raw, tmp_path / "out", tmp_path / "splits", resplit=True)
-    cfg = Config()
-    cfg.dataset.root, cfg.dataset.crop_size = str(tmp_path / "out"), 14
+    cfg = Config().replace({"dataset.root": str(tmp_path / "out"), "dataset.crop_size": 14})
     item = SemiDataset(cfg, "val", tmp_path / "splits" / "val.txt")[0]
     assert item["img"].shape == (3, 16, 16) and item["mask"].shape == (16, 16)
     unlabeled = SemiDataset(cfg, "train_u", tmp_path / "splits" / "5" / "unlabeled.txt")

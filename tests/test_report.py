@@ -59,7 +59,7 @@ def exp(tmp_path: Path) -> Path:
     run = root / "loveda" / "rs_mtdf_dino" / "10"
     make_config(run, "rs_mtdf", "10", 42,
                 teachers={"clip": {"enabled": False}, "dino": {"weights": "teachers_random/dino.pth"}},
-                distill={"fusion": False, "fusion_weights": {"student": 0.8, "dino": 0.2, "clip": 0.0}})
+                distill={"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}})
     make_progress(run, "rs_mtdf", "10", 42, 48.0, 4, 47.0, 4)
     # A fixmatch run still in progress, at 1 %.
     run = root / "loveda" / "fixmatch" / "1"
@@ -184,3 +184,13 @@ def test_an_output_folder_that_is_a_file_is_one_line_before_anything_is_written(
         run_main(lambda: report.main([str(root), "--out", str(out)]))
     assert info.value.code == 2 and out.read_text() == "mine"
     assert capsys.readouterr().err.strip() == f"error: --out {out} is a file, not a folder"
+
+
+def test_a_config_written_before_distill_fusion_was_retired_is_labelled_by_it(tmp_path: Path) -> None:
+    # Earlier runs saved `distill.fusion: false` beside fusion weights that were then unused.
+    old = {"train": {"method": "rs_mtdf"},
+           "distill": {"fusion": False, "fusion_weights": {"student": 0.8, "dino": 0.1, "clip": 0.1}}}
+    assert report.ablation_label(old) == "dino+clip, no fusion"
+    assert report.ablation_label({**old, "distill": {"fusion": True}}) == "dino+clip"
+    new = {"train": {"method": "rs_mtdf"}, "distill": {"fusion_weights": {"student": 1, "dino": 0, "clip": 0}}}
+    assert report.ablation_label(new) == "dino+clip, no fusion"

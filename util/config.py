@@ -18,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from dataset.info import DATASETS
 from util.errors import ConfigError
 
+# The ViT patch size of the DINOv2 encoders: a fact of the model, kept here so that the config can check crop
+# and window sizes without importing torch; model/encoder.py and eval/inference.py import it from here.
 PATCH_SIZE = 14
 Backbone = Literal["tiny", "small", "base", "large", "giant"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -53,7 +55,14 @@ def method_distils(name: str | None) -> bool:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Frozen: a loaded config never changes; Config.replace derives a changed copy, validated as a file is.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _retired(values: Any, key: str, message: str) -> None:
+    """Refuse a key that the schema no longer has, naming what replaced it (one line, via _format_error)."""
+    if isinstance(values, dict) and key in values:
+        raise ValueError(f"{key}: {message}")
 
 
 def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
@@ -68,7 +77,6 @@ class DatasetConfig(Section):
     splits: PathText = "splits/loveda"
     # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
-    nclass: int = Field(7, ge=2, le=255)
     crop_size: int = Field(518, gt=0)
     # Classes dropped from the score; null takes the dataset's protocol (SPEC §7, DWL).
     eval_exclude: list[int] | None = None
@@ -86,17 +94,30 @@ class DatasetConfig(Section):
         # `--split 5` and `dataset.split=5` arrive as numbers; the split is a folder name.
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nclass_is_derived(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "nclass" in values:
+            name = values.get("name", cls.model_fields["name"].default)
+            info = DATASETS.get(name) if isinstance(name, str) else None
+            count = f" ({info.name}: {info.nclass} classes)" if info else ""
+            _retired(values, "nclass", f"is derived from dataset.name{count}; remove the key "
+                                       f"(it says {values['nclass']!r})")
+        return values
+
     @model_validator(mode="after")
     def _agrees_with_dataset(self) -> DatasetConfig:
-        info = DATASETS.get(self.name)
-        if info is None:
+        if self.name not in DATASETS:
             raise ValueError(f"name: unknown dataset '{self.name}'; choose one of {sorted(DATASETS)}")
-        if self.nclass != info.nclass:
-            raise ValueError(f"nclass: {self.name} has {info.nclass} classes, not {self.nclass}")
         for c in self.eval_exclude or ():
             if not 0 <= c < self.nclass:
                 raise ValueError(f"eval_exclude: class {c} is outside [0, {self.nclass})")
         return self
+
+    @property
+    def nclass(self) -> int:
+        """The dataset's class count (dataset/info.py): one legal value per dataset, so not a key."""
+        return DATASETS[self.name].nclass
 
     @property
     def excluded_classes(self) -> tuple[int, ...]:
@@ -152,10 +173,22 @@ class DistillConfig(Section):
     translator_hidden: int = Field(1024, gt=0)
     # L_dis = sum over teachers of weight * MSE(translated student feature, teacher feature).
     weights: dict[TeacherName, float] = {"dino": 0.5, "clip": 0.5}
-    # Fuse translated features into the 4th DPT input; false gives "distillation without fusion".
-    fusion: bool = True
-    # f4' = student * f + dino * P_d(T_d(f)) + clip * P_c(up(T_c(f224))).
+    # f4' = student * f + dino * P_d(T_d(f)) + clip * P_c(up(T_c(f224))). Every teacher weight 0 is
+    # "distillation without fusion": the 4th DPT input is f itself (no projections are built), and the student
+    # weight must then be 1 (Config checks it where the method distils), so that no setting scales f silently.
     fusion_weights: dict[Literal["student", "dino", "clip"], float] = {"student": 0.8, "dino": 0.1, "clip": 0.1}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fusion_is_retired(cls, values: Any) -> Any:
+        _retired(values, "fusion", "was replaced by distill.fusion_weights: for no fusion give every teacher "
+                                   "weight 0 (distill.fusion_weights={student: 1, dino: 0, clip: 0}); remove the key")
+        return values
+
+    @property
+    def fuses(self) -> bool:
+        """Whether any teacher's translated features are fused into the 4th DPT input."""
+        return any(w != 0.0 for k, w in self.fusion_weights.items() if k != "student")
 
     @field_validator("weights", "fusion_weights")
     @classmethod
@@ -324,6 +357,11 @@ class Config(Section):
                 raise ValueError(
                     f"distill.fusion_weights.{name}: is {self.distill.fusion_weights[name]} but "
                     f"teachers.{name}.enabled is false; set it to 0 and give its share to another term")
+        student = self.distill.fusion_weights.get("student", 0.0)
+        if self.distill_teachers and not self.distill.fuses and student != 1.0:
+            # Without fusion the segmenter uses f as it is: a student weight would scale it only in name.
+            raise ValueError(f"distill.fusion_weights.student: is {student} but every teacher weight is 0 (no "
+                             f"fusion), which leaves the features as they are; set it to 1")
         return self
 
     @field_validator("save_path")
@@ -356,15 +394,26 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def replace(self, changes: dict[str, Any]) -> Config:
+        """A copy with dotted keys changed, validated as a loaded file is: cfg.replace({"eval.window": 28}).
+
+        A bad key or value is the same one-line ConfigError naming the key.
+        """
+        raw = self.to_dict()
+        for key, value in changes.items():
+            _set(raw, key.split("."), value, f"Config.replace '{key}'")
+        return _validate(raw, "Config.replace")
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Comparing configs (resuming a run, scoring a checkpoint)
 
 # Keys that change what the model computes from an image (its parameters or its forward): a checkpoint is
 # only meaningful under the values it was trained with.
-MODEL_KEYS = ("dataset.name", "dataset.nclass", "model.backbone", "train.method", "teachers.dino.enabled",
-              "teachers.dino.arch", "teachers.clip.enabled", "teachers.clip.arch", "teachers.clip.input_size",
-              "teachers.clip.renormalize", "distill.translator_hidden", "distill.fusion", "distill.fusion_weights")
+# dataset.name decides the class count (dataset.nclass is derived from it).
+MODEL_KEYS = ("dataset.name", "model.backbone", "train.method", "teachers.dino.enabled", "teachers.dino.arch",
+              "teachers.clip.enabled", "teachers.clip.arch", "teachers.clip.input_size", "teachers.clip.renormalize",
+              "distill.translator_hidden", "distill.fusion_weights")
 
 
 def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -380,8 +429,11 @@ def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (their value, our value)} for every key whose resolved value differs."""
-    a, b = flatten(theirs), flatten(ours)
+    """{dotted key: (their value, our value)} for every key whose resolved value differs.
+
+    Either side may be a config saved before a key was retired (a checkpoint's): it is compared in today's form.
+    """
+    a, b = flatten(upgrade_saved(theirs)), flatten(upgrade_saved(ours))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -394,6 +446,50 @@ def model_differences(theirs: dict[str, Any], ours: dict[str, Any],
     # The most telling first: in the order of `keys` (dataset, backbone and method lead).
     rank = {k: next(i for i, p in enumerate(keys) if under(k, (p,))) for k in diffs}
     return dict(sorted(diffs.items(), key=lambda item: rank[item[0]]))
+
+
+# Files train.py writes beside a run's config.yaml: a config.yaml with one of them is a run's saved config.
+RUN_FILES = ("train.log", "progress.json", "latest.pth", "best.pth")
+# Keys the schema had once and has no more; Section validators refuse them naming what replaced them.
+RETIRED_KEYS = ("dataset.nclass", "distill.fusion")
+
+
+def is_run_config(path: str | os.PathLike) -> bool:
+    """Whether `path` is the config.yaml that train.py saved in a run folder (and may predate a retired key)."""
+    path = Path(path)
+    return path.name == "config.yaml" and any((path.parent / name).is_file() for name in RUN_FILES)
+
+
+def upgrade_saved(raw: Any, source: str | None = None) -> Any:
+    """A config saved by an earlier version (a run's config.yaml, a checkpoint's 'config') in today's form.
+
+    - `dataset.nclass` (now derived from dataset.name): dropped where it equals the derived count. Another
+      count, which no version accepted, is a ConfigError naming `source` when one is given; without one (a
+      comparison) it is left in place, to show as a difference.
+    - `distill.fusion`: true is dropped; false becomes fusion_weights {student: 1, dino: 0, clip: 0}, the
+      model it built (no projections, the features unchanged) whatever the fusion weights said.
+    Anything else, a config already in today's form included, comes back as it was.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    dataset = out.get("dataset")
+    if isinstance(dataset, dict) and "nclass" in dataset:
+        name = dataset.get("name", DatasetConfig.model_fields["name"].default)
+        info = DATASETS.get(name) if isinstance(name, str) else None
+        if info is not None and dataset["nclass"] == info.nclass:
+            out["dataset"] = {k: v for k, v in dataset.items() if k != "nclass"}
+        elif source is not None:
+            known = f"{info.name} has {info.nclass} classes" if info else f"'{name}' is no known dataset"
+            raise ConfigError(f"{source}: invalid value for 'dataset.nclass' (got {dataset['nclass']!r}): "
+                              f"{known}, and the class count is derived from dataset.name")
+    distill = out.get("distill")
+    if isinstance(distill, dict) and isinstance(distill.get("fusion"), bool):
+        upgraded = {k: v for k, v in distill.items() if k != "fusion"}
+        if distill["fusion"] is False:
+            upgraded["fusion_weights"] = {"student": 1.0, "dino": 0.0, "clip": 0.0}
+        out["distill"] = upgraded
+    return out
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -464,8 +560,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def _check_override_key(path: list[str], text: str) -> None:
+def _check_override_key(path: list[str], where: str) -> None:
     """Reject an override whose key the schema does not have, naming the closest valid key."""
+    if ".".join(path) in RETIRED_KEYS:
+        return  # the section's validator names what replaced it
     for depth, part in enumerate(path):
         valid = _field_names(Config, tuple(path[:depth]))
         if not valid:
@@ -474,20 +572,25 @@ def _check_override_key(path: list[str], text: str) -> None:
             close = difflib.get_close_matches(part, valid, n=1, cutoff=0.5)
             hint = (f" (did you mean '{'.'.join(path[:depth] + [close[0]])}'?)" if close
                     else f" (valid keys here: {', '.join(valid)})")
-            raise ConfigError(f"command line override '{text}': unknown key '{'.'.join(path)}'{hint}")
+            raise ConfigError(f"{where}: unknown key '{'.'.join(path)}'{hint}")
+
+
+def _set(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
+    """raw[path[0]][path[1]]... = value, making sections on the way; errors start with `where`."""
+    _check_override_key(path, where)
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{part}' is a value, not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        _check_override_key(path, text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"command line: '{text}': '{part}' is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        _set(raw, path, value, f"command line override '{text}'")
     return raw
 
 
@@ -533,8 +636,14 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, validate it, apply `key.sub=value` overrides and validate again."""
+    """Read a YAML config, validate it, apply `key.sub=value` overrides and validate again.
+
+    A run's own saved config.yaml (is_run_config) may predate a retired key: it is read through upgrade_saved,
+    so that earlier runs still resume and evaluate. Any other file, and every override, must use today's keys.
+    """
     raw = read_yaml(path)
+    if is_run_config(path):
+        raw = upgrade_saved(raw, str(path))
     _validate(raw, str(path))
     return _validate(apply_overrides(raw, list(overrides or [])), f"{path} with overrides")
 

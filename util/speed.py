@@ -155,12 +155,9 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
     from train import Trainer, build_optimizer
     from util.dist import DistInfo
 
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.pretrained = None
-    cfg.teachers.dino.weights = None
-    cfg.teachers.clip.weights = None
-    cfg.train.compile = False
-    cfg.train.skip_nonfinite = False  # its check reads the loss value, which fake tensors do not have
+    # skip_nonfinite's check reads the loss value, which fake tensors do not have.
+    cfg = cfg.replace({"model.pretrained": None, "teachers.dino.weights": None, "teachers.clip.weights": None,
+                       "train.compile": False, "train.skip_nonfinite": False})
     meta, cpu = torch.device("meta"), torch.device("cpu")
     # A Trainer seeds the global generator and resets the run's logger: neither may change for the caller.
     loggers = [logging.getLogger(name) for name in ("rs_mtdf", "rs_mtdf.metrics")]
