@@ -57,7 +57,7 @@ from dataset.splits import (
 )
 from util.cli import run_main
 from util.errors import DataError, short_reason
-from util.io import check_output_folder
+from util.io import check_output_folder, open_image, save_png, write_text
 
 try:
     import fcntl
@@ -277,7 +277,7 @@ def open_rgb(path: Path) -> Image.Image:
     fills a truncated JPEG with grey without a word.
     """
     try:
-        im = Image.open(path)
+        im = open_image(path)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except Image.UnidentifiedImageError as e:
@@ -309,10 +309,16 @@ def open_rgb(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
 
 
+def rgb_array(path: Path) -> np.ndarray:
+    """`open_rgb` as a writable (H, W, 3) uint8 array (torch.from_numpy refuses to share read-only memory):
+    how training, evaluation and predict read an image."""
+    return np.array(open_rgb(path))
+
+
 def open_labels(path: Path) -> np.ndarray:
     """A label image (class indices, mode L or P, or 16-bit with every value below 256) as uint8 (H, W)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             mode = im.mode
             if mode not in LABEL_MODES:
                 raise DataError(f"mask {path} must be single-channel (mode L or P, or 16-bit with values below 256), "
@@ -396,17 +402,10 @@ def pad_to(array: np.ndarray, height: int, width: int, fill: int) -> np.ndarray:
     return out
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a PNG atomically: a reader never sees half a file, and a killed run leaves only *.tmp."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the file header where PIL can, else by decoding."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.height, im.width
     except OSError:
         return open_rgb(path).size[::-1]
@@ -414,8 +413,6 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def process(job: Job, out: Path, tile: int, overwrite: bool) -> Result:
     """Cut one raw image into crops (skipping it if all crops exist), converting its labels."""
-    # Potsdam tiles hold 36 MP: below PIL's 89 MP guard, but other rasters users feed in may not be.
-    Image.MAX_IMAGE_PIXELS = None
     result = Result(job.name, job.group, job.folder)
     try:
         height, width = image_size(job.image)
@@ -425,7 +422,7 @@ def process(job: Job, out: Path, tile: int, overwrite: bool) -> Result:
                    for c in result.crops]
         if not overwrite and all(i.is_file() and m.is_file() for i, m in targets):
             for _, mask_path in targets:
-                with Image.open(mask_path) as im:
+                with open_image(mask_path) as im:
                     result.histogram += np.bincount(np.asarray(im).ravel(), minlength=256)
             result.skipped = len(targets)
             return result
@@ -504,11 +501,18 @@ def _read_record(out: Path) -> tuple[dict | None, Path | None]:
     return None, None
 
 
+def _is_temporary(path: Path) -> bool:
+    """A crop a killed run left half-written: util.io.temporary_path's `.<name>.png.<pid>.tmp` (`<name>.png.tmp`
+    before it)."""
+    name = path.name
+    return name.endswith(".png.tmp") or (name.startswith(".") and name.endswith(".tmp") and ".png." in name)
+
+
 def _tile_files(out: Path) -> Iterator[Path]:
     for folder in TILE_FOLDERS:
         for kind in ("images", "masks"):
             if (out / folder / kind).is_dir():
-                yield from (p for p in (out / folder / kind).iterdir() if p.name.endswith((".png", ".png.tmp")))
+                yield from (p for p in (out / folder / kind).iterdir() if p.name.endswith(".png") or _is_temporary(p))
 
 
 def options_conflict(out: Path, wanted: dict) -> tuple[str | None, bool]:
@@ -537,9 +541,7 @@ def _refuse_conflict(conflict: str | None, overwrite: bool) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextmanager

@@ -9,7 +9,14 @@ Both raise DataError naming the file (and the split line).
 Images of any mode PIL opens become 8-bit RGB exactly (palette applied, alpha dropped, CMYK and the like
 converted, 16-bit data only where 8 bits hold it exactly) or are refused naming the file and the mode; masks
 are single-channel class indices (mode L or P, or 16-bit with every value below 256). See dataset.prepare's
-`open_rgb` and `open_labels`, which read the raw downloads the same way.
+`rgb_array` and `open_labels`, which read the raw downloads the same way.
+
+Items, by mode (images ImageNet-normalised float32 (3, H, W), masks int64 (H, W), 255 = ignore):
+- val, test: {img, mask, name} - the whole tile, name its file stem;
+- train_l: {img, mask} - a weakly augmented crop;
+- train_u: {img_w, img_s, ignore_mask, cutmix_box} - the weak crop, `n_strong` strong views of it
+  (n_strong, 3, H, W), UNLABELED_PAD where the crop is padding (else 0), and one CutMix box per strong view
+  (n_strong, H, W).
 """
 
 from __future__ import annotations
@@ -24,11 +31,11 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.info import IGNORE_INDEX, UNLABELED_PAD
-from dataset.prepare import open_labels, open_rgb
+from dataset.prepare import open_labels, rgb_array
 from dataset.splits import read_list
 from dataset.transforms import cutmix_box, normalize, strong_augment, weak_augment
 from util.config import Config
-from util.errors import DataError, short_reason
+from util.errors import DataError
 
 Mode = Literal["train_l", "train_u", "val", "test"]
 MODES = ("train_l", "train_u", "val", "test")
@@ -92,13 +99,7 @@ def check_disjoint(split_files: Iterable[str | os.PathLike], root: str | os.Path
 
 def read_image(path: Path) -> torch.Tensor:
     """An image file as 8-bit RGB uint8 (3, H, W); DataError naming the file if it cannot be read exactly."""
-    try:
-        array = np.array(open_rgb(path))
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a decoder may fail any way on a user's file; it is named
-        raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(rgb_array(path)).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path: Path, size: tuple[int, int], nclass: int) -> torch.Tensor:
@@ -119,7 +120,7 @@ def index_seed(seed: int, index: int) -> int:
 
 
 class SemiDataset(Dataset):
-    """Samples of one split file in one mode (see the module docstring and CONTRACT.md for the item keys)."""
+    """Samples of one split file in one mode (see the module docstring for the item keys)."""
 
     def __init__(self, cfg: Config, mode: Mode, split_file: str | os.PathLike, n_strong: int = 1) -> None:
         if mode not in MODES:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from util.cli import run_main
 from util.errors import DataError
-from util.io import check_output_folder
+from util.io import check_output_folder, write_text
 
 PERCENTS = ("1", "5", "10")
 # The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
@@ -229,9 +229,7 @@ def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tup
 
 def _write_atomic(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_splits(splits: Splits, out_dir: str | os.PathLike, line: Callable[[str], str]) -> dict[str, int]:

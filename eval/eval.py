@@ -14,26 +14,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python eval/eval.py`, Python puts eval/ first on the path, where this file would shadow the
-# `eval` package; the repository root must come first so that the project's packages import.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: Python put eval/ first, where this file
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
+import argparse
+import json
+import os
 
-import torch  # noqa: E402
+import torch
 
-from dataset.info import DATASETS  # noqa: E402
-from dataset.splits import split_file  # noqa: E402
-from eval.evaluate import build_eval_loader, evaluate, metrics_table  # noqa: E402
-from eval.inference import resolve_window  # noqa: E402
-from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
-from util.config import Config  # noqa: E402
-from util.dist import cleanup, init_distributed  # noqa: E402
-from util.errors import DataError, WeightsError  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
-from util.visualize import plot_confusion_matrix  # noqa: E402
+from dataset.info import DATASETS
+from dataset.splits import split_file
+from eval.evaluate import build_eval_loader, evaluate, metrics_table
+from eval.inference import resolve_window
+from util.cli import add_config_args, config_from_args, run_main
+from util.config import Config
+from util.dist import cleanup, init_distributed
+from util.errors import DataError, WeightsError
+from util.io import atomic_paths, check_output_folder
+from util.visualize import plot_confusion_matrix
 
 
 def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
@@ -84,13 +83,11 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
     summary = {"unit": "percent", **report, "classes": per_class, "classes_in_mean": result["classes_in_mean"],
                **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
     title = f"# {report['checkpoint']} ({report['split']}, {report['mode']}, {report['weights']})"
-    tmp = {name: out / f".{name}.tmp" for name in ("metrics.json", "metrics.md", "confusion_matrix.png")}
-    tmp["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n")
-    tmp["metrics.md"].write_text(f"{title}\n\n{metrics_table(result, names)}\n")
-    plot_confusion_matrix(result["confusion_matrix"], names, tmp["confusion_matrix.png"],
-                          excluded=cfg.dataset.excluded_classes)
-    for name, path in tmp.items():
-        os.replace(path, out / name)
+    names_out = ("metrics.json", "metrics.md", "confusion_matrix.png")
+    with atomic_paths(out / name for name in names_out) as (json_tmp, md_tmp, png_tmp):
+        json_tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        md_tmp.write_text(f"{title}\n\n{metrics_table(result, names)}\n")
+        plot_confusion_matrix(result["confusion_matrix"], names, png_tmp, excluded=cfg.dataset.excluded_classes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from dataset.sampler import shard_indices
 from eval.inference import Model, predict_logits, resolve_window
 from eval.metrics import ConfusionMatrix
 from util.config import Config
@@ -33,7 +34,7 @@ def collate_by_size(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_eval_loader(dataset: Dataset, cfg: Config, dist_info: DistInfo | None = None) -> DataLoader:
     """A loader over this process's shard of `dataset`: items rank, rank + W, ... (no padding, no duplicates)."""
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info else (0, 1)
-    shard = Subset(dataset, range(rank, len(dataset), world))
+    shard = Subset(dataset, shard_indices(len(dataset), rank, world))
     # Sliding windows are batched inside one image; `original` mode batches whole images instead.
     per_step = cfg.eval.batch_size if cfg.eval.mode == "original" else 1
     return DataLoader(shard, batch_size=per_step, shuffle=False, num_workers=cfg.train.num_workers,

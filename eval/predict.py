@@ -32,32 +32,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python eval/predict.py`, Python puts eval/ first on the path, where eval/eval.py would shadow the
-# `eval` package; the repository root must come first so that the project's packages import.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: Python put eval/ first, where eval.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import warnings  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import argparse
+import io
+import re
+import warnings
+from dataclasses import dataclass
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm import tqdm
 
-from dataset.info import DATASETS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dataset.prepare import open_rgb  # noqa: E402
-from eval.eval import load_model  # noqa: E402
-from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window  # noqa: E402
-from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
-from util.config import Config  # noqa: E402
-from util.errors import DataError, UserError, short_reason  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
-from util.precision import autocast_dtype  # noqa: E402
-from util.visualize import colorize, overlay, save_png  # noqa: E402
+from dataset.info import DATASETS, IGNORE_INDEX
+from dataset.prepare import rgb_array
+from dataset.transforms import normalize
+from eval.eval import load_model
+from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
+from util.cli import add_config_args, config_from_args, run_main
+from util.config import Config
+from util.errors import DataError, UserError, short_reason
+from util.io import check_output_folder, commit, open_image, save_png, temporary_path, write_bytes
+from util.precision import autocast_dtype
+from util.visualize import colorize, overlay
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -65,10 +63,6 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 IMAGE_SUFFIXES = PIL_SUFFIXES + RASTER_SUFFIXES
 # What predict writes: a file named like this is an output of an earlier run, never an input.
 OUTPUT_KINDS = ("mask", "color", "overlay", "legend")
-# A 6000x6000 tile (36 M pixels) is under PIL's default guard (~89 M), but larger orthophotos are not.
-# The guard protects against hostile files; these are the user's own, so allow up to ~12000x12000
-# (PIL warns above this and refuses above twice this). Larger scenes belong in a GeoTIFF, read by windows.
-Image.MAX_IMAGE_PIXELS = 150_000_000
 # GeoTIFF outputs: 256 x 256 tiles, written a full row of tiles at a time (each tile once, complete); the
 # colour and overlay of a row of tiles are computed COLUMNS pixels at a time.
 TILE = 256
@@ -163,34 +157,16 @@ def collect_inputs_from_list(list_file: Path) -> list[Path]:
 def read_rgb(path: Path) -> np.ndarray:
     """A PNG/JPEG file as (H, W, 3) uint8 RGB; an unreadable file or a 1- or 2-band one is a DataError.
 
-    Pixels are read as training reads them (dataset.prepare.open_rgb): 16-bit data only where 8-bit is exact.
+    Pixels are read as training reads them (dataset.prepare.rgb_array): 16-bit data only where 8-bit is exact.
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             bands, mode = len(im.getbands()), im.mode
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError) as e:
         raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
     if mode not in ("P", "PA") and bands < 3:
         raise DataError(f"{path} has {bands} band(s) (mode {mode}); predict needs an RGB image")
-    return np.array(open_rgb(path))  # a writable copy: torch.from_numpy refuses to share read-only memory
-
-
-def to_input(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) ImageNet-normalised float on `device`."""
-    return normalize(torch.from_numpy(rgb).to(device).permute(2, 0, 1).unsqueeze(0))
-
-
-_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> ImageNet-normalised float, element by element (a window of an image gets the
-    numbers the whole image would)."""
-    if x.device not in _STATS:
-        _STATS[x.device] = (torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1),
-                            torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1))
-    mean, std = _STATS[x.device]
-    return (x.float() / 255 - mean) / std
+    return rgb_array(path)
 
 
 class Scene:
@@ -289,7 +265,7 @@ def scene_size(path: Path) -> tuple[int, int] | None:
     """(height, width) from the file's header, or None when it cannot be read (the scene fails later)."""
     try:
         if path.suffix.lower() in PIL_SUFFIXES:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 return im.height, im.width
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
@@ -319,12 +295,6 @@ def legend_png(names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
-
-
-def write_file_atomically(data: bytes, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -357,7 +327,7 @@ class Outputs:
 
     def _legend(self) -> Path:
         path = self.out / f"{self.stem}_legend.png"
-        write_file_atomically(self.style.legend, path)
+        write_bytes(path, self.style.legend)
         return path
 
 
@@ -397,7 +367,8 @@ class GeoTiffOutputs(Outputs):
         self.created_out = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         self.final = {kind: out / f"{self.stem}_{kind}.tif" for kind in ("mask", "color", "overlay")}
-        self.tmp = {kind: p.with_name(f".{p.name}.tmp") for kind, p in self.final.items()}
+        # util.io.atomic_paths' temporary names and commit: these files stay open across calls.
+        self.tmp = {kind: temporary_path(p) for kind, p in self.final.items()}
         base = {"driver": "GTiff", "width": scene.width, "height": scene.height, "dtype": "uint8",
                 "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate",
                 "BIGTIFF": "IF_SAFER"}
@@ -465,8 +436,7 @@ class GeoTiffOutputs(Outputs):
         assert self.written == self.scene.height, (self.written, self.scene.height)
         for ds in self.ds.values():
             ds.close()
-        for kind, path in self.final.items():
-            os.replace(self.tmp[kind], path)
+        commit(list(self.tmp.values()), list(self.final.values()))
         return list(self.final.values()) + [self._legend()]
 
     def abort(self) -> None:

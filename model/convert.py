@@ -15,6 +15,7 @@ from model.segmenter import Segmenter
 from model.weights import mismatch, require_file
 from util.config import Config, describe_differences, model_differences
 from util.errors import WeightsError, short_reason
+from util.io import torch_load
 
 # The authors keep their frozen teachers inside every checkpoint; ours are rebuilt from pretrained/.
 TEACHER_PREFIXES = ("Dino_teacher_model.", "clip_model.", "dino_teacher_model.", "clip_teacher_model.")
@@ -71,10 +72,9 @@ def _numpy_globals() -> list:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """torch.load with weights_only=True (numpy scalars allowed); never unpickles arbitrary objects."""
+    """util.io.torch_load with numpy scalars allowed; never unpickles arbitrary objects."""
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path, allow=_numpy_globals())
     except Exception as e:  # noqa: BLE001 - every failure here is a file the user handed us
         try:
             needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)

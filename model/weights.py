@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from util.errors import WeightsError, short_reason
+from util.io import torch_load
 
 SHOWN = 3  # mismatching keys named in an error message
 
@@ -44,9 +45,9 @@ def is_torchscript(path: Path) -> bool:
 
 
 def load_tensors(path: Path, config_key: str) -> dict:
-    """torch.load with weights_only=True onto the CPU; anything unreadable is a WeightsError."""
+    """The state dict in `path`, read safely onto the CPU (util.io.torch_load); unreadable: a WeightsError."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is not ours to read
         raise WeightsError(f"{config_key}: cannot read {path} as a weight file ({short_reason(e)})") from None
     if not isinstance(obj, dict):

@@ -170,6 +170,19 @@ def test_normalize_uses_imagenet_statistics():
     assert torch.allclose(out[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
 
 
+def test_normalize_is_torchvisions_to_the_bit_on_images_and_batches_and_denormalize_inverts_it():
+    from torchvision.transforms.v2 import functional as TF
+
+    from dataset.info import IMAGENET_MEAN, IMAGENET_STD
+    from dataset.transforms import denormalize
+
+    img = torch.randint(0, 256, (2, 3, 5, 7), generator=gen(0)).to(torch.uint8)
+    reference = TF.normalize(img.float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert torch.equal(normalize(img), reference) and torch.equal(normalize(img[1]), reference[1])
+    assert torch.equal(normalize(img.float()), reference)  # float 0..255 input, left unchanged
+    assert torch.equal(denormalize(normalize(img)), img) and denormalize(reference[0]).dtype == torch.uint8
+
+
 def test_rescale_draws_a_whole_long_side_uniformly_between_the_truncated_bounds_as_the_reference():
     from dataset.transforms import rescaled_size
 

@@ -145,9 +145,19 @@ def test_predict_inputs_must_exist_and_have_distinct_stems(tmp_path):
         predict_cli.collect_inputs([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "sub")])
 
 
-def test_predict_allows_whole_potsdam_tiles():
-    # None (no limit) is what dataset.prepare sets when the whole suite imports it first.
-    assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= 6000 * 6000
+def test_images_are_opened_without_a_pixel_limit(tmp_path):
+    """Whole orthophotos (a Potsdam tile holds 36 M pixels, others more) are the user's own data: the one
+    limit, util.io.MAX_IMAGE_PIXELS, is none; it is set where images are opened, not by importing a reader."""
+    import util.io
+
+    code = ("from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
+            "import eval.predict, dataset.prepare, dataset.semi; assert Image.MAX_IMAGE_PIXELS == default")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    with util.io.open_image(tmp_path / "a.png") as im:
+        assert im.size == (4, 4)
+    assert util.io.MAX_IMAGE_PIXELS is None and Image.MAX_IMAGE_PIXELS is None
 
 
 def test_colorize_uses_the_palette_and_draws_ignore_black():
@@ -162,7 +172,8 @@ def test_colorize_uses_the_palette_and_draws_ignore_black():
 
 
 def test_denormalize_inverts_the_input_normalisation():
+    from dataset.transforms import normalize
     from util.visualize import denormalize
 
     rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
-    assert np.array_equal(denormalize(predict_cli.to_input(rgb, torch.device("cpu"))[0]), rgb)
+    assert np.array_equal(denormalize(normalize(torch.from_numpy(rgb).permute(2, 0, 1))), rgb)

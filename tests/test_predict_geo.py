@@ -22,6 +22,7 @@ from rasterio.transform import Affine
 
 import eval.predict as predict_cli
 from dataset.info import DATASETS
+from dataset.transforms import normalize
 from eval.inference import importance_map, predict_logits, predict_rows
 from util.cli import run_main
 from util.errors import DataError
@@ -85,8 +86,8 @@ def run(argv: list[str], capfd) -> tuple[int, str, str]:
 def expected_mask(rgb: np.ndarray, window: int, stride: int, blend: str) -> np.ndarray:
     """The whole-image, in-memory prediction of the tiny model: what the streamed outputs must equal."""
     model, _ = tiny_model()
-    probs = predict_logits(model, predict_cli.to_input(rgb, torch.device("cpu")), "sliding_window", window, stride,
-                           batch_size=16, blend=blend)
+    img = normalize(torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0))
+    probs = predict_logits(model, img, "sliding_window", window, stride, batch_size=16, blend=blend)
     return probs[0].argmax(0).to(torch.uint8).numpy()
 
 

@@ -1,9 +1,8 @@
 """Checkpoint files that survive crashes: written atomically, read without executing pickled code.
 
-A checkpoint is first written to a temporary file in the same folder (named after the writing process, so
-two writers never share one), flushed to disk, and then renamed over the old one (`os.replace` is atomic on
-POSIX): a reader sees the old file or the new one, never a mix, and a kill or a full disk mid-save leaves
-the previous file intact. A failed save removes its temporary file.
+A checkpoint is written through util.io's atomic writes (a temporary file beside it, flushed to disk, then
+renamed over the old one): a reader sees the old file or the new one, never a mix, and a kill or a full
+disk mid-save leaves the previous file intact. A failed save removes its temporary file.
 """
 
 from __future__ import annotations
@@ -18,50 +17,27 @@ from typing import Any
 import torch
 
 from util.errors import WeightsError, short_reason
+from util.io import atomic_path, torch_load, write_text
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save `obj` to `path` so that `path` is either the old file or the complete new one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # A full disk surfaces as OSError from the file, or as RuntimeError from torch's zip writer.
-        tmp.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else short_reason(e)
         raise WeightsError(f"could not write checkpoint {path}: {reason}; the previous file is unchanged") from None
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file (JSON, YAML) so that readers see the old or the new content, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise WeightsError(f"could not write {path}: {e.strerror or e}") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is only durable once the folder's entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class RunLock:
@@ -103,7 +79,7 @@ def load_own_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch_load(path, map_location)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
         raise WeightsError(f"cannot read checkpoint {path}: truncated or not a checkpoint of this code "
                            f"({short_reason(e)})") from None

@@ -1,11 +1,33 @@
-"""Output folders: checked once, the same way, by every entry point before it does any work."""
+"""Files in and out, each done one way everywhere: output folders checked before any work, files written
+atomically, torch files read without running pickled code, and image files opened under one pixel limit.
+
+Atomic writes. A file is first written to a temporary file beside its target (`temporary_path`: hidden,
+named after the writing process, so two writers never share one), flushed to disk, and then renamed over
+the target (`os.replace` is atomic on POSIX): a reader sees the old file or the new one, never a mix, and a
+kill or a full disk mid-write leaves the previous file intact. A failed write removes its temporary file;
+only a killed process leaves one (`.<name>.<pid>.tmp`, which the next run may delete).
+
+torch and PIL are imported where they are used: the report and splits tools use this module without them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from util.errors import OutputError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# PIL's decompression-bomb guard (Image.MAX_IMAGE_PIXELS, about 89 M pixels by default) protects servers
+# from hostile uploads. The images read here are the user's own data, and remote-sensing scenes are large
+# (a Potsdam tile holds 36 M pixels, other orthophotos several times more), so there is no limit: a file
+# is refused only when it cannot be read. Set by `open_image`, where images are opened.
+MAX_IMAGE_PIXELS = None
 
 
 def check_output_folder(path: str | os.PathLike, what: str) -> Path:
@@ -30,3 +52,109 @@ def check_output_folder(path: str | os.PathLike, what: str) -> Path:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path} cannot be created: {ancestor} is not writable")
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def temporary_path(target: str | os.PathLike) -> Path:
+    """Where `target` is written before it is renamed into place: `.<name>.<pid>.tmp` in the same folder."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_paths(targets: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporary paths for `targets`, to be written inside the block; on success each is flushed to disk and
+    renamed over its target, on any failure all are removed and the targets are left as they were."""
+    targets = [Path(t) for t in targets]
+    temporary = [temporary_path(t) for t in targets]
+    try:
+        yield temporary
+        commit(temporary, targets)
+    except BaseException:
+        for path in temporary:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def commit(temporary: list[Path], targets: list[Path]) -> None:
+    """Flush the written `temporary` files to disk and rename each over its target (the end of `atomic_paths`,
+    for writers that keep their files open across calls and name them with `temporary_path`)."""
+    for path in temporary:
+        _fsync(path)
+    for path, target in zip(temporary, targets):
+        os.replace(path, target)
+    for folder in dict.fromkeys(Path(target).parent for target in targets):
+        _fsync(folder)  # the renames are only durable once the folders' entries are on disk
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """One temporary path for `target` (see `atomic_paths`): write it inside the block."""
+    with atomic_paths([target]) as (path,):
+        yield path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def save_png(array: Any, path: str | os.PathLike) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) numpy array as a PNG file, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def _fsync(path: Path) -> None:
+    # A folder cannot be opened for writing, and fsync needs no write access: open read-only.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return  # a folder that cannot be opened (some platforms): the rename is as durable as it gets
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu", allow: Iterable[Any] = ()) -> Any:
+    """torch.load that never runs code from the pickle: weights_only=True, onto `map_location` (the CPU by
+    default); `allow` names further types the file may rebuild (torch.serialization.safe_globals).
+
+    Errors propagate as torch raises them: each caller words its own, naming what the file was meant to be.
+    """
+    import torch
+
+    allow = list(allow)
+    if not allow:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    with torch.serialization.safe_globals(allow):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """PIL's Image.open under this project's pixel limit (MAX_IMAGE_PIXELS); errors propagate as PIL's."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    return Image.open(path)

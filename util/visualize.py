@@ -1,19 +1,19 @@
-"""Pictures of predictions: palette colouring, overlays on the image, and a confusion-matrix figure."""
+"""Pictures of predictions: palette colouring, overlays on the image, and a confusion-matrix figure.
+
+Written as PNG files by util.io.save_png (atomically).
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files only: no display on servers and compute nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from dataset import transforms
 
-from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+matplotlib.use("Agg")  # files only: no display on servers and compute nodes; pyplot is imported after this
 
 # Ignore pixels (255) and any label outside the palette are drawn black.
 IGNORE_COLOR = (0, 0, 0)
@@ -34,11 +34,8 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
 
 
 def denormalize(img: torch.Tensor) -> np.ndarray:
-    """An ImageNet-normalised (3, H, W) tensor back to (H, W, 3) uint8 RGB."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (img.detach().float().cpu() * std + mean).clamp(0, 1) * 255
-    return (rgb + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    """An ImageNet-normalised (3, H, W) tensor back to (H, W, 3) uint8 RGB (dataset.transforms.denormalize)."""
+    return transforms.denormalize(img.detach().float().cpu()).permute(1, 2, 0).numpy()
 
 
 def sample_panel(img: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, palette) -> np.ndarray:
@@ -50,6 +47,8 @@ def sample_panel(img: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, pale
 def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple[str, ...], path: str | os.PathLike,
                           excluded: tuple[int, ...] = ()) -> None:
     """Save a row-normalised confusion matrix (rows ground truth) with class names on both axes."""
+    import matplotlib.pyplot as plt
+
     mat = np.asarray(mat, dtype=np.float64)
     rows = mat.sum(1, keepdims=True)
     norm = np.divide(mat, rows, out=np.zeros_like(mat), where=rows > 0)
@@ -69,11 +68,3 @@ def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) array as PNG, through a temporary file so it is never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
