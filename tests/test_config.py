@@ -244,6 +244,9 @@ def test_a_loaded_config_is_frozen(tmp_path):
     with pytest.raises(ValidationError, match="frozen"):
         cfg.eval = Config().eval
     assert cfg.train.epochs == 60
+    # Sequences are tuples (saved as lists): no value of a loaded config can change in place.
+    excluded = load_config(write(tmp_path, "dataset: {eval_exclude: [5]}\n")).dataset
+    assert excluded.eval_exclude == (5,) and excluded.excluded_classes == (5,)
 
 
 def test_replace_derives_a_validated_copy_and_leaves_the_original(tmp_path):

@@ -78,8 +78,9 @@ class DatasetConfig(Section):
     # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
     crop_size: int = Field(518, gt=0)
-    # Classes dropped from the score; null takes the dataset's protocol (SPEC §7, DWL).
-    eval_exclude: list[int] | None = None
+    # Classes dropped from the score; null takes the dataset's protocol (SPEC §7, DWL). A tuple, as frozen as
+    # the section (saved as a list).
+    eval_exclude: tuple[int, ...] | None = None
 
     @field_validator("crop_size")
     @classmethod
