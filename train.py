@@ -35,7 +35,7 @@ from dataset.semi import SemiDataset, check_disjoint
 from dataset.splits import PER_PERCENT, SHARED, read_list, split_file
 from eval.evaluate import build_eval_loader, evaluate
 from methods import METHODS, Method
-from methods.common import StepContext
+from methods.common import StepContext, StepSettings
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
 from model.weights import check_weight_files
@@ -131,6 +131,8 @@ class Trainer:
     def __init__(self, cfg: Config, info: DistInfo, with_data: bool = True) -> None:
         self.cfg, self.info, self.device = cfg, info, info.device
         self.method: Method = METHODS[cfg.train.method]
+        # The numbers the method's step computes with (threshold, loss and distillation weights, dropout).
+        self.step_settings = StepSettings.from_config(cfg)
         # Every missing weight file in one message, before any data is read or worker started.
         check_weight_files(cfg.weight_files)
         # The authors' supervised.py doubles the batch and draws a fixed number of labelled samples per epoch.
@@ -332,7 +334,7 @@ class Trainer:
         # The step's random draws depend only on (seed, iteration, rank): resuming needs no generator state.
         generator = torch.Generator().manual_seed(
             (cfg.train.seed * 1_000_003 + self.iteration) * 1_009 + self.info.rank)
-        ctx = StepContext(cfg=cfg, student=self.forward, ema=self.ema, teachers=self.teachers,
+        ctx = StepContext(settings=self.step_settings, student=self.forward, ema=self.ema, teachers=self.teachers,
                           generator=generator, embed_dim=self.model.embed_dim)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())

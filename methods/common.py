@@ -6,26 +6,61 @@ img_u_s strong unlabelled views, conf_u_w / mask_u_w the EMA model's confidence 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dataset.info import IGNORE_INDEX, UNLABELED_PAD
-from util.config import Config
+
+if TYPE_CHECKING:
+    from util.config import Config
 
 Losses = dict[str, torch.Tensor]
 # The EMA model's confidence and argmax on the weak view, (B, H, W) each.
 PseudoLabels = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms: the loss is (x * L_x + u * L_u + dis * L_dis) / (sum of those present)."""
+
+    x: float
+    u: float
+    dis: float
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The numbers the methods compute with: read from the config once (`from_config`), the same every step."""
+
+    # Pseudo-labels of the EMA model count where its confidence is at least this.
+    conf_thresh: float
+    loss_weights: LossWeights
+    # L_dis = sum over the translated teachers of weight * MSE (a teacher missing here weighs 0).
+    distill_weights: Mapping[str, float]
+    # UniMatch V2's complementary channel dropout: the drop probability and the share of pairs that get it.
+    channel_p: float
+    pair_fraction: float
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StepSettings:
+        t = cfg.train
+        return cls(conf_thresh=t.conf_thresh,
+                   loss_weights=LossWeights(x=t.loss_weights.x, u=t.loss_weights.u, dis=t.loss_weights.dis),
+                   distill_weights=MappingProxyType(dict(cfg.distill.weights)),
+                   channel_p=t.feature_drop.channel_p, pair_fraction=t.feature_drop.pair_fraction)
+
+
 @dataclass
 class StepContext:
     """Everything a method needs for one training step besides the batch."""
 
-    cfg: Config
+    settings: StepSettings
     # The trainable segmenter called for training: returns SegmenterOutput (DDP-wrapped when distributed).
     student: Callable[..., object]
     ema: nn.Module
@@ -76,10 +111,9 @@ def unsupervised_loss(logits_u: torch.Tensor, mask_u: torch.Tensor, conf_u: torc
     return (loss * confident).sum() / denom, confident.sum() / denom
 
 
-def weighted_total(cfg: Config, loss_x: torch.Tensor, loss_u: torch.Tensor | None = None,
+def weighted_total(w: LossWeights, loss_x: torch.Tensor, loss_u: torch.Tensor | None = None,
                    loss_dis: torch.Tensor | None = None) -> torch.Tensor:
     """(x * L_x + u * L_u + dis * L_dis) / (sum of the weights of the terms present): SPEC's 1:1:1 over 3."""
-    w = cfg.train.loss_weights
     terms = [(w.x, loss_x), (w.u, loss_u), (w.dis, loss_dis)]
     present = [(weight, term) for weight, term in terms if term is not None]
     total_weight = sum(weight for weight, _ in present)

@@ -37,7 +37,7 @@ def consistency_forward(ctx: StepContext, batch: dict) -> tuple[object, torch.Te
     out = ctx.student(student_in)
     logits_x, logits_u = out.logits.split([len(img_x), len(img_u_s)])
     loss_x = cross_entropy_x(logits_x, batch["mask_x"])
-    loss_u, mask_ratio = unsupervised_loss(logits_u, mask_u, conf_u, ignore_u, ctx.cfg.train.conf_thresh)
+    loss_u, mask_ratio = unsupervised_loss(logits_u, mask_u, conf_u, ignore_u, ctx.settings.conf_thresh)
     logged = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_ratio": mask_ratio}
     return out, student_in, logged, loss_x, loss_u
 
@@ -45,5 +45,5 @@ def consistency_forward(ctx: StepContext, batch: dict) -> tuple[object, torch.Te
 def fixmatch_step(ctx: StepContext, batch: dict) -> Losses:
     """(L_x + L_u) / 2 from one student forward on the labelled and CutMixed strong crops."""
     _, _, losses, loss_x, loss_u = consistency_forward(ctx, batch)
-    losses["loss"] = weighted_total(ctx.cfg, loss_x, loss_u)
+    losses["loss"] = weighted_total(ctx.settings.loss_weights, loss_x, loss_u)
     return losses

@@ -17,8 +17,8 @@ def rs_mtdf_step(ctx: StepContext, batch: dict) -> Losses:
     if ctx.teachers is None:
         raise ValueError("rs_mtdf needs the frozen teachers (Method.teachers)")
     targets = ctx.teachers(student_in)
-    loss_dis, per_teacher = distillation_loss(out.translated, targets, ctx.cfg.distill.weights)
+    loss_dis, per_teacher = distillation_loss(out.translated, targets, ctx.settings.distill_weights)
     losses["loss_dis"] = loss_dis.detach()
     losses.update({f"loss_dis_{name}": v.detach() for name, v in per_teacher.items()})
-    losses["loss"] = weighted_total(ctx.cfg, loss_x, loss_u, loss_dis)
+    losses["loss"] = weighted_total(ctx.settings.loss_weights, loss_x, loss_u, loss_dis)
     return losses

@@ -9,4 +9,4 @@ def supervised_step(ctx: StepContext, batch: dict) -> Losses:
     """loss = CE(student(img_x), mask_x)."""
     logits_x = ctx.student(batch["img_x"]).logits
     loss_x = cross_entropy_x(logits_x, batch["mask_x"])
-    return {"loss": weighted_total(ctx.cfg, loss_x), "loss_x": loss_x.detach()}
+    return {"loss": weighted_total(ctx.settings.loss_weights, loss_x), "loss_x": loss_x.detach()}

@@ -34,15 +34,16 @@ def unimatch_v2_step(ctx: StepContext, batch: dict) -> Losses:
     views = [cutmixed_targets(batch, pseudo, view) for view in (0, 1)]
     img_x = batch["img_x"]
     b_x, b_u = len(img_x), len(views[0][0])
-    mask1, mask2 = complementary_channel_masks(b_u, ctx.embed_dim, ctx.cfg.train.feature_drop.channel_p,
-                                               ctx.cfg.train.feature_drop.pair_fraction, ctx.generator)
+    settings = ctx.settings
+    mask1, mask2 = complementary_channel_masks(b_u, ctx.embed_dim, settings.channel_p, settings.pair_fraction,
+                                               ctx.generator)
     feature_mask = torch.cat((torch.ones(b_x, mask1.shape[1]), mask1, mask2)).to(img_x.device, img_x.dtype)
     out = ctx.student(torch.cat((img_x, views[0][0], views[1][0])), feature_mask)
     logits_x, logits_u1, logits_u2 = out.logits.split([b_x, b_u, b_u])
     loss_x = cross_entropy_x(logits_x, batch["mask_x"])
-    thresh = ctx.cfg.train.conf_thresh
+    thresh = settings.conf_thresh
     loss_u1, ratio1 = unsupervised_loss(logits_u1, *views[0][1:], thresh)
     loss_u2, ratio2 = unsupervised_loss(logits_u2, *views[1][1:], thresh)
     loss_u = (loss_u1 + loss_u2) / 2
-    return {"loss": weighted_total(ctx.cfg, loss_x, loss_u), "loss_x": loss_x.detach(),
+    return {"loss": weighted_total(settings.loss_weights, loss_x, loss_u), "loss_x": loss_x.detach(),
             "loss_u": loss_u.detach(), "mask_ratio": (ratio1 + ratio2) / 2}

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common import StepContext, mix, unsupervised_loss, weighted_total
+from methods.common import LossWeights, StepContext, StepSettings, mix, unsupervised_loss, weighted_total
 from methods.fixmatch import fixmatch_step
+from methods.rs_mtdf import rs_mtdf_step
 from methods.supervised import supervised_step
 from methods.unimatch_v2 import complementary_channel_masks, unimatch_v2_step
 from util.config import Config
@@ -74,12 +75,30 @@ def test_unsupervised_loss_divides_by_non_padded_pixels_not_by_confident_ones():
 
 
 def test_loss_weights_average_the_terms_present():
-    cfg = Config()
     one, two, three = torch.tensor(1.0), torch.tensor(2.0), torch.tensor(6.0)
-    assert weighted_total(cfg, one, two, three).item() == pytest.approx(3.0)
-    assert weighted_total(cfg, one, two).item() == pytest.approx(1.5)
-    cfg = Config.model_validate({"train": {"loss_weights": {"x": 2.0, "u": 1.0, "dis": 1.0}}})
-    assert weighted_total(cfg, one, two, three).item() == pytest.approx((2 + 2 + 6) / 4)
+    equal = LossWeights(x=1.0, u=1.0, dis=1.0)
+    assert weighted_total(equal, one, two, three).item() == pytest.approx(3.0)
+    assert weighted_total(equal, one, two).item() == pytest.approx(1.5)
+    assert weighted_total(equal, one).item() == pytest.approx(1.0)
+    assert weighted_total(LossWeights(x=2.0, u=1.0, dis=1.0), one, two, three).item() == pytest.approx((2 + 2 + 6) / 4)
+    assert weighted_total(LossWeights(x=1.0, u=0.0, dis=3.0), one, two, three).item() == pytest.approx((1 + 18) / 4)
+
+
+def test_step_settings_carry_the_configured_numbers():
+    cfg = Config.model_validate({"train": {"conf_thresh": 0.7, "loss_weights": {"x": 2.0, "u": 0.5, "dis": 3.0},
+                                           "feature_drop": {"channel_p": 0.3, "pair_fraction": 0.25}},
+                                 "distill": {"weights": {"dino": 0.2, "clip": 0.8}}})
+    settings = StepSettings.from_config(cfg)
+    assert settings.conf_thresh == 0.7
+    assert settings.loss_weights == LossWeights(x=2.0, u=0.5, dis=3.0)
+    assert dict(settings.distill_weights) == {"dino": 0.2, "clip": 0.8}
+    assert (settings.channel_p, settings.pair_fraction) == (0.3, 0.25)
+    with pytest.raises(TypeError):
+        settings.distill_weights["dino"] = 1.0  # read-only: every step sees the numbers the run started with
+    # The defaults are SPEC's: threshold 0.95, 1:1:1 terms, teachers 0.5 each, UniMatch V2's dropout.
+    default = StepSettings.from_config(Config())
+    assert default == StepSettings(0.95, LossWeights(1.0, 1.0, 1.0), default.distill_weights, 0.5, 0.5)
+    assert dict(default.distill_weights) == {"dino": 0.5, "clip": 0.5}
 
 
 class FakeSegmenter(nn.Module):
@@ -111,7 +130,7 @@ def make_batch(n_strong: int = 1) -> dict:
 
 
 def make_ctx(cfg: Config, student: FakeSegmenter, ema: FakeSegmenter) -> StepContext:
-    return StepContext(cfg=cfg, student=student.forward_train, ema=ema, teachers=None,
+    return StepContext(settings=StepSettings.from_config(cfg), student=student.forward_train, ema=ema, teachers=None,
                        generator=torch.Generator().manual_seed(1), embed_dim=8)
 
 
@@ -179,6 +198,42 @@ def test_unimatch_v2_loss_averages_the_two_strong_views_and_masks_only_unlabelle
     torch.testing.assert_close(losses["loss"], (loss_x + (loss_u1 + loss_u2) / 2) / 2)
     mask = student.feature_masks[-1]
     assert mask.shape == (3 * B, 8) and torch.equal(mask[:B], torch.ones(B, 8))
+
+
+class FakeDistillingSegmenter(FakeSegmenter):
+    """FakeSegmenter that also translates: its logits as tokens (B, H*W, NCLASS) for DINO, twice them for CLIP."""
+
+    def forward_train(self, img, feature_mask=None):
+        out = super().forward_train(img, feature_mask)
+        tokens = self.conv(img).flatten(2).transpose(1, 2)
+        out.translated = {"dino": tokens, "clip": 2 * tokens}
+        return out
+
+
+def test_rs_mtdf_loss_adds_the_distillation_terms_with_their_weights():
+    cfg = Config.model_validate({"train": {"method": "rs_mtdf", "conf_thresh": 0.5},
+                                 "distill": {"weights": {"dino": 0.25, "clip": 2.0}}})
+    student, ema = FakeDistillingSegmenter(0), FakeSegmenter(1)
+    batch = make_batch()
+    seen = []
+
+    def teachers(img):
+        seen.append(img)
+        g = torch.Generator().manual_seed(3)
+        return {name: torch.randn(len(img), S * S, NCLASS, generator=g) for name in ("dino", "clip")}
+
+    ctx = make_ctx(cfg, student, ema)
+    losses = rs_mtdf_step(StepContext(**{**vars(ctx), "teachers": teachers}), dict(batch))
+    loss_x, loss_u = hand_fixmatch_loss(cfg, student, ema, batch)
+    translated = student.forward_train(seen[0]).translated
+    targets = teachers(seen[0])
+    mse = {name: F.mse_loss(translated[name], targets[name]) for name in ("dino", "clip")}
+    loss_dis = 0.25 * mse["dino"] + 2.0 * mse["clip"]
+    torch.testing.assert_close(losses["loss_dis"], loss_dis)
+    torch.testing.assert_close(losses["loss_dis_clip"], mse["clip"])
+    torch.testing.assert_close(losses["loss"], (loss_x + loss_u + loss_dis) / 3)
+    with pytest.raises(ValueError, match="teachers"):
+        rs_mtdf_step(ctx, dict(batch))  # no teachers given
 
 
 def test_a_labelled_batch_without_one_labelled_pixel_contributes_zero_loss_not_nan():
