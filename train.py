@@ -18,6 +18,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -551,6 +552,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+@contextlib.contextmanager
+def sigterm_calls(handler: Callable[..., Any]) -> Iterator[None]:
+    """SIGTERM calls `handler` inside the block; the handler before it is back afterwards, also after an error
+    (main may be called in a process that goes on: a test, a notebook)."""
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        # None: the previous handler was not installed from Python and cannot be put back; the default is.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     extra = [f"dataset.split={args.split}"] * (args.split is not None)
@@ -585,14 +598,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"{trainer.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
                          f"{info.world_size} process(es) on {info.device}, precision "
                          f"{trainer.amp_dtype or torch.float32}; writing to {run_dir}")
-        signal.signal(signal.SIGTERM, trainer.request_stop)
-        trainer.run()
-        if trainer.writer:
-            trainer.writer.close()
-        if trainer.flag_group is not None:
-            # Every process reaches the end before any tears the groups down: a gloo peer that closes its
-            # connections while another still uses them can abort that one at exit.
-            dist.barrier(group=trainer.flag_group)
+        with sigterm_calls(trainer.request_stop):
+            trainer.run()
+            if trainer.writer:
+                trainer.writer.close()
+            if trainer.flag_group is not None:
+                # Every process reaches the end before any tears the groups down: a gloo peer that closes its
+                # connections while another still uses them can abort that one at exit.
+                dist.barrier(group=trainer.flag_group)
     finally:
         if lock is not None:
             # A run refused before it wrote anything leaves the folder as it found it.

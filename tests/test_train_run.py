@@ -16,8 +16,12 @@ import train
 from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
 from util.checkpoint import load_own_checkpoint
 
-# Real processes, torchrun and kills: minutes on 2 cores (`pytest -m 'not slow'` leaves them out).
-pytestmark = pytest.mark.slow
+# Every test that trains is marked slow (`pytest -m 'not slow'` leaves them out): real processes, torchrun
+# and kills take 10-25 s each on 2 cores, and the in-process runs of a few tiny iterations, about a second on
+# an idle machine, take 10-30 s where other work shares the 2 cores (their two intra-op threads wait on each
+# other). They keep the default threads: the killed runs' subprocesses must match the in-process reference
+# bit for bit.
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +43,13 @@ def assert_same_weights(a: dict, b: dict) -> None:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
 
 
+@slow
 @pytest.mark.parametrize("method", ["supervised", "fixmatch", "unimatch_v2", "rs_mtdf"])
 def test_every_method_trains_and_writes_a_complete_run(data, tmp_path, method):
     save = tmp_path / method
+    sigterm = signal.getsignal(signal.SIGTERM)
     assert run(data, save, method=method, epochs=1) == 0
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # main's SIGTERM handler is gone with the run
     assert {"config.yaml", "train.log", "latest.pth", "best.pth", "tb"} <= {p.name for p in save.iterdir()}
     ckpt = load_own_checkpoint(save / "latest.pth")
     assert ckpt["iteration"] == 4 and ckpt["epoch"] == 1
@@ -54,6 +61,7 @@ def test_every_method_trains_and_writes_a_complete_run(data, tmp_path, method):
     assert (progress["iteration"], progress["total_iters"], progress["method"]) == (4, 4, method)
 
 
+@slow
 def test_reference_supervised_protocol_doubles_the_batch_and_draws_a_fixed_number_of_samples(data, tmp_path):
     """The authors' supervised.py: batch 2 x batch_size, an epoch of supervised_epoch_samples labelled draws."""
     save = tmp_path / "run"
@@ -66,6 +74,7 @@ def test_reference_supervised_protocol_doubles_the_batch_and_draws_a_fixed_numbe
 SCRIPTED = {"student": [40.0, 50.0, 50.0], "ema": [60.0, 30.0, 20.0]}
 
 
+@slow
 def test_best_checkpoint_is_the_best_student_epoch_ties_going_to_the_later_one(data, tmp_path, monkeypatch):
     calls = []
 
@@ -88,6 +97,7 @@ def test_best_checkpoint_is_the_best_student_epoch_ties_going_to_the_later_one(d
     assert "best val mIoU student 50.00 (epoch 3), ema 60.00 (epoch 1)" in log.splitlines()[-1]
 
 
+@slow
 def test_best_by_ema_keeps_the_best_ema_epoch(data, tmp_path, monkeypatch):
     calls = []
 
@@ -104,6 +114,7 @@ def test_best_by_ema_keeps_the_best_ema_epoch(data, tmp_path, monkeypatch):
     assert best["selected_by"] == "ema" and best["epoch"] == 1
 
 
+@slow
 def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_labelled_list(tmp_path):
     """DeepGlobe's 100 % split has an empty unlabeled.txt: the upper bound trains on the labelled list."""
     root = tmp_path / "data"
@@ -115,6 +126,35 @@ def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_label
     assert load_own_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 2
 
 
+def test_sigterm_stops_the_run_while_main_runs_and_the_callers_handler_is_back_after(data, tmp_path, monkeypatch):
+    """main's SIGTERM handler (stop at the next iteration, save, exit) lives as long as main: afterwards, also
+    after an error, SIGTERM does what the caller had it do."""
+    received = []
+    callers = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        mine = signal.getsignal(signal.SIGTERM)
+        stops = []
+
+        def run_then_fail(self):
+            signal.raise_signal(signal.SIGTERM)
+            stops.append(self.should_stop())
+            raise RuntimeError("failed mid-run")
+
+        monkeypatch.setattr(train.Trainer, "run", run_then_fail)
+        with pytest.raises(RuntimeError, match="failed mid-run"):
+            run(data, tmp_path / "failed", method="supervised", epochs=1)
+        assert stops == [True] and received == []  # the trainer got it, not the caller
+        assert signal.getsignal(signal.SIGTERM) is mine
+
+        monkeypatch.setattr(train.Trainer, "run", lambda self: {"stopped": False, "best": self.best})
+        assert run(data, tmp_path / "returned", method="supervised", epochs=1) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+        signal.raise_signal(signal.SIGTERM)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, callers)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory) -> dict:
     """The reference: the tiny two-epoch run of 8 iterations, never interrupted."""
@@ -123,6 +163,7 @@ def uninterrupted(data, tmp_path_factory) -> dict:
     return load_own_checkpoint(save / "latest.pth")
 
 
+@slow
 def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, uninterrupted, tmp_path, monkeypatch):
     full = uninterrupted
     # Stop (as on SIGTERM) after 3 of 8 iterations, mid-epoch; then run the same command again.
@@ -139,6 +180,7 @@ def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, u
     assert resumed["best"] == full["best"]
 
 
+@slow
 def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
     save = tmp_path / "nan"
     assert run(data, save, epochs=1) == 0
@@ -168,6 +210,7 @@ KILL_POINTS = {
 }
 
 
+@slow
 @pytest.mark.parametrize("where", KILL_POINTS)
 def test_sigkill_then_restart_ends_with_identical_weights(data, uninterrupted, tmp_path, where):
     """A real process killed with SIGKILL, then started again with the same command, resumes exactly."""
@@ -206,6 +249,7 @@ def torchrun(*args: str, max_restarts: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
+@slow
 def test_two_processes_under_torchrun_keep_identical_replicas_and_survive_a_killed_rank(data, tmp_path):
     """torchrun with gloo on the CPU: DDP trains, evaluation is sharded, rank 0 alone writes the run; a rank
     killed mid-step is restarted by torchrun (--max-restarts) and the run ends as if nothing had happened."""
@@ -230,6 +274,7 @@ def test_two_processes_under_torchrun_keep_identical_replicas_and_survive_a_kill
     assert resumed["best"] == full["best"]
 
 
+@slow
 def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tmp_path):
     """Rank r takes global positions r, r + 2, ... and DDP averages the ranks' gradients, so the global batch
     decides where that holds: no per-process random draws (supervised: no CutMix partner, no channel
@@ -253,6 +298,7 @@ def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tm
                                        msg=lambda m, key=key, name=name: f"{key}.{name}: {m}")
 
 
+@slow
 def test_a_nonfinite_loss_before_any_checkpoint_does_not_name_one(data, tmp_path, monkeypatch):
     original = train.Trainer.step
 
