@@ -17,3 +17,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def close_leaked_progress_bars():
+    """Close the tqdm bars a failed in-process run left open: they would shift every later bar (tqdm
+    positions) and so the lines a later test sees (opted into like one_thread)."""
+    yield
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

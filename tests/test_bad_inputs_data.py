@@ -1,18 +1,14 @@
 """Bad inputs of issue 15, items 8 and 9, through the real entry points: split lists and pixels as users have
-them (train.py) and dataset.prepare on raw trees and output folders (in-process `run_main`, and a few real
-processes). Each refusal: exit code 2, one `error:` line naming the file (and line) or the option, no
+them (train.py) and dataset.prepare on raw trees and output folders (in-process `run_main`, the checks of
+tests/train_fixtures.py). Each refusal: exit code 2, one `error:` line naming the file (and line) or the option, no
 traceback, nothing left behind. Each accepted variant is a positive control that runs to the end.
 """
 
 from __future__ import annotations
 
 import fcntl
-import fnmatch
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,66 +17,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import train
+from dataset import prepare as prepare_cli
 from dataset.synthetic import write_loveda, write_potsdam
-from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
-from util.cli import run_main
+from tests.train_fixtures import (
+    DEMO,
+    RUN_STARTED,
+    assert_nothing_left,
+    assert_one_line_error,
+    invoke,
+    snapshot,
+    tiny_overrides,
+    write_tiny_dataset,
+)
 
-DEMO = str(REPO / "configs" / "demo.yaml")
-RUN_STARTED = ("run", "run/config.yaml", "run/train.log", "run/tb", "run/tb/*", "run/.lock")
-# Two lines of train.py's _build_data, added by its owner: it counts the unlabelled list with
-# dataset.splits.read_list, and calls dataset.semi.check_disjoint on the four lists.
-TRAIN_SOURCE = (REPO / "train.py").read_text()
-TRAIN_CHECKS_DISJOINT = "check_disjoint" in TRAIN_SOURCE
-TRAIN_COUNTS_WITH_READ_LIST = "read_list" in TRAIN_SOURCE
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Helpers (as in tests/test_bad_inputs.py, which other cases share)
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in root.rglob("*")}
-
-
-def assert_nothing_left(before: dict[str, str], after: dict[str, str], allow: tuple[str, ...] = ()) -> None:
-    def allowed(key: str) -> bool:
-        return any(fnmatch.fnmatch(key, p) for p in allow)
-
-    changed = sorted(k for k in before if after.get(k) != before[k] and not allowed(k))
-    new = sorted(k for k in after.keys() - before.keys() if not allowed(k))
-    assert not changed and not new, f"changed or removed: {changed}; left behind: {new}"
-
-
-def error_line(code: int, err: str, needles: list[str], started: bool = False) -> str:
-    """Exit 2 and one `error:` line naming every needle; before the run started it is all of stderr, after
-    it the last line (progress and log lines may come first)."""
-    assert "Traceback" not in err, err
-    assert code == 2, err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), repr(err)
-    if not started:
-        assert err.startswith("error: ") and err.count("\n") == 1 and err.endswith("\n"), repr(err)
-    assert sum("error: " in line for line in lines) == 1, repr(err)
-    for needle in needles:
-        assert needle in lines[-1], f"{needle!r} not named in: {lines[-1]}"
-    return lines[-1]
-
-
-def invoke(main: Callable[[], int | None], capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(main)
-    return exit_info.value.code, capfd.readouterr().err
-
-
-@pytest.fixture(autouse=True)
-def close_leaked_progress_bars():
-    yield
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
+pytestmark = pytest.mark.usefixtures("close_leaked_progress_bars")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,7 +72,6 @@ class Data:
 
 
 def run_train(data: Data, capfd: pytest.CaptureFixture) -> tuple[int, str]:
-    train = pytest.importorskip("train")
     argv = data.argv()
     return invoke(lambda: train.main(argv), capfd)
 
@@ -188,23 +138,16 @@ def unlabeled_also_test(data: Data):
     return [str(data.unlabeled) + ":2", str(data.test) + ":1", "img/5.png"]
 
 
-disjoint = pytest.mark.skipif(not TRAIN_CHECKS_DISJOINT, reason="train.py does not call check_disjoint yet")
-counted = pytest.mark.skipif(not TRAIN_COUNTS_WITH_READ_LIST,
-                             reason="train.py's count_lines still reads the unlabelled list with read_text")
-
-
 @pytest.mark.parametrize("setup", [
-    latin1, utf16_labeled, pytest.param(utf16_unlabeled, marks=counted), nul_bytes_val, duplicate_labeled,
-    duplicate_unlabeled, duplicate_val, image_is_a_folder,
-    pytest.param(labeled_also_unlabeled, marks=disjoint), pytest.param(val_also_test, marks=disjoint),
-    pytest.param(unlabeled_also_test, marks=disjoint),
+    latin1, utf16_labeled, utf16_unlabeled, nul_bytes_val, duplicate_labeled, duplicate_unlabeled, duplicate_val,
+    image_is_a_folder, labeled_also_unlabeled, val_also_test, unlabeled_also_test,
 ], ids=lambda f: f.__name__.replace("_", "-"))
 def test_train_refuses_a_bad_split_list_in_one_line(setup, tmp_path, capfd):
     data = Data(tmp_path)
     needles = setup(data)
     before = snapshot(tmp_path)
     code, err = run_train(data, capfd)
-    error_line(code, err, needles)
+    assert_one_line_error(code, err, needles)
     assert_nothing_left(before, snapshot(tmp_path))
 
 
@@ -252,7 +195,7 @@ def test_train_refuses_pixels_it_cannot_convert_exactly_naming_file_and_mode(set
     data.labeled.write_text(lines[0] + "\n")   # the first batch reads it
     before = snapshot(tmp_path)
     code, err = run_train(data, capfd)
-    error_line(code, err, needles, started=True)
+    assert_one_line_error(code, err, needles, started=True)
     assert_nothing_left(before, snapshot(tmp_path), RUN_STARTED)
 
 
@@ -281,10 +224,8 @@ def test_train_reads_lists_and_pixels_as_users_save_them(tmp_path, capfd):
 # dataset.prepare
 
 
-def prepare_main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
-    from dataset import prepare as module
-
-    return lambda: module.main(argv)
+def prepare_main(argv: list[str]) -> Callable[[], int]:
+    return lambda: prepare_cli.main(argv)
 
 
 def potsdam_argv(tmp: Path, *extra: str, raw: str = "raw", out: str = "out", tile: int = 10) -> list[str]:
@@ -384,62 +325,55 @@ def checked_list_not_utf8(tmp: Path):
     splits_is_a_file, splits_under_a_file, other_tile, other_dataset, other_raw, tiles_without_record,
     unreadable_record, checked_list_not_utf8,
 ], ids=lambda f: f.__name__.replace("_", "-"))
-def test_prepare_refuses_in_one_line_before_writing_anything(setup, tmp_path, capfd, monkeypatch):
+def test_prepare_refuses_in_one_line_before_writing_anything(setup, tmp_path, capfd):
     argv, needles = setup(tmp_path)
     before = snapshot(tmp_path)
-    code, err = invoke(prepare_main(argv, monkeypatch), capfd)
-    error_line(code, err, needles)
+    code, err = invoke(prepare_main(argv), capfd)
+    assert_one_line_error(code, err, needles)
     assert_nothing_left(before, snapshot(tmp_path))
 
 
 def test_prepare_refuses_an_output_folder_it_may_not_write(tmp_path, capfd, monkeypatch):
     """The not-writable check, also where the tests run as root (which may write anywhere)."""
-    from dataset import prepare as module
-
     prepared(tmp_path)
     (tmp_path / "locked").mkdir()
     real_access = os.access
-    monkeypatch.setattr(module.os, "access",
+    monkeypatch.setattr(prepare_cli.os, "access",
                         lambda path, mode, **kw: Path(path) != tmp_path / "locked" and real_access(path, mode, **kw))
     before = snapshot(tmp_path)
-    code, err = invoke(prepare_main(potsdam_argv(tmp_path, out="locked/out"), monkeypatch), capfd)
-    error_line(code, err, [str(tmp_path / "locked/out"), "cannot be created", "not writable"])
+    code, err = invoke(prepare_main(potsdam_argv(tmp_path, out="locked/out")), capfd)
+    assert_one_line_error(code, err, [str(tmp_path / "locked/out"), "cannot be created", "not writable"])
     assert_nothing_left(before, snapshot(tmp_path))
 
 
-def run_prepare(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dataset.prepare", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_process_a_second_preparation_into_a_locked_out_is_refused(tmp_path):
+def test_a_second_preparation_into_a_locked_out_is_refused(tmp_path, capfd):
     prepared(tmp_path)
     lock = tmp_path / "out" / ".prepare.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)   # what a running preparation holds
     try:
+        # flock locks conflict between open files, also within one process: this one stands for another.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, b"4242\n")
         before = snapshot(tmp_path)
-        proc = run_prepare(*potsdam_argv(tmp_path))
-        error_line(proc.returncode, proc.stderr, ["another dataset.prepare (process 4242)", str(tmp_path / "out"),
-                                                  str(lock)])
+        code, err = invoke(prepare_main(potsdam_argv(tmp_path)), capfd)
+        assert_one_line_error(code, err, ["another dataset.prepare (process 4242)", str(tmp_path / "out"), str(lock)])
         assert_nothing_left(before, snapshot(tmp_path))
     finally:
         os.close(fd)
     # The holder is gone: the same command now runs (and skips the tiles that exist).
-    proc = run_prepare(*potsdam_argv(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert "0 crops written, 4 already there" in proc.stdout and not lock.exists()
+    capfd.readouterr()
+    assert prepare_cli.main(potsdam_argv(tmp_path)) == 0
+    assert "0 crops written, 4 already there" in capfd.readouterr().out and not lock.exists()
 
 
-def test_process_prepare_follows_a_symlinked_download_with_a_link_loop(tmp_path):
+def test_prepare_follows_a_symlinked_download_with_a_link_loop(tmp_path, capfd):
     """Positive control: the raw tree is a symbolic link to a download elsewhere that links back to itself."""
     download = tmp_path / "disk2" / "LoveDA"
     write_loveda(download, np.random.default_rng(0), size=16, count=1)
     (download / "Train" / "Rural" / "back").symlink_to(download, target_is_directory=True)
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "LoveDA").symlink_to(download, target_is_directory=True)
-    proc = run_prepare("loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--splits",
-                       str(tmp_path / "lists"), "--resplit", "--workers", "1")
-    assert proc.returncode == 0, proc.stderr
-    assert "4 raw images -> 16 crops written" in proc.stdout
+    capfd.readouterr()
+    assert prepare_cli.main(["loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--splits",
+                             str(tmp_path / "lists"), "--resplit", "--workers", "1"]) == 0
+    assert "4 raw images -> 16 crops written" in capfd.readouterr().out

@@ -1,4 +1,5 @@
-"""eval/eval.py and eval/predict.py as scripts, on a tiny real segmenter saved as a training checkpoint."""
+"""eval/eval.py and eval/predict.py end to end, on a tiny real segmenter saved as a training checkpoint: their
+main(argv) in this process, and predict once as the script a user runs."""
 
 import json
 import subprocess
@@ -10,21 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("model.segmenter")
-pytest.importorskip("model.convert")
-pytest.importorskip("dataset.semi")
+from dataset.info import DATASETS
+from eval import eval as eval_cli
+from eval import predict
+from model.segmenter import build_segmenter
+from tests.train_fixtures import REPO, assert_one_line_error, dataset_keys, invoke
+from util.config import load_config
 
-from model.segmenter import build_segmenter  # noqa: E402
-from util.config import load_config  # noqa: E402
+pytestmark = pytest.mark.usefixtures("close_leaked_progress_bars")
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ("model: {backbone: tiny, pretrained: null}\n"
         "train: {method: fixmatch, num_workers: 0, precision: fp32}\n"
         "teachers: {dino: {enabled: false}, clip: {enabled: false}}\n"
         "distill: {fusion_weights: {student: 1.0, dino: 0.0, clip: 0.0}}\n")
 
 
-def make_run(tmp_path: Path, name: str = "loveda", nclass: int = 7) -> tuple[Path, Path]:
+def make_run(tmp_path: Path, name: str = "loveda") -> tuple[Path, Path]:
     """A config over a two-image val split, and a checkpoint of a tiny segmenter for it."""
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)
@@ -33,14 +35,14 @@ def make_run(tmp_path: Path, name: str = "loveda", nclass: int = 7) -> tuple[Pat
     lines = []
     for i, size in enumerate([(42, 56), (30, 44)]):
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
-        Image.fromarray(rng.integers(0, nclass, size, dtype=np.uint8)).save(root / "ann" / f"{i}.png")
+        Image.fromarray(rng.integers(0, DATASETS[name].nclass, size, dtype=np.uint8)).save(root / "ann" / f"{i}.png")
         lines.append(f"img/{i}.png ann/{i}.png")
     splits = tmp_path / "splits"
     splits.mkdir()
     (splits / "val.txt").write_text("\n".join(lines) + "\n")
     cfg_path = tmp_path / f"{name}.yaml"
-    cfg_path.write_text(f"dataset: {{name: {name}, nclass: {nclass}, root: {root}, splits: {splits}, "
-                        f"crop_size: 28}}\n" + TINY)
+    dataset = "".join(f"{key}: {value}, " for key, value in dataset_keys(name).items())
+    cfg_path.write_text(f"dataset: {{{dataset}root: {root}, splits: {splits}, crop_size: 28}}\n" + TINY)
     torch.manual_seed(0)
     state = build_segmenter(load_config(cfg_path)).state_dict()
     ckpt = tmp_path / "run" / "best.pth"
@@ -49,34 +51,45 @@ def make_run(tmp_path: Path, name: str = "loveda", nclass: int = 7) -> tuple[Pat
     return cfg_path, ckpt
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+def predict_argv(tmp_path: Path, cfg: Path, ckpt: Path) -> list[str]:
+    return ["--config", str(cfg), "--checkpoint", str(ckpt), str(tmp_path / "data" / "img"), "--out",
+            str(tmp_path / "pred")]
 
 
-def test_eval_script_scores_a_checkpoint(tmp_path):
-    cfg, ckpt = make_run(tmp_path)
-    proc = run_script("eval/eval.py", "--config", str(cfg), "--checkpoint", str(ckpt), "--mode", "sliding_window",
-                      "--weights", "ema")
-    assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((ckpt.parent / "eval_val_sliding_window_ema" / "metrics.json").read_text())
-    assert 0 < metrics["pixels"] <= 42 * 56 + 30 * 44
-    assert metrics["unit"] == "percent" and metrics["miou"] is not None and 0 <= metrics["miou"] <= 100
-    assert "mIoU" in proc.stdout
-
-
-def test_predict_script_writes_three_pictures(tmp_path):
-    cfg, ckpt = make_run(tmp_path)
-    out = tmp_path / "pred"
-    proc = run_script("eval/predict.py", "--config", str(cfg), "--checkpoint", str(ckpt),
-                      str(tmp_path / "data" / "img"), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+def assert_three_pictures_per_image(out: Path) -> None:
     assert len(list(out.glob("*_mask.png"))) == 2 and len(list(out.glob("*_overlay.png"))) == 2
     assert Image.open(out / "1_color.png").size == (44, 30)
 
 
-def test_checkpoint_of_another_class_count_is_a_one_line_error(tmp_path):
-    _, ckpt = make_run(tmp_path / "potsdam", name="potsdam", nclass=6)
+def test_eval_scores_a_checkpoint(tmp_path, capsys):
+    cfg, ckpt = make_run(tmp_path)
+    assert eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt), "--mode", "sliding_window",
+                          "--weights", "ema"]) == 0
+    metrics = json.loads((ckpt.parent / "eval_val_sliding_window_ema" / "metrics.json").read_text())
+    assert 0 < metrics["pixels"] <= 42 * 56 + 30 * 44
+    assert metrics["unit"] == "percent" and metrics["miou"] is not None and 0 <= metrics["miou"] <= 100
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_predict_writes_three_pictures(tmp_path):
+    cfg, ckpt = make_run(tmp_path)
+    assert predict.main(predict_argv(tmp_path, cfg, ckpt)) == 0
+    assert_three_pictures_per_image(tmp_path / "pred")
+
+
+@pytest.mark.slow
+def test_predict_script_writes_three_pictures(tmp_path):
+    """`python eval/predict.py` as users run it, from the repository root (eval/eval.py's script is run in
+    tests/test_eval_cli.py and tests/test_cli.py)."""
+    cfg, ckpt = make_run(tmp_path)
+    proc = subprocess.run([sys.executable, "eval/predict.py", *predict_argv(tmp_path, cfg, ckpt)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_three_pictures_per_image(tmp_path / "pred")
+
+
+def test_checkpoint_of_another_class_count_is_a_one_line_error(tmp_path, capfd):
+    _, ckpt = make_run(tmp_path / "potsdam", name="potsdam")
     cfg, _ = make_run(tmp_path / "loveda")
-    proc = run_script("eval/eval.py", "--config", str(cfg), "--checkpoint", str(ckpt))
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+    code, err = invoke(lambda: eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt)]), capfd)
+    assert_one_line_error(code, err, [str(ckpt), "6 classes", "7"])

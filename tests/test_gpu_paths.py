@@ -20,19 +20,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.encoder import DinoEncoder
-from tests.train_fixtures import REPO
+from tests.train_fixtures import REPO, step_trainer
 from train import Trainer, build_optimizer
-from util.config import load_config
-from util.dist import DistInfo
 from util.precision import autocast_dtype
 from util.speed import adamw_like, emulate_gpu_precision, step_batch, step_memory
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no GPU: the CUDA variant runs in scripts/gpu_smoke.sh")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
-# The tiny RS-MTDF of the demo, at test size; conf_thresh 0 so that the unlabelled loss is not zero.
-TINY = ["dataset.crop_size=56", "train.batch_size=2", "teachers.clip.input_size=28", "distill.translator_hidden=16",
-        "train.conf_thresh=0"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,10 +42,9 @@ def exact_float32():
 
 
 def make_trainer(device: str, *overrides: str, gpu_like: bool = False) -> Trainer:
-    cfg = load_config("configs/demo.yaml", TINY + list(overrides))
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device), is_main=True)
-    t = Trainer(cfg, info, with_data=False)
-    t.total_iters = 100
+    """The demo's tiny RS-MTDF (tests/train_fixtures.py TINY_STEP) on `device`, computing as a GPU would if
+    `gpu_like`."""
+    t = step_trainer(device, *overrides)
     return emulate_gpu_precision(t) if gpu_like else t
 
 
@@ -272,7 +266,9 @@ def test_training_forward_is_a_single_graph_for_torch_compile():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+# The CPU variant takes about 5 s on 2 cores: slow.
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.slow),
+                                    pytest.param("cuda", marks=needs_cuda)])
 def test_compiled_training_step_matches_eager(device):
     # On the CPU without code generation (aot_eager: the graph capture and autograd of inductor, run by
     # PyTorch's kernels): inductor's C++ code for this forward and backward takes minutes to compile on a

@@ -12,23 +12,18 @@ import pytest
 import torch
 
 from eval.inference import predict_logits
+from tests.train_fixtures import step_trainer
 from train import Trainer
-from util.config import load_config
 from util.dist import init_distributed
 from util.speed import REFERENCE_OVERRIDES, use_unfused_attention
-
-# conf_thresh 0: a random-init model is never confident, and the unlabelled loss must be compared too.
-TINY = ["dataset.crop_size=56", "train.batch_size=2", "teachers.clip.input_size=28", "distill.translator_hidden=16",
-        "train.conf_thresh=0"]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainer(reference: bool) -> Trainer:
-    cfg = load_config("configs/demo.yaml", TINY + (REFERENCE_OVERRIDES if reference else []))
-    t = Trainer(cfg, init_distributed(), with_data=False)
-    t.total_iters = 100
+    """The demo's tiny RS-MTDF (tests/train_fixtures.py TINY_STEP: conf_thresh 0, so that the unlabelled loss
+    is compared too), computing our way or the reference way, on the GPU where there is one."""
+    t = step_trainer(init_distributed().device, *(REFERENCE_OVERRIDES if reference else []))
     if reference:
         assert use_unfused_attention(t.model, t.ema) > 0 and use_unfused_attention(*t.teachers.modules()) > 0
     return t
