@@ -31,7 +31,7 @@ from tests.train_fixtures import (
     write_tiny_dataset,
 )
 
-pytestmark = pytest.mark.usefixtures("close_leaked_progress_bars")
+pytestmark = pytest.mark.usefixtures("one_thread", "close_leaked_progress_bars")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from dataset.info import DATASETS
 from eval import eval as eval_cli
 from eval import predict
 from model.segmenter import build_segmenter
-from tests.train_fixtures import REPO, assert_one_line_error, dataset_keys, invoke
+from tests.train_fixtures import REPO, assert_one_line_error, invoke
 from util.config import load_config
 
-pytestmark = pytest.mark.usefixtures("close_leaked_progress_bars")
+pytestmark = pytest.mark.usefixtures("one_thread", "close_leaked_progress_bars")
 
 TINY = ("model: {backbone: tiny, pretrained: null}\n"
         "train: {method: fixmatch, num_workers: 0, precision: fp32}\n"
@@ -41,8 +41,7 @@ def make_run(tmp_path: Path, name: str = "loveda") -> tuple[Path, Path]:
     splits.mkdir()
     (splits / "val.txt").write_text("\n".join(lines) + "\n")
     cfg_path = tmp_path / f"{name}.yaml"
-    dataset = "".join(f"{key}: {value}, " for key, value in dataset_keys(name).items())
-    cfg_path.write_text(f"dataset: {{{dataset}root: {root}, splits: {splits}, crop_size: 28}}\n" + TINY)
+    cfg_path.write_text(f"dataset: {{name: {name}, root: {root}, splits: {splits}, crop_size: 28}}\n" + TINY)
     torch.manual_seed(0)
     state = build_segmenter(load_config(cfg_path)).state_dict()
     ckpt = tmp_path / "run" / "best.pth"

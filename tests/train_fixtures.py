@@ -72,18 +72,6 @@ def tiny_overrides(root: Path, splits: Path, save: Path, method: str = "rs_mtdf"
             "eval.num_visualize=1", "train.supervised_protocol=same_iterations", f"save_path={save}"]
 
 
-def dataset_keys(name: str) -> dict[str, object]:
-    """The dataset.* keys that select dataset `name`: its name, and its class count while dataset.nclass is
-    still a key of the config (it is becoming derived from the name; then a config must not give it)."""
-    from dataset.info import DATASETS
-    from util.config import DatasetConfig
-
-    keys: dict[str, object] = {"name": name}
-    if "nclass" in DatasetConfig.model_fields:
-        keys["nclass"] = DATASETS[name].nclass
-    return keys
-
-
 def step_trainer(device: str | torch.device = "cpu", *overrides: str) -> Trainer:
     """A Trainer of the demo config at TINY_STEP size plus `overrides`, without data: feed it batches."""
     import torch
