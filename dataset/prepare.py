@@ -24,6 +24,12 @@ lock on <out>/.prepare.lock, so a second preparation into the same --out is refu
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import fnmatch
 import json
@@ -34,7 +40,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -14,6 +14,12 @@ never changes the real counts.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import codecs
 import math
@@ -21,7 +27,6 @@ import os
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from util.cli import run_main
 from util.errors import DataError

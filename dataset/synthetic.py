@@ -11,9 +11,14 @@ can learn every class from pixels.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -24,9 +24,14 @@ pretraining stand-in teachers on scenes disjoint from the written ones).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np

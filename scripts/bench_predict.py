@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from util.cli import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,7 +54,6 @@ def write_scene(path: Path, size: int) -> None:
 
 def random_checkpoint(config: str, path: Path) -> None:
     """The config's student, randomly initialised, saved as train.py saves a checkpoint."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     from model.segmenter import build_segmenter
@@ -71,8 +75,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float, float
     return proc.returncode, seconds, usage.ru_maxrss / 1024  # Linux: kilobytes
 
 
-def main() -> int:
-    argv = sys.argv[1:]
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--write-scene"]:
         write_scene(Path(argv[1]), int(argv[2]))
         return 0
@@ -129,4 +133,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

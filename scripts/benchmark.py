@@ -20,26 +20,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import argparse
+import json
+import time
+from collections.abc import Callable
 
-import torch  # noqa: E402
+import torch
 
-from eval.inference import predict_logits, resolve_window  # noqa: E402
-from methods.common import pseudo_label  # noqa: E402
-from util.cli import add_config_args, config_from_args, run_main  # noqa: E402
-from util.config import Config  # noqa: E402
-from util.dist import init_distributed  # noqa: E402
-from util.ema import ema_update  # noqa: E402
-from util.errors import OutputError  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
-from util.precision import autocast_dtype  # noqa: E402
-from util.schedule import ema_ratio  # noqa: E402
-from util.speed import (  # noqa: E402
+from eval.inference import predict_logits, resolve_window
+from methods.common import pseudo_label
+from util.cli import add_config_args, config_from_args, run_main
+from util.config import Config
+from util.dist import init_distributed
+from util.ema import ema_update
+from util.errors import OutputError
+from util.io import check_output_folder
+from util.precision import autocast_dtype
+from util.schedule import ema_ratio
+from util.speed import (
     REFERENCE_OVERRIDES,
     adamw_like,
     emulate_gpu_precision,

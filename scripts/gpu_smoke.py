@@ -30,31 +30,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dataset.splits import split_file
+from util.cli import run_main
+from util.io import check_output_folder
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import torch  # noqa: E402
-
-from dataset.splits import split_file  # noqa: E402
-from util.cli import run_main  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
 
 METHODS = ("supervised", "fixmatch", "unimatch_v2")
 CONFIG = "configs/loveda.yaml"

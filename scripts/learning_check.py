@@ -26,24 +26,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import math
+import os
+import subprocess
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from dataset.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dataset.splits import split_file  # noqa: E402
-from util.cli import run_main  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
+from dataset.prepare import open_labels, rgb_array
+from dataset.splits import split_file
+from dataset.transforms import normalize
+from eval.metrics import ConfusionMatrix
+from util.cli import run_main
+from util.io import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "learning_check.yaml"
@@ -103,12 +106,6 @@ def pool_tiles(seed: int, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     # ... then reordered so that the 4 quadrants of a scene are adjacent: holding out the last tiles holds
     # out whole scenes.
     return torch.from_numpy(img[order]).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(lab[order]).long()
-
-
-def normalise(img_uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (img_uint8.float() / 255 - mean) / std
 
 
 def augment(img: torch.Tensor, lab: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,27 +197,29 @@ class Probe(nn.Module):
 
 def probe_miou(model: Probe, img: torch.Tensor, lab: torch.Tensor) -> dict:
     """Linear-probe scores on held-out tiles: token logits upsampled to pixels vs the pixel labels."""
-    conf = torch.zeros(NCLASS, NCLASS, dtype=torch.long)
+    cm = ConfusionMatrix(NCLASS)
     model.eval()
     with torch.no_grad():
         for i in range(0, len(img), 64):
-            x = normalise(img[i:i + 64])
+            x = normalize(img[i:i + 64])
             logits = model(x)
             g = model.grid
             logits = logits.transpose(1, 2).reshape(len(x), NCLASS, g, g)
             pred = F.interpolate(logits, size=lab.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
-            y = lab[i:i + 64]
-            keep = y != 255
-            conf += torch.bincount(y[keep] * NCLASS + pred[keep], minlength=NCLASS ** 2).view(NCLASS, NCLASS)
-    return confusion_scores(conf)
+            cm.update(pred, lab[i:i + 64])
+    return rounded_scores(cm)
 
 
-def confusion_scores(conf: torch.Tensor) -> dict:
-    inter = conf.diag().double()
-    union = conf.sum(0).double() + conf.sum(1).double() - inter
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.nan)
-    return {"miou": round(100 * float(iou.nanmean()), 2), "oa": round(100 * float(inter.sum() / conf.sum()), 2),
-            "iou": [round(100 * float(v), 1) for v in iou]}
+def rounded_scores(cm: ConfusionMatrix) -> dict:
+    """eval.metrics' scores as the probes report them: mIoU and OA (percent) to 2 decimals, per-class IoU to 1
+    (None: a class absent from both labels and predictions)."""
+    scores = cm.compute()
+
+    def rounded(value: float | None, digits: int) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return {"miou": rounded(scores["miou"], 2), "oa": rounded(scores["oa"], 2),
+            "iou": [rounded(v, 1) for v in scores["iou"]]}
 
 
 def train_probe(kind: str, img: torch.Tensor, lab: torch.Tensor, steps: int, seed: int) -> Probe:
@@ -238,7 +237,7 @@ def train_probe(kind: str, img: torch.Tensor, lab: torch.Tensor, steps: int, see
         idx = torch.randint(0, len(img), (batch,), generator=g)
         x, y = augment(img[idx], lab[idx], g)
         target, weight = soft_targets(y, model.grid)
-        logp = model(normalise(x)).log_softmax(-1)
+        logp = model(normalize(x)).log_softmax(-1)
         loss = -((target * logp).sum(-1) * weight).sum() / weight.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,10 +266,9 @@ def colour_probe(img: torch.Tensor, lab: torch.Tensor, held_img: torch.Tensor, h
     with torch.no_grad():
         hp = held_img.permute(0, 2, 3, 1).reshape(-1, 3).float() / 255
         pred = mlp(hp).argmax(1)
-    hy = held_lab.reshape(-1)
-    k = hy != 255
-    conf = torch.bincount(hy[k] * NCLASS + pred[k], minlength=NCLASS ** 2).view(NCLASS, NCLASS)
-    return confusion_scores(conf)
+    cm = ConfusionMatrix(NCLASS)
+    cm.update(pred, held_lab.reshape(-1))
+    return rounded_scores(cm)
 
 
 def save_dino(encoder: nn.Module, path: Path) -> None:
@@ -372,7 +370,7 @@ def probe_random(model: Probe, img, lab, held_img, held_lab, steps: int, seed: i
         x, y = augment(img[idx], lab[idx], g)
         target, weight = soft_targets(y, model.grid)
         with torch.no_grad():
-            f = model.features(normalise(x))
+            f = model.features(normalize(x))
         logp = model.head(f).log_softmax(-1)
         loss = -((target * logp).sum(-1) * weight).sum() / weight.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
@@ -494,11 +492,9 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
         root = Path(cfg.dataset.root)
         lines = split_file(cfg.dataset.splits, "unlabeled", cfg.dataset.split).read_text().split("\n")
         pairs = [line.split() for line in lines if line.strip()]
-        from PIL import Image
-
-        imgs = torch.from_numpy(np.stack([np.array(Image.open(root / a).convert("RGB")) for a, _ in pairs]))
-        masks = torch.from_numpy(np.stack([np.array(Image.open(root / b)) for _, b in pairs])).long()
-        x_all = normalise(imgs.permute(0, 3, 1, 2))
+        imgs = torch.from_numpy(np.stack([rgb_array(root / a) for a, _ in pairs]))
+        masks = torch.from_numpy(np.stack([open_labels(root / b) for _, b in pairs])).long()
+        x_all = normalize(imgs.permute(0, 3, 1, 2))
         res = {}
         for ckpt in ("latest.pth",):
             for which in ("ema", "student"):

@@ -1,8 +1,6 @@
 """dataset/synthetic_shift.py (the learning check's scenes) and the teacher files of scripts/learning_check.py."""
 
 import hashlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +58,8 @@ def test_shift_tree_prepares_like_loveda_and_leaves_the_demo_generator_alone(tmp
 
 
 def test_teacher_files_load_through_the_trainers_path(tmp_path):
-    spec = importlib.util.spec_from_file_location("learning_check", REPO / "scripts" / "learning_check.py")
-    lc = importlib.util.module_from_spec(spec)
-    sys.modules["learning_check"] = lc
-    spec.loader.exec_module(lc)
+    from scripts import learning_check as lc
+
     torch.manual_seed(0)
     dino, clip = lc.Probe("dino"), lc.Probe("clip")
     lc.save_dino(dino.teacher.encoder, tmp_path / "dinov2_tiny.pth")
@@ -83,3 +79,12 @@ def test_teacher_files_load_through_the_trainers_path(tmp_path):
     with torch.no_grad():
         assert torch.allclose(out["dino"], dino.features(x), atol=1e-5)
         assert torch.allclose(out["clip"], clip.features(x), atol=1e-5)
+
+
+def test_probe_scores_are_eval_metrics_rounded():
+    from eval.metrics import ConfusionMatrix
+    from scripts.learning_check import rounded_scores
+
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([0, 0, 1, 0, 255, 1]))  # class 2 absent
+    assert rounded_scores(cm) == {"miou": 66.67, "oa": 80.0, "iou": [66.7, 66.7, None]}

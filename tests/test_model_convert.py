@@ -117,7 +117,7 @@ def test_unknown_authors_key_is_an_error(trained):
 def test_other_class_count_is_named(tmp_path, trained):
     path = tmp_path / "potsdam.pth"
     torch.save({"model": trained[0].state_dict()}, path)
-    cfg = tiny_cfg(dataset={"name": "potsdam", "nclass": 6})
+    cfg = tiny_cfg(dataset={"name": "potsdam"})  # 6 classes
     with pytest.raises(WeightsError, match=r"potsdam\.pth was trained for 7 classes, config says 6"):
         load_segmenter_weights(build_segmenter(cfg), path)
 

@@ -1,0 +1,54 @@
+"""Every command-line entry point starts both ways a user runs it, from any folder: `python path/to/file.py`
+and `python -m package.module`; importing one (as the tests do) leaves sys.path alone."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.train_fixtures import REPO
+
+# (file, module) of each entry point; None: that way of running it is not supported.
+ENTRY_POINTS = [
+    ("train.py", "train"),
+    ("eval/eval.py", "eval.eval"),
+    ("eval/predict.py", "eval.predict"),
+    ("eval/report.py", "eval.report"),
+    ("scripts/benchmark.py", "scripts.benchmark"),
+    ("scripts/bench_predict.py", "scripts.bench_predict"),
+    ("scripts/gpu_smoke.py", "scripts.gpu_smoke"),
+    ("scripts/learning_check.py", "scripts.learning_check"),
+    ("dataset/prepare.py", "dataset.prepare"),
+    ("dataset/splits.py", "dataset.splits"),
+    ("dataset/synthetic.py", "dataset.synthetic"),
+    ("dataset/synthetic_shift.py", "dataset.synthetic_shift"),
+    (None, "model.check"),
+]
+# Modules whose import must not touch sys.path (the shim runs only when the file itself is run).
+NO_PATH_EDIT = [m for f, m in ENTRY_POINTS if f is not None and m != "eval.report"]
+
+
+def invocations():
+    for file, module in ENTRY_POINTS:
+        if file is not None:
+            yield pytest.param(file, None, id=file)
+        yield pytest.param(None, module, id=f"-m {module}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file, module", list(invocations()))
+def test_help_works_as_a_file_from_anywhere_and_as_a_module(file, module, tmp_path):
+    # A file is run from another folder (by its absolute path); a module from the repository root.
+    argv, cwd = ([str(REPO / file)], tmp_path) if file else (["-m", module], REPO)
+    done = subprocess.run([sys.executable, *argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "Traceback" not in done.stderr
+
+
+def test_importing_an_entry_point_leaves_sys_path_alone():
+    code = ("import importlib, sys; before = list(sys.path)\n"
+            f"for name in {NO_PATH_EDIT!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    assert sys.path == before, (name, sys.path[:3])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
