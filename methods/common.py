@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 from dataset.info import IGNORE_INDEX, UNLABELED_PAD
 
 if TYPE_CHECKING:
+    from model.segmenter import SegmenterOutput
     from util.config import Config
 
 Losses = dict[str, torch.Tensor]
@@ -52,7 +53,7 @@ class StepSettings:
         t = cfg.train
         return cls(conf_thresh=t.conf_thresh,
                    loss_weights=LossWeights(x=t.loss_weights.x, u=t.loss_weights.u, dis=t.loss_weights.dis),
-                   distill_weights=MappingProxyType(dict(cfg.distill.weights)),
+                   distill_weights=MappingProxyType({name: w for name, w in cfg.distill.weights.items()}),
                    channel_p=t.feature_drop.channel_p, pair_fraction=t.feature_drop.pair_fraction)
 
 
@@ -61,8 +62,8 @@ class StepContext:
     """Everything a method needs for one training step besides the batch."""
 
     settings: StepSettings
-    # The trainable segmenter called for training: returns SegmenterOutput (DDP-wrapped when distributed).
-    student: Callable[..., object]
+    # The trainable segmenter called for training (DDP-wrapped when distributed).
+    student: Callable[..., SegmenterOutput]
     ema: nn.Module
     teachers: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None
     # Random draws of this step (UniMatch V2's channel masks): seeded from (seed, iteration, rank).
@@ -117,4 +118,4 @@ def weighted_total(w: LossWeights, loss_x: torch.Tensor, loss_u: torch.Tensor | 
     terms = [(w.x, loss_x), (w.u, loss_u), (w.dis, loss_dis)]
     present = [(weight, term) for weight, term in terms if term is not None]
     total_weight = sum(weight for weight, _ in present)
-    return sum(weight * term for weight, term in present) / max(total_weight, 1e-12)
+    return cast(torch.Tensor, sum(weight * term for weight, term in present)) / max(total_weight, 1e-12)

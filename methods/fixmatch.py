@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from methods.common import (
@@ -15,8 +17,15 @@ from methods.common import (
     weighted_total,
 )
 
+if TYPE_CHECKING:
+    from model.segmenter import SegmenterOutput
 
-def cutmixed_targets(batch: dict, pseudo: PseudoLabels, view: int = 0) -> tuple[torch.Tensor, ...]:
+
+# A CutMixed strong view: the images, and the pseudo-labels, confidences and ignore mask mixed alike.
+MixedView = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def cutmixed_targets(batch: dict, pseudo: PseudoLabels, view: int = 0) -> MixedView:
     """Strong view `view` CutMixed within the batch, with pseudo-labels, confidences and ignore mixed alike."""
     conf_u_w, mask_u_w = pseudo
     box = batch["cutmix_box"][:, view]
@@ -24,8 +33,8 @@ def cutmixed_targets(batch: dict, pseudo: PseudoLabels, view: int = 0) -> tuple[
     return img_u_s, mix(mask_u_w, box), mix(conf_u_w, box), mix(batch["ignore_mask"], box)
 
 
-def consistency_forward(ctx: StepContext, batch: dict) -> tuple[object, torch.Tensor, Losses, torch.Tensor,
-                                                                 torch.Tensor]:
+def consistency_forward(ctx: StepContext, batch: dict) -> tuple[SegmenterOutput, torch.Tensor, Losses,
+                                                                 torch.Tensor, torch.Tensor]:
     """Steps 1-4 shared by FixMatch and RS-MTDF: pseudo-labels, CutMix, one student forward, L_x and L_u.
 
     Returns the student's output, its input (labelled + strong crops), the logged terms, L_x and L_u.

@@ -42,8 +42,9 @@ def unimatch_v2_step(ctx: StepContext, batch: dict) -> Losses:
     logits_x, logits_u1, logits_u2 = out.logits.split([b_x, b_u, b_u])
     loss_x = cross_entropy_x(logits_x, batch["mask_x"])
     thresh = settings.conf_thresh
-    loss_u1, ratio1 = unsupervised_loss(logits_u1, *views[0][1:], thresh)
-    loss_u2, ratio2 = unsupervised_loss(logits_u2, *views[1][1:], thresh)
+    (_, mask_u1, conf_u1, ignore_u1), (_, mask_u2, conf_u2, ignore_u2) = views
+    loss_u1, ratio1 = unsupervised_loss(logits_u1, mask_u1, conf_u1, ignore_u1, thresh)
+    loss_u2, ratio2 = unsupervised_loss(logits_u2, mask_u2, conf_u2, ignore_u2, thresh)
     loss_u = (loss_u1 + loss_u2) / 2
     return {"loss": weighted_total(settings.loss_weights, loss_x, loss_u), "loss_x": loss_x.detach(),
             "loss_u": loss_u.detach(), "mask_ratio": (ratio1 + ratio2) / 2}
