@@ -153,8 +153,10 @@ def cutmix_box(size: int, aug: AugmentConfig, generator: torch.Generator) -> tor
 
 @functools.cache
 def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
-            torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+    # Cached per device, so never made as inference tensors (which autograd could not use later).
+    with torch.inference_mode(False):
+        return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+                torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
 
 
 def normalize(img: torch.Tensor) -> torch.Tensor:
