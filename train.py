@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ from dataset.splits import PER_PERCENT, SHARED, read_list, split_file
 from eval.evaluate import build_eval_loader, evaluate
 from methods import METHODS, Method
 from methods.common import StepContext, StepSettings
-from model.segmenter import build_segmenter
+from model.segmenter import Segmenter, build_segmenter
 from model.teachers import build_teachers
 from model.weights import check_weight_files
 from util.checkpoint import RunLock, atomic_save, atomic_write_text, load_own_checkpoint
@@ -78,7 +78,7 @@ class NonFiniteLoss(UserError):
 class TrainForward(nn.Module):
     """Calls the segmenter's training forward through __call__, so DDP sees and synchronises it."""
 
-    def __init__(self, segmenter: nn.Module) -> None:
+    def __init__(self, segmenter: Segmenter) -> None:
         super().__init__()
         self.segmenter = segmenter
 
@@ -86,7 +86,7 @@ class TrainForward(nn.Module):
         return self.segmenter.forward_train(img, feature_mask)
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+def build_optimizer(model: Segmenter, cfg: Config) -> torch.optim.AdamW:
     """AdamW over trainable parameters only: the encoder at lr, everything else at lr * lr_multi."""
     groups = [{"params": list(model.encoder_parameters()), "lr_scale": 1.0},
               {"params": list(model.head_parameters()), "lr_scale": cfg.train.lr_multi}]
@@ -185,7 +185,8 @@ class Trainer:
         self.log = setup_logger(None, info.is_main)
         self.writer: SummaryWriter | None = None
         # A CPU group for the stop flag, so that agreeing on SIGTERM never waits on the GPU stream.
-        self.flag_group = dist.new_group(backend="gloo") if self.distributed else None
+        self.flag_group = (cast(dist.ProcessGroup, dist.new_group(backend="gloo")) if self.distributed
+                           else None)
         self.flops_per_step, self.peak_tflops = self._flops_for_mfu() if with_data else (None, None)
 
     def _flops_for_mfu(self) -> tuple[int | None, float | None]:
@@ -257,7 +258,7 @@ class Trainer:
 
     def state(self, epoch: int) -> dict[str, Any]:
         """Everything needed to continue exactly: no teacher weights (they are rebuilt from pretrained/)."""
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"model": self.model.state_dict(), "model_ema": self.ema.state_dict(),
@@ -431,8 +432,9 @@ class Trainer:
         """Train from iteration `start` of `epoch` to its end; False if stopped by SIGTERM."""
         cfg = self.cfg
         for loader in self.loaders:
-            loader.sampler.set_epoch(epoch)
-            loader.sampler.set_start(start * self.batch_size)
+            sampler = cast(SeededSampler, loader.sampler)
+            sampler.set_epoch(epoch)
+            sampler.set_start(start * self.batch_size)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         tick, ticked_at = time.perf_counter(), self.iteration
@@ -467,9 +469,10 @@ class Trainer:
         scalars = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
         scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
         scalars["train/images_per_s"] = per_step * steps / max(now - tick, 1e-9)
-        if self.flops_per_step is not None:
-            scalars["train/mfu"] = model_flops_utilisation(self.flops_per_step, max(now - tick, 1e-9) / max(steps, 1),
-                                                           self.peak_tflops)
+        mfu = (model_flops_utilisation(self.flops_per_step, max(now - tick, 1e-9) / max(steps, 1), self.peak_tflops)
+               if self.flops_per_step is not None else None)
+        if mfu is not None:  # always, given FLOPs: they are only counted where the GPU's peak is known
+            scalars["train/mfu"] = mfu
         if self.device.type == "cuda":
             scalars["train/gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.writer:
