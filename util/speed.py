@@ -16,6 +16,7 @@ their `teachers.*.precision` and channels-last convolutions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ def use_unfused_attention(*modules: nn.Module | None) -> int:
             continue
         for m in module.modules():
             if hasattr(m, "fused_attn"):
-                m.fused_attn = False
+                m.fused_attn = False  # type: ignore[assignment]  # timm's flag, set in its __init__
                 switched += 1
     return switched
 
@@ -269,7 +270,7 @@ def step_flops(cfg: Config) -> dict[str, Any]:
             for name, model in trainer.teachers.models.items():
                 dtype = trainer.teachers.autocast_dtype[name]
                 with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                    teachers[name] = count_flops(lambda m=model: m(images))
+                    teachers[name] = count_flops(functools.partial(model, images))
     parts = {"student_forward": forward, "student_backward": total - ema - forward - sum(teachers.values()),
              "ema_pseudo_labels": ema, **{f"teacher_{name}": v for name, v in teachers.items()}}
     b, crop = trainer.batch_size, cfg.dataset.crop_size
