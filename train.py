@@ -537,7 +537,8 @@ def refuse_foreign_files(run_dir: Path, cfg: Config) -> None:
     if latest.exists() or not best.exists():
         return
     try:
-        same_run = load_own_checkpoint(best).get("config") == cfg.to_dict()
+        saved = load_own_checkpoint(best).get("config")
+        same_run = isinstance(saved, dict) and not config_differences(saved, cfg.to_dict())
     except WeightsError:
         same_run = False
     if not same_run:

@@ -47,7 +47,7 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
     from model.segmenter import build_segmenter
 
     # The checkpoint holds every weight: the DINOv2 file named by model.pretrained is not read.
-    model = build_segmenter(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": None})}))
+    model = build_segmenter(cfg.replace({"model.pretrained": None}))
     which = load_segmenter_weights(model, checkpoint, which, cfg)
     return model.to(device).eval(), which
 

@@ -14,24 +14,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python eval/report.py`, Python puts eval/ first on the path, where eval.py would shadow the
-# `eval` package; the repository root must come first so that the project's packages import.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # run as a file: Python put eval/ first, where eval.py
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import math
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from util.cli import run_main  # noqa: E402
-from util.config import Config, read_yaml, upgrade_saved  # noqa: E402
-from util.errors import UserError, short_reason  # noqa: E402
-from util.io import check_output_folder  # noqa: E402
+from methods import METHODS
+from util.cli import run_main
+from util.config import Config, method_distils, method_names, read_yaml, upgrade_saved
+from util.errors import UserError, short_reason
+from util.io import atomic_paths, check_output_folder
 
-METHOD_ORDER = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+# Rows in the registry's order: the baseline first, RS-MTDF last.
+METHOD_ORDER = tuple(method_names())
 RUN_MARKERS = ("progress.json", "latest.pth", "best.pth")
 # Only train.py writes these two names: a folder holding one without config.yaml is a damaged run, whereas a
 # lone best.pth is as likely a downloaded checkpoint.
@@ -105,11 +106,11 @@ def _lookup(raw: dict[str, Any], key: str, default: Any = REQUIRED) -> Any:
 def ablation_label(raw: dict[str, Any]) -> str:
     """rs_mtdf: 'dino+clip' | 'dino only' | 'clip only' [', no fusion'] [', teachers: <folder>']; others: '-'."""
     method = _lookup(raw, "train.method")
-    if method == "supervised":
+    if method in METHODS and not METHODS[method].unlabeled:
         # The baseline on the semi-supervised schedule makes other steps than the reference one: its own row.
         protocol = _lookup(raw, "train.supervised_protocol", "reference")
         return "-" if protocol == "reference" else str(protocol).replace("_", " ")
-    if method != "rs_mtdf":
+    if not method_distils(method):
         return "-"
     enabled = [name for name in ("dino", "clip") if _lookup(raw, f"teachers.{name}.enabled", True)]
     label = {("dino", "clip"): "dino+clip", ("dino",): "dino only", ("clip",): "clip only"}.get(tuple(enabled),
@@ -477,18 +478,12 @@ def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str,
     """report.md, report.json and report.png: all rendered to temporary names, then renamed."""
     out.mkdir(parents=True, exist_ok=True)
     key, title = plot_metric(rows)
-    tmp = {name: out / f".{name}.tmp" for name in ("report.md", "report.json", "report.png")}
-    try:
-        tmp["report.md"].write_text(render_markdown(rows, skipped, roots, title))
+    with atomic_paths(out / name for name in ("report.md", "report.json", "report.png")) as (md, js, png):
+        md.write_text(render_markdown(rows, skipped, roots, title))
         summary = {"unit": "percent", "roots": [str(r) for r in roots], "plot": {"metric": key, "title": title},
                    "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped]}
-        tmp["report.json"].write_text(json.dumps(summary, indent=2) + "\n")
-        plot_report(rows, key, title, tmp["report.png"])
-        for name, path in tmp.items():
-            os.replace(path, out / name)
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
+        js.write_text(json.dumps(summary, indent=2) + "\n")
+        plot_report(rows, key, title, png)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def _describe(state: dict[str, torch.Tensor], model: Segmenter, path: Path) -> s
     theirs = sorted({k.split(".")[1] for k in state if k.startswith("projections.")})
     if theirs != sorted(model.projections.keys()):
         return (f"checkpoint {path} fuses {theirs or 'no teachers'}, the config fuses "
-                f"{sorted(model.projections.keys()) or 'none'} (distill.fusion, distill.fusion_weights)")
+                f"{sorted(model.projections.keys()) or 'none'} (distill.fusion_weights)")
     return None
 
 

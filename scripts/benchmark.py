@@ -193,7 +193,7 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
     amp = autocast_dtype(cfg.train.precision, device, allow_cpu=gpu_like)
     n_images = cfg.eval.batch_size if not reference else 1
     img = torch.randn(n_images, 3, size, size, device=device)
-    sliding = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": "sliding_window"})})
+    sliding = cfg.replace({"eval.mode": "sliding_window"})
     window, stride = resolve_window(sliding)
     result: dict[str, object] = {"what": "eval", "reference": reference, "precision": str(amp or torch.float32),
                                  "tile": size, "window": window, "stride": stride}

@@ -53,12 +53,14 @@ from typing import Any
 import torch
 
 from dataset.splits import split_file
+from methods import METHODS as REGISTRY
 from util.cli import run_main
 from util.io import check_output_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
-METHODS = ("supervised", "fixmatch", "unimatch_v2")
+# Every method without teachers trains briefly; RS-MTDF gets the kill/resume and two-process stages below.
+METHODS = tuple(name for name, method in REGISTRY.items() if not method.teachers)
 CONFIG = "configs/loveda.yaml"
 # project entry point -> (module for running in this process, script for running in a child process)
 ENTRIES = {"train": ("train", "train.py"), "eval": ("eval.eval", "eval/eval.py"),

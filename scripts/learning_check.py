@@ -46,6 +46,7 @@ from dataset.splits import split_file
 from dataset.transforms import normalize
 from eval.metrics import ConfusionMatrix
 from util.cli import run_main
+from util.config import method_distils
 from util.io import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,9 @@ POOL_SEED = 1000        # the teachers' pool: another seed, so other scenes than
 POOL_SCENES = 1000      # -> 4000 tiles; the last 10 % are held out for the linear-probe score
 CROP = 84
 CLIP_INPUT = 42
+
+# Distillation without fusion: every teacher's fusion weight 0.
+NO_FUSION = "distill.fusion_weights={student: 1, dino: 0, clip: 0}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,13 +400,13 @@ def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
     for seed in seeds:
         for split in splits:
             for m in methods:
-                extra = teach if m == "rs_mtdf" else []
+                extra = teach if method_distils(m) else []
                 out.append((f"{m}_{split}_s{seed}", [f"train.method={m}", f"dataset.split={split}",
                                                       f"train.seed={seed}", *extra]))
             if split in ("5", "10") and not quick:
                 # Added after the first full run showed RS-MTDF ahead at 5 % and 10 %: is that the teachers'
                 # knowledge, or distillation as such (random teachers)? Does fusion add to it (no fusion)?
-                for name, over in (("random", teach_rand), ("nofusion", [*teach, "distill.fusion=false"])):
+                for name, over in (("random", teach_rand), ("nofusion", [*teach, NO_FUSION])):
                     out.append((f"rs_mtdf-{name}_{split}_s{seed}", ["train.method=rs_mtdf", f"dataset.split={split}",
                                                                    f"train.seed={seed}", *over]))
         ablations = {
@@ -413,7 +417,7 @@ def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
                                "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
             "rs_mtdf-clip_1": [*teach, "teachers.dino.enabled=false",
                                "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"],
-            "rs_mtdf-nofusion_1": [*teach, "distill.fusion=false"],
+            "rs_mtdf-nofusion_1": [*teach, NO_FUSION],
         }
         # Ablations at 1 %: both seeds in the full check (seed 1 added after the first full run), seed 0 in
         # --quick; the 100 % upper bound: seed 0, not in --quick.

@@ -25,7 +25,7 @@ ENTRY_POINTS = [
     (None, "model.check"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).
-NO_PATH_EDIT = [m for f, m in ENTRY_POINTS if f is not None and m != "eval.report"]
+NO_PATH_EDIT = [m for f, m in ENTRY_POINTS if f is not None]
 
 
 def invocations():
