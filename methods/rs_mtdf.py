@@ -1,14 +1,36 @@
 """RS-MTDF (SPEC §4): FixMatch plus distillation towards frozen DINOv2 and CLIP teachers.
 
-The distillation loss and the fusion of translated features live with the model: model/fusion.py
-(`distillation_loss`, `fuse_features`); the translators are part of the student (model/segmenter.py).
+The distillation loss is here; the translators and the fusion of their features into the 4th DPT input
+are part of the student (model/fusion.py, model/segmenter.py), since inference fuses too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
 from methods.common import Losses, StepContext, weighted_total
 from methods.fixmatch import consistency_forward
-from model.fusion import distillation_loss
+
+
+def distillation_loss(translated: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                      weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_dis = sum over teachers of weight * MSE(translated, teacher tokens); plain element-mean MSE in fp32."""
+    per_teacher: dict[str, torch.Tensor] = {}
+    for name, student in translated.items():
+        if name not in targets:
+            raise ValueError(f"no teacher features for '{name}' (teachers gave {sorted(targets)})")
+        target = targets[name]
+        if student.shape != target.shape:
+            raise ValueError(f"{name}: translated student features {tuple(student.shape)} and teacher features "
+                             f"{tuple(target.shape)} differ in shape")
+        per_teacher[name] = F.mse_loss(student.float(), target.float())
+    if not per_teacher:
+        raise ValueError("distillation_loss needs at least one translated teacher feature")
+    total = sum(weights.get(name, 0.0) * loss for name, loss in per_teacher.items())
+    return total, per_teacher
 
 
 def rs_mtdf_step(ctx: StepContext, batch: dict) -> Losses:

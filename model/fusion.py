@@ -1,4 +1,4 @@
-"""Feature translators, projections, the fused 4th DPT input and the distillation loss (SPEC §3)."""
+"""Feature translators, projections and the fused 4th DPT input (SPEC §3); the loss is in methods/rs_mtdf.py."""
 
 from __future__ import annotations
 
@@ -43,20 +43,3 @@ def fuse_features(f: torch.Tensor, translated: Mapping[str, torch.Tensor], proje
         fused = fused + weights[name] * projected
     return fused
 
-
-def distillation_loss(translated: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                      weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_dis = sum over teachers of weight * MSE(translated, teacher tokens); plain element-mean MSE in fp32."""
-    per_teacher: dict[str, torch.Tensor] = {}
-    for name, student in translated.items():
-        if name not in targets:
-            raise ValueError(f"no teacher features for '{name}' (teachers gave {sorted(targets)})")
-        target = targets[name]
-        if student.shape != target.shape:
-            raise ValueError(f"{name}: translated student features {tuple(student.shape)} and teacher features "
-                             f"{tuple(target.shape)} differ in shape")
-        per_teacher[name] = F.mse_loss(student.float(), target.float())
-    if not per_teacher:
-        raise ValueError("distillation_loss needs at least one translated teacher feature")
-    total = sum(weights.get(name, 0.0) * loss for name, loss in per_teacher.items())
-    return total, per_teacher

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from test_model_encoder import official_dinov2_state
 from test_model_teachers import tiny_cfg
 
-from model.fusion import distillation_loss, tokens_to_map
+from methods.rs_mtdf import distillation_loss
+from model.fusion import tokens_to_map
 from model.segmenter import Segmenter, build_segmenter
 from model.teachers import build_teachers
 from util.errors import WeightsError
