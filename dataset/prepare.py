@@ -43,7 +43,7 @@ from functools import partial
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from dataset.info import DATASETS, IGNORE_INDEX
@@ -67,7 +67,7 @@ from util.io import check_output_folder, open_image, save_png, write_text
 try:
     import fcntl
 except ImportError:  # not POSIX: runs are not locked
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 OPTIONS_FILE = ".prepare_options.json"
 LOCK_FILE = ".prepare.lock"
@@ -215,7 +215,7 @@ LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 def _rawmode(im: Image.Image) -> str:
     """How the file stores the pixels (e.g. 'RGB;16B'), before PIL reduces them to its mode; '' if unknown."""
-    if not im.tile:
+    if not isinstance(im, ImageFile.ImageFile) or not im.tile:  # an image read from a file
         return ""
     args = im.tile[0][3]  # (codec, extents, offset, args)
     first = args[0] if isinstance(args, tuple) and args else args

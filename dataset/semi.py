@@ -136,18 +136,23 @@ class SemiDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _labels(self, mask_path: Path | None, image_path: Path, size: tuple[int, int]) -> torch.Tensor:
+        if mask_path is None:  # read_split already demands a mask for every mode but train_u
+            raise DataError(f"{self.split_file}: {image_path} has no mask, which the {self.mode} split needs")
+        return read_mask(mask_path, size, self.nclass)
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, sample_seed = item if isinstance(item, tuple) else (item, index_seed(self.seed, item))
         image_path, mask_path = self.samples[index]
         img = read_image(image_path)
         size = (img.shape[1], img.shape[2])
         if self.mode in ("val", "test"):
-            mask = read_mask(mask_path, size, self.nclass)
+            mask = self._labels(mask_path, image_path, size)
             return {"img": normalize(img), "mask": mask.long(), "name": image_path.stem}
 
         g = torch.Generator().manual_seed(sample_seed)
         if self.mode == "train_l":
-            mask = read_mask(mask_path, size, self.nclass)
+            mask = self._labels(mask_path, image_path, size)
             img, mask = weak_augment(img, mask, self.crop_size, self.augment, g, mask_pad=IGNORE_INDEX)
             return {"img": normalize(img), "mask": mask.long()}
 

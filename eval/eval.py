@@ -20,6 +20,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: Python put eval
 import argparse
 import json
 import os
+from typing import Literal
 
 import torch
 
@@ -35,7 +36,7 @@ from util.io import atomic_paths, check_output_folder
 from util.visualize import plot_confusion_matrix
 
 
-def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
+def load_model(cfg: Config, checkpoint: str | os.PathLike, which: Literal["student", "ema"] | None,
                device: torch.device) -> tuple[torch.nn.Module, str]:
     """The segmenter of `cfg` with the `which` weights of `checkpoint` in eval mode, and which they were.
 
@@ -48,8 +49,8 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, which: str | None,
 
     # The checkpoint holds every weight: the DINOv2 file named by model.pretrained is not read.
     model = build_segmenter(cfg.replace({"model.pretrained": None}))
-    which = load_segmenter_weights(model, checkpoint, which, cfg)
-    return model.to(device).eval(), which
+    loaded = load_segmenter_weights(model, checkpoint, which, cfg)
+    return model.to(device).eval(), loaded
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:

@@ -7,7 +7,8 @@ Used by train.py (after each epoch) and eval/eval.py. Each process scores a disj
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -34,7 +35,8 @@ def collate_by_size(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_eval_loader(dataset: Dataset, cfg: Config, dist_info: DistInfo | None = None) -> DataLoader:
     """A loader over this process's shard of `dataset`: items rank, rank + W, ... (no padding, no duplicates)."""
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info else (0, 1)
-    shard = Subset(dataset, shard_indices(len(dataset), rank, world))
+    # The eval datasets are map-style, with a length (torch's Dataset type does not say so).
+    shard = Subset(dataset, shard_indices(len(cast(Sized, dataset)), rank, world))
     # Sliding windows are batched inside one image; `original` mode batches whole images instead.
     per_step = cfg.eval.batch_size if cfg.eval.mode == "original" else 1
     return DataLoader(shard, batch_size=per_step, shuffle=False, num_workers=cfg.train.num_workers,

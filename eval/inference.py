@@ -86,7 +86,8 @@ def importance_map(window: int, blend: str = "uniform",
     return weight.to(device=device, dtype=torch.float32)
 
 
-def _check_sliding(window: int | None, stride: int | None, blend: str) -> int:
+def _check_sliding(window: int | None, stride: int | None, blend: str) -> tuple[int, int]:
+    """The window and stride to use (stride defaults to 2/3 of the window); errors name what is wrong."""
     if window is None:
         raise ValueError("sliding_window inference needs a window size")
     stride = stride or default_stride(window)
@@ -94,7 +95,7 @@ def _check_sliding(window: int | None, stride: int | None, blend: str) -> int:
         raise ValueError(f"stride {stride} must be in (0, window {window}]")
     if blend not in BLENDS:
         raise ValueError(f"unknown blend '{blend}' ({' | '.join(BLENDS)})")
-    return stride
+    return window, stride
 
 
 def _autocast(device_type: str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -111,7 +112,7 @@ def predict_logits(model: Model, img: torch.Tensor, mode: str = "original", wind
         if mode == "original":
             return _predict_original(model, img)
         if mode == "sliding_window":
-            stride = _check_sliding(window, stride, blend)
+            window, stride = _check_sliding(window, stride, blend)
             return _predict_sliding(model, img, window, stride, batch_size, blend)
     raise ValueError(f"unknown inference mode '{mode}' (original | sliding_window)")
 
@@ -194,7 +195,7 @@ def predict_rows(model: Model, read: Callable[[int, int], torch.Tensor], height:
     are finished, handed back and dropped as soon as the next window to run starts at or below y_k+1. At
     most about window + stride * (1 + batch_size / windows per row) rows are alive, whatever the height.
     """
-    stride = _check_sliding(window, stride, blend)
+    window, stride = _check_sliding(window, stride, blend)
     device = torch.device(device)
     hp, wp = max(height, window), max(width, window)
     ys, xs = window_starts(hp, window, stride), window_starts(wp, window, stride)

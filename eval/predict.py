@@ -287,7 +287,7 @@ def legend_png(names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=np.array(c) / 255, edgecolor="black", label=f"{i}  {n}")
+    handles = [Patch(facecolor=(c[0] / 255, c[1] / 255, c[2] / 255), edgecolor="black", label=f"{i}  {n}")
                for i, (n, c) in enumerate(zip(names, palette))]
     fig = plt.figure(figsize=(3.2, 0.3 + 0.3 * len(names)), dpi=100)
     fig.legend(handles=handles, loc="center", frameon=False, title="class", alignment="left")
@@ -525,14 +525,17 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
         for path, planned in zip(paths, plan):
             bar.set_postfix_str(path.name, refresh=False)
             start = bar.n
-            scene = outputs = None
+            scene: Scene | None = None
+            outputs: Outputs | None = None
             try:
                 scene = open_scene(path)
                 if isinstance(scene, RasterScene) and scene.src.count > 3:
                     tqdm.write(f"note: {path} has {scene.src.count} bands; bands 1-3 are read as red, green, "
                                f"blue", file=sys.stderr)
-                use_geotiff = isinstance(scene, RasterScene) and scene.georeferenced
-                outputs = (GeoTiffOutputs if use_geotiff else PngOutputs)(out, scene, style)
+                if isinstance(scene, RasterScene) and scene.georeferenced:
+                    outputs = GeoTiffOutputs(out, scene, style)
+                else:
+                    outputs = PngOutputs(out, scene, style)
                 predict_scene(model, scene, outputs, settings, device, amp_dtype, bar)
                 outputs.commit()
             except (UserError, OSError, ValueError, RasterioError) as e:

@@ -6,6 +6,8 @@ are part of the student (model/fusion.py, model/segmenter.py), since inference f
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 
 import torch
@@ -29,8 +31,8 @@ def distillation_loss(translated: Mapping[str, torch.Tensor], targets: Mapping[s
         per_teacher[name] = F.mse_loss(student.float(), target.float())
     if not per_teacher:
         raise ValueError("distillation_loss needs at least one translated teacher feature")
-    total = sum(weights.get(name, 0.0) * loss for name, loss in per_teacher.items())
-    return total, per_teacher
+    weighted = [weights.get(name, 0.0) * loss for name, loss in per_teacher.items()]
+    return functools.reduce(operator.add, weighted), per_teacher
 
 
 def rs_mtdf_step(ctx: StepContext, batch: dict) -> Losses:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +24,7 @@ TEACHER_PREFIXES = ("Dino_teacher_model.", "clip_model.", "dino_teacher_model.",
 # for the (absent) skip input of the deepest DPT fusion block.
 UNUSED = ("backbone.mask_token", "head.scratch.refinenet4.resConfUnit1.")
 
-RENAMES = [  # authors' key pattern -> ours, applied to the first that matches
+RENAMES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [  # authors' key -> ours, the first match
     (r"^backbone\.(.*)$", lambda m: "encoder." + dinov2_key(m[1])),
     (r"^head\.projects\.", "head.projects."),
     (r"^head\.resize_layers\.", "head.resize."),
@@ -67,7 +68,7 @@ def convert_authors_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torc
 
 def _numpy_globals() -> list:
     # The authors' files may hold numpy scalars (e.g. previous_best); these types only rebuild numbers.
-    return [np._core.multiarray.scalar, np.dtype,
+    return [np._core.multiarray.scalar, np.dtype,  # type: ignore[attr-defined]  # numpy 2's module, unstubbed
             *(getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType"))]
 
 
@@ -99,14 +100,14 @@ def _describe(state: dict[str, torch.Tensor], model: Segmenter, path: Path) -> s
         theirs = next((n for n, s in SIZES.items() if (s.embed_dim, s.depth) == (pos.shape[-1], depth)), "unknown")
         if theirs != model.backbone:
             return f"checkpoint {path} holds a {theirs} backbone, config says {model.backbone} (model.backbone)"
-    theirs = sorted({k.split(".")[1] for k in state if k.startswith("translators.")})
+    translators = sorted({k.split(".")[1] for k in state if k.startswith("translators.")})
     ours = sorted(model.translators.keys())
-    if theirs != ours:
-        return (f"checkpoint {path} has translators for {theirs or 'no teachers'}, the config distils "
+    if translators != ours:
+        return (f"checkpoint {path} has translators for {translators or 'no teachers'}, the config distils "
                 f"{ours or 'none'} (train.method, teachers.*.enabled)")
-    theirs = sorted({k.split(".")[1] for k in state if k.startswith("projections.")})
-    if theirs != sorted(model.projections.keys()):
-        return (f"checkpoint {path} fuses {theirs or 'no teachers'}, the config fuses "
+    projections = sorted({k.split(".")[1] for k in state if k.startswith("projections.")})
+    if projections != sorted(model.projections.keys()):
+        return (f"checkpoint {path} fuses {projections or 'no teachers'}, the config fuses "
                 f"{sorted(model.projections.keys()) or 'none'} (distill.fusion_weights)")
     return None
 

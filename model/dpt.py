@@ -32,6 +32,8 @@ class FusionBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None,
                 size: tuple[int, int] | None = None) -> torch.Tensor:
         if skip is not None:
+            if self.rcu1 is None:
+                raise ValueError("the deepest DPT fusion block takes no skip input")
             x = x + self.rcu1(skip)
         x = self.rcu2(x)
         if size is None:

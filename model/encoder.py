@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -88,17 +89,20 @@ class DinoEncoder(VisionTransformer):
     def set_fused_attn(self, enabled: bool) -> None:
         """Switch every block between SDPA and explicit softmax(QK^T)V attention."""
         for block in self.blocks:
-            block.attn.fused_attn = enabled
+            block.attn.fused_attn = enabled  # type: ignore[union-attr]  # timm's Attention, typed as Module
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         b, gh, gw, c = x.shape
+        if self.cls_token is None or self.pos_embed is None:
+            raise RuntimeError("the DINOv2 encoder is built with a class token and position embeddings")
         x = torch.cat((self.cls_token.expand(b, -1, -1).to(x.dtype), x.reshape(b, gh * gw, c)), dim=1)
         return self.pos_drop(x + interpolate_pos_embed(self.pos_embed, gh, gw).to(x.dtype))
 
     def tokens_at(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
         """Patch tokens (B, h*w, D) after blocks `indices`, each through the final LayerNorm."""
-        return self.forward_intermediates(x, indices=indices, norm=True, stop_early=True, output_fmt="NLC",
-                                          intermediates_only=True)
+        tokens = self.forward_intermediates(x, indices=indices, norm=True, stop_early=True, output_fmt="NLC",
+                                            intermediates_only=True)
+        return cast(list[torch.Tensor], tokens)  # intermediates_only: a list, whatever timm's annotation says
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
         """The four token maps (B, h*w, D) that feed the DPT head, final norm applied, class token dropped."""

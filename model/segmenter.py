@@ -43,7 +43,7 @@ class Segmenter(nn.Module):
         fuses = fusion_weights is not None and any(fusion_weights.get(name, 0.0) != 0.0 for name in teacher_dims)
         if fusion_weights is not None and teacher_dims and not fuses and fusion_weights.get("student", 0.0) != 1.0:
             raise ValueError(f"fusion weights {dict(fusion_weights)} fuse no teacher: the student weight must be 1")
-        self.fusion_weights = dict(fusion_weights) if fuses else None
+        self.fusion_weights = dict(fusion_weights) if fusion_weights is not None and fuses else None
         self.projections = nn.ModuleDict({
             name: nn.Linear(dim, size.embed_dim) for name, dim in teacher_dims.items()
             if self.fusion_weights is not None and self.fusion_weights.get(name, 0.0) != 0.0})
@@ -106,7 +106,7 @@ def build_segmenter(cfg: Config) -> Segmenter:
     """The student of `cfg`, with translators for cfg.distill_teachers and the encoder's pretrained weights."""
     dims = {name: feature_dim(cfg, name) for name in cfg.distill_teachers}
     model = Segmenter(cfg.model.backbone, cfg.dataset.nclass, dims, cfg.distill.translator_hidden,
-                      cfg.distill.fusion_weights, cfg.teachers.clip.input_size,
+                      {name: w for name, w in cfg.distill.fusion_weights.items()}, cfg.teachers.clip.input_size,
                       cfg.model.lock_backbone, cfg.model.grad_checkpointing)
     if cfg.model.pretrained is not None:
         load_dinov2_weights(model.encoder, cfg.model.pretrained, "model.pretrained")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -69,6 +70,9 @@ def build_clip_tower(arch: str, input_size: int) -> VisionTransformer:
 class ClipTeacher(nn.Module):
     """CLIP: patch tokens of the last residual block, before ln_post and proj, on the input resized."""
 
+    renorm_scale: torch.Tensor
+    renorm_shift: torch.Tensor
+
     def __init__(self, arch: str, input_size: int, renormalize: bool) -> None:
         super().__init__()
         self.visual = build_clip_tower(arch, input_size)
@@ -133,7 +137,7 @@ def freeze(module: nn.Module) -> nn.Module:
 class Teachers:
     """The frozen teachers: called on the student's batch, returns {'dino': (B, h*w, Dd), 'clip': (B, n, Dc)}."""
 
-    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: dict[str, str],
+    def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: Mapping[str, str],
                  cpu_autocast: bool = False) -> None:
         self.models = {name: freeze(m).to(device) for name, m in models.items()}
         self.device = torch.device(device)

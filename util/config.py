@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from dataset.info import DATASETS
 from util.errors import ConfigError
@@ -519,7 +520,7 @@ def _field_names(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_error(err: dict[str, Any], source: str) -> str:
+def _format_error(err: ErrorDetails, source: str) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":

@@ -19,7 +19,7 @@ def make_ema(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, ratio: float) -> None:
     """theta_ema = ratio * theta_ema + (1 - ratio) * theta, for every parameter; buffers are copied."""
-    ema_params = list(ema.parameters())
+    ema_params: list[torch.Tensor] = list(ema.parameters())
     params = [p.detach() for p in model.parameters()]
     if len(ema_params) != len(params):
         raise ValueError("EMA and student have different parameter lists")

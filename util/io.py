@@ -68,11 +68,11 @@ def temporary_path(target: str | os.PathLike) -> Path:
 def atomic_paths(targets: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
     """Temporary paths for `targets`, to be written inside the block; on success each is flushed to disk and
     renamed over its target, on any failure all are removed and the targets are left as they were."""
-    targets = [Path(t) for t in targets]
-    temporary = [temporary_path(t) for t in targets]
+    paths = [Path(t) for t in targets]
+    temporary = [temporary_path(t) for t in paths]
     try:
         yield temporary
-        commit(temporary, targets)
+        commit(temporary, paths)
     except BaseException:
         for path in temporary:
             path.unlink(missing_ok=True)
