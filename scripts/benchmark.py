@@ -24,9 +24,11 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
+from typing import Any, Literal, NotRequired, TypedDict
 
 import torch
 
@@ -65,6 +67,66 @@ CARDS_GIB = (16, 24, 40, 48, 80)
 OVERHEAD_GIB, FRAGMENTATION = 0.75, 1.10
 GIB = 2 ** 30
 
+EvalMode = Literal["original", "sliding_window"]
+EVAL_MODES: tuple[EvalMode, ...] = ("original", "sliding_window")
+Variant = Literal["ours", "reference"]
+
+
+class TrainResult(TypedDict):
+    """bench_train's figures; the keys not required are there only for ours, or given FLOPs / an estimate."""
+
+    what: Literal["train"]
+    reference: bool
+    method: str
+    precision: str
+    gpu_like_on_cpu: bool
+    batch: str
+    crop: int
+    images_per_s: float
+    ms_per_step: float
+    ms_breakdown: dict[str, float]
+    peak_memory_gb: float | None
+    peak_reserved_gb: float | None
+    fused_adamw_error: NotRequired[str]
+    adamw_ms: NotRequired[dict[str, float | None]]
+    peak_memory_estimate_gb: NotRequired[float]
+    tflop_per_step: NotRequired[float]
+    achieved_tflops: NotRequired[float]
+    peak_bf16_tflops: NotRequired[float | None]
+    mfu: NotRequired[float | None]
+    achieved_tflops_by_part: NotRequired[dict[str, float | None]]
+
+
+class EvalModeResult(TypedDict):
+    """bench_eval's figures for one inference mode."""
+
+    images_per_s: float
+    windows_per_s: float
+    forwards_batched: int
+    peak_memory_gb: float | None
+
+
+class EvalResult(TypedDict):
+    """bench_eval's figures: the setting, then one entry per mode of EVAL_MODES."""
+
+    what: Literal["eval"]
+    reference: bool
+    precision: str
+    tile: int
+    window: int
+    stride: int
+    original: EvalModeResult
+    sliding_window: EvalModeResult
+
+
+class MemoryReport(TypedDict):
+    """memory_report: util.speed.step_memory of both ways (with 'fits_card_gib' added) and their ratio."""
+
+    ours: dict[str, Any]
+    reference: dict[str, Any]
+    ratio: float
+    rule: str
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -98,8 +160,8 @@ def reset_peak(device: torch.device) -> None:
 
 
 def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like: bool = False,
-                flops: dict | None = None, peak_tflops: float | None = None,
-                memory_estimate: dict | None = None) -> dict[str, object]:
+                flops: dict[str, Any] | None = None, peak_tflops: float | None = None,
+                memory_estimate: dict[str, Any] | None = None) -> TrainResult:
     """Images/s of full training steps, the step broken into its parts, peak memory, and MFU given `flops`."""
     from train import Trainer
 
@@ -132,13 +194,13 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
                 return fn()
         return run
 
-    parts = {}
+    parts: dict[str, float] = {}
     if trainer.method.unlabeled:
         parts["ema_pseudo_labels"] = timed(under_autocast(lambda: pseudo_label(trainer.ema, batch["img_u_w"])),
                                            iters, 1, device)
     if trainer.teachers is not None:
         images = student_input(trainer, batch)
-        parts["teachers"] = timed(lambda: trainer.teachers(images), iters, 1, device)
+        parts["teachers"] = timed(functools.partial(trainer.teachers, images), iters, 1, device)
 
     def optimizer_and_ema() -> None:
         trainer.optimizer.step()
@@ -148,7 +210,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
     parts["student_forward_backward"] = max(0.0, seconds - sum(parts.values()))
     images_per_step = trainer.batch_size * (2 if trainer.method.unlabeled else 1)
     b = trainer.batch_size
-    result: dict[str, object] = {
+    result: TrainResult = {
         "what": "train", "reference": reference, "method": cfg.train.method,
         "precision": str(amp or torch.float32), "gpu_like_on_cpu": gpu_like and device.type == "cpu",
         "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
@@ -157,7 +219,8 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
         "peak_reserved_gb": reserved}
     if not reference:
         # Today's AdamW (multi-tensor) against fused AdamW on the same gradients: the case for `fused=True`.
-        adamw = {"foreach": timed(adamw_like(trainer.optimizer, fused=False).step, iters, 1, device)}
+        adamw: dict[str, float | None] = {
+            "foreach": timed(adamw_like(trainer.optimizer, fused=False).step, iters, 1, device)}
         try:
             adamw["fused"] = timed(adamw_like(trainer.optimizer, fused=True).step, iters, 1, device)
         except RuntimeError as e:  # fused AdamW on this device/PyTorch is not supported
@@ -182,7 +245,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
 
 
 def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
-               gpu_like: bool = False) -> dict[str, object]:
+               gpu_like: bool = False) -> EvalResult:
     """Images/s (and windows/s) of whole-image inference in both modes on `size` x `size` tiles."""
     from model.segmenter import build_segmenter
 
@@ -195,17 +258,18 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
     img = torch.randn(n_images, 3, size, size, device=device)
     sliding = cfg.replace({"eval.mode": "sliding_window"})
     window, stride = resolve_window(sliding)
-    result: dict[str, object] = {"what": "eval", "reference": reference, "precision": str(amp or torch.float32),
-                                 "tile": size, "window": window, "stride": stride}
-    for mode in ("original", "sliding_window"):
+    modes: dict[EvalMode, EvalModeResult] = {}
+    for mode in EVAL_MODES:
         reset_peak(device)
-        seconds = timed(lambda mode=mode: predict_logits(model, img, mode, window, stride, cfg.eval.batch_size, amp),
+        seconds = timed(functools.partial(predict_logits, model, img, mode, window, stride, cfg.eval.batch_size, amp),
                         iters, warmup, device)
         n_windows = len(range(0, max(size - window, 0), stride)) + 1
         per_image = n_windows ** 2 if mode == "sliding_window" else 1
-        result[mode] = {"images_per_s": n_images / seconds, "windows_per_s": n_images * per_image / seconds,
-                        "forwards_batched": cfg.eval.batch_size, "peak_memory_gb": peak_memory_gb(device)}
-    return result
+        modes[mode] = {"images_per_s": n_images / seconds, "windows_per_s": n_images * per_image / seconds,
+                       "forwards_batched": cfg.eval.batch_size, "peak_memory_gb": peak_memory_gb(device)}
+    return {"what": "eval", "reference": reference, "precision": str(amp or torch.float32), "tile": size,
+            "window": window, "stride": stride, "original": modes["original"],
+            "sliding_window": modes["sliding_window"]}
 
 
 def fits(peak_gib: float) -> dict[str, bool]:
@@ -214,7 +278,7 @@ def fits(peak_gib: float) -> dict[str, bool]:
     return {f"{card}": peak_gib * FRAGMENTATION + OVERHEAD_GIB <= card for card in CARDS_GIB}
 
 
-def memory_report(cfg_ours: Config, cfg_ref: Config) -> dict[str, object]:
+def memory_report(cfg_ours: Config, cfg_ref: Config) -> MemoryReport:
     """Expected peak GPU memory of a training step, ours and the reference way, and which cards it fits."""
     ours, ref = step_memory(cfg_ours), step_memory(cfg_ref, reference=True)
     for r in (ours, ref):
@@ -224,7 +288,7 @@ def memory_report(cfg_ours: Config, cfg_ref: Config) -> dict[str, object]:
                     f"allocator fragmentation on top of the tensors)"}
 
 
-def summary(result: dict[str, object]) -> str:
+def summary(result: TrainResult | EvalResult) -> str:
     name = "reference" if result["reference"] else "ours"
     if result["what"] == "train":
         mem = result["peak_memory_gb"]
@@ -237,16 +301,16 @@ def summary(result: dict[str, object]) -> str:
             f"({result['sliding_window']['windows_per_s']:.1f} windows/s)")
 
 
-def flops_summary(flops: dict[str, object]) -> str:
+def flops_summary(flops: dict[str, Any]) -> str:
     parts = ", ".join(f"{k} {v / 1e12:.2f} ({100 * flops['share'][k]:.0f} %)" for k, v in flops["parts"].items())
     return (f"flops per training step ({flops['method']}, {flops['batch']} crops of {flops['crop']}): "
             f"{flops['total'] / 1e12:.2f} TFLOP = {parts}")
 
 
-def memory_summary(memory: dict[str, object]) -> str:
+def memory_summary(memory: MemoryReport) -> str:
     ours, ref = memory["ours"], memory["reference"]
 
-    def cards(r: dict) -> str:
+    def cards(r: dict[str, Any]) -> str:
         ok = [c for c, fit in r["fits_card_gib"].items() if fit]
         return f"fits {min(ok, key=int)} GiB cards and up" if ok else f"fits none up to {CARDS_GIB[-1]} GiB"
 
@@ -255,13 +319,17 @@ def memory_summary(memory: dict[str, object]) -> str:
             f"({ref['precision']}, unfused attention, {cards(ref)})")
 
 
-def ratios(ours: dict[str, object], ref: dict[str, object]) -> dict[str, float | None]:
+def ratios(ours: TrainResult | EvalResult, ref: TrainResult | EvalResult) -> dict[str, float | None]:
     """Speed-up (ours / reference) and memory fraction (ours / reference) of one measured pair."""
     if ours["what"] == "train":
-        mem = (ours["peak_memory_gb"] / ref["peak_memory_gb"]) if ref["peak_memory_gb"] else None
+        assert ref["what"] == "train", "a pair is two measurements of the same kind"
+        mem = None
+        if ref["peak_memory_gb"]:
+            assert ours["peak_memory_gb"] is not None, "both measured on the same device"
+            mem = ours["peak_memory_gb"] / ref["peak_memory_gb"]
         return {"train_speedup": ours["images_per_s"] / ref["images_per_s"], "train_memory_fraction": mem}
-    return {f"eval_{mode}_speedup": ours[mode]["images_per_s"] / ref[mode]["images_per_s"]
-            for mode in ("original", "sliding_window")}
+    assert ref["what"] == "eval", "a pair is two measurements of the same kind"
+    return {f"eval_{mode}_speedup": ours[mode]["images_per_s"] / ref[mode]["images_per_s"] for mode in EVAL_MODES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = RANDOM_WEIGHTS + (TINY if args.tiny else [])
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)
     extra += ["train.compile=true"] * args.compile
-    only = "reference" if args.reference else "ours"
-    variants = {"ours": False, "reference": True} if args.both else {only: args.reference}
+    only: Variant = "reference" if args.reference else "ours"
+    variants: dict[Variant, bool] = {"ours": False, "reference": True} if args.both else {only: args.reference}
     cuda = torch.cuda.is_available()
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or (peak_bf16_tflops(device_name) if cuda else None)
@@ -320,19 +388,20 @@ def main(argv: list[str] | None = None) -> int:
         print(memory_summary(memory), flush=True)
 
     for what in whats:
-        results = {}
+        measured: dict[str, TrainResult | EvalResult] = {}
+        results: dict[str, TrainResult | EvalResult | dict[str, float | None]] = {}
         for name, reference in variants.items():
             cfg = cfg_ref if reference else cfg_ours
             torch.manual_seed(0)
             estimate = memory[name] if memory is not None else None
-            results[name] = (bench_train(cfg, args.iters, args.warmup, reference, args.cpu_amp, flops, peak, estimate)
-                             if what == "train"
-                             else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size, args.cpu_amp))
-            print(summary(results[name]), flush=True)
+            result = (bench_train(cfg, args.iters, args.warmup, reference, args.cpu_amp, flops, peak, estimate)
+                      if what == "train"
+                      else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size, args.cpu_amp))
+            measured[name] = results[name] = result
+            print(summary(result), flush=True)
         if args.both:
-            results["ratios"] = ratios(results["ours"], results["reference"])
-            print(f"{what} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()
-                                                 if v is not None))
+            results["ratios"] = pair = ratios(measured["ours"], measured["reference"])
+            print(f"{what} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in pair.items() if v is not None))
         report[what] = results
     text = json.dumps(report, indent=2)
     print(text)

@@ -35,6 +35,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -534,13 +535,13 @@ def main(argv: list[str] | None = None) -> int:
                     skip="skipped" if "gpu_tests" in skip else None if cuda else
                     "no GPU: the suite runs tests/test_gpu_paths.py on the CPU")
         for method in METHODS:
-            smoke.stage(f"train_{method}", lambda m=method: train_stage(smoke, m),
+            smoke.stage(f"train_{method}", functools.partial(train_stage, smoke, method),
                         skip="skipped" if f"train_{method}" in skip else None)
         killed = smoke.stage("rs_mtdf_killed", lambda: killed_stage(smoke))
         resumed = smoke.stage("rs_mtdf_resumed", lambda: resumed_stage(smoke),
                               skip=None if killed["status"] == "ok" else "the killed run failed")
         for mode in ("original", "sliding_window"):
-            smoke.stage(f"eval_{mode}", lambda m=mode: eval_stage(smoke, m),
+            smoke.stage(f"eval_{mode}", functools.partial(eval_stage, smoke, mode),
                         skip=None if resumed["status"] == "ok" else "no RS-MTDF checkpoint")
         smoke.stage("benchmark", lambda: benchmark_stage(smoke), skip="skipped" if "benchmark" in skip else None)
         two = cuda and torch.cuda.device_count() >= 2

@@ -174,18 +174,22 @@ class Probe(nn.Module):
 
     def __init__(self, kind: str) -> None:
         super().__init__()
+        from timm.layers import LayerScale
+
         from model.encoder import SIZES
         from model.teachers import CLIP_ARCHS, ClipTeacher, DinoTeacher
 
         self.kind = kind
+        self.teacher: DinoTeacher | ClipTeacher
         if kind == "dino":
             self.teacher = DinoTeacher("tiny")
             dim, self.grid = SIZES["tiny"].embed_dim, CROP // 14
             # A short supervised schedule: LayerScale starts at 0.1 rather than DINOv2's 1e-5 so that the
             # blocks contribute from the start (the saved gamma values are whatever training made of them).
             for block in self.teacher.encoder.blocks:
-                block.ls1.gamma.data.fill_(0.1)
-                block.ls2.gamma.data.fill_(0.1)
+                for layer_scale in (block.ls1, block.ls2):  # timm's Block: Tensor | Module to mypy
+                    assert isinstance(layer_scale, LayerScale), type(layer_scale)
+                    layer_scale.gamma.data.fill_(0.1)
         else:
             self.teacher = ClipTeacher("tiny", CLIP_INPUT, renormalize=False)
             dim, self.grid = CLIP_ARCHS["tiny"].width, CLIP_INPUT // 14
@@ -295,6 +299,7 @@ def verify_teachers(folder: Path) -> None:
     cfg = load_config(CONFIG, [f"teachers.dino.weights={folder / 'dinov2_tiny.pth'}",
                                f"teachers.clip.weights={folder / 'clip_tiny.pt'}"])
     teachers = build_teachers(cfg, "cpu")
+    assert teachers is not None, "configs/learning_check.yaml (rs_mtdf) distils from both teachers"
     x = torch.randn(2, 3, CROP, CROP)
     out = teachers(x)
     assert out["dino"].shape == (2, (CROP // 14) ** 2, 64), out["dino"].shape
@@ -340,12 +345,17 @@ def make_teacher(work: Path, kind: str, steps: int) -> None:
                                                                 held_lab)
     files[kind].parent.mkdir(parents=True, exist_ok=True)
     files[f"{kind}_random"].parent.mkdir(parents=True, exist_ok=True)
+    from model.teachers import ClipTeacher, DinoTeacher  # imported already by Probe
+
+    teacher, random_teacher = model.teacher, random_probe.teacher
     if kind == "dino":
-        save_dino(model.teacher.encoder, files[kind])
-        save_dino(random_probe.teacher.encoder, files[f"{kind}_random"])
+        assert isinstance(teacher, DinoTeacher) and isinstance(random_teacher, DinoTeacher)
+        save_dino(teacher.encoder, files[kind])
+        save_dino(random_teacher.encoder, files[f"{kind}_random"])
     else:
-        save_clip(model.teacher.visual, files[kind])
-        save_clip(random_probe.teacher.visual, files[f"{kind}_random"])
+        assert isinstance(teacher, ClipTeacher) and isinstance(random_teacher, ClipTeacher)
+        save_clip(teacher.visual, files[kind])
+        save_clip(random_teacher.visual, files[f"{kind}_random"])
     result["seconds"] = round(time.time() - start)
     record.write_text(json.dumps(result, indent=1))
     print(f"teachers: {kind} done in {result['seconds']} s: {json.dumps(result)}", flush=True)
