@@ -8,6 +8,7 @@ import pytest
 from tests.train_fixtures import REPO
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "eval/eval.py"])
 def test_unknown_config_key_is_one_line_with_a_suggestion(script):
     extra = ["--checkpoint", "none.pth"] if script.startswith("eval") else []

@@ -45,6 +45,7 @@ def test_help_works_as_a_file_from_anywhere_and_as_a_module(file, module, tmp_pa
     assert done.stdout.startswith("usage:") and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_importing_an_entry_point_leaves_sys_path_alone():
     code = ("import importlib, sys; before = list(sys.path)\n"
             f"for name in {NO_PATH_EDIT!r}:\n"

@@ -91,6 +91,7 @@ def test_eval_missing_split_file_and_checkpoint_are_one_line_errors(tmp_path):
         eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth"])
 
 
+@pytest.mark.slow
 def test_eval_script_runs_from_the_repo_root_and_reports_errors_in_one_line(tmp_path):
     cfg = write_config(tmp_path)
     proc = subprocess.run([sys.executable, "eval/eval.py", "--config", str(cfg), "--checkpoint", "nope.pth"],
@@ -145,6 +146,7 @@ def test_predict_inputs_must_exist_and_have_distinct_stems(tmp_path):
         predict_cli.collect_inputs([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "sub")])
 
 
+@pytest.mark.slow
 def test_images_are_opened_without_a_pixel_limit(tmp_path):
     """Whole orthophotos (a Potsdam tile holds 36 M pixels, others more) are the user's own data: the one
     limit, util.io.MAX_IMAGE_PIXELS, is none; it is set where images are opened, not by importing a reader."""
