@@ -8,7 +8,6 @@ Images stay uint8 (3, H, W) until `normalize`; masks are uint8 (H, W).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -151,23 +150,15 @@ def cutmix_box(size: int, aug: AugmentConfig, generator: torch.Generator) -> tor
     return box
 
 
-@functools.cache
-def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Cached per device, so never made as inference tensors (which autograd could not use later).
-    with torch.inference_mode(False):
-        return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
-                torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
-
-
 def normalize(img: torch.Tensor) -> torch.Tensor:
     """RGB in 0..255, (3, H, W) or (B, 3, H, W), uint8 or float, on any device -> float32 in ImageNet mean/std
     units. Element by element: a window of an image gets the numbers the whole image would."""
-    mean, std = _imagenet_stats(img.device)
-    return (img.float() / 255 - mean) / std
+    return F.normalize(img.float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
 
 
 def denormalize(img: torch.Tensor) -> torch.Tensor:
     """The inverse of `normalize`, rounded: float32 (3, H, W) or (B, 3, H, W) -> uint8 RGB, clipped to 0..255."""
-    mean, std = _imagenet_stats(img.device)
+    mean = torch.tensor(IMAGENET_MEAN, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=img.device).view(3, 1, 1)
     rgb = (img.float() * std + mean).clamp(0, 1) * 255
     return (rgb + 0.5).to(torch.uint8)
