@@ -54,7 +54,7 @@ from util.config import (
 from util.dist import DistInfo, cleanup, init_distributed, is_distributed
 from util.ema import ema_update, make_ema
 from util.errors import ConfigError, DataError, UserError, WeightsError
-from util.io import check_output_folder
+from util.io import check_output_folder, is_temporary
 from util.logging import code_version, setup_logger
 from util.precision import autocast_dtype
 from util.schedule import ema_ratio, poly_lr, set_lr
@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = RunLock(run_dir)
             # Temporary files of saves that a kill interrupted (each writer names its own).
-            for stale in run_dir.glob(".*.tmp"):
+            for stale in filter(is_temporary, run_dir.iterdir()):
                 stale.unlink()
         # A checkpoint of another run is refused before config.yaml or logs of this one are written.
         resumed = latest.is_file()

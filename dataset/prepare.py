@@ -62,7 +62,7 @@ from dataset.splits import (
 )
 from util.cli import run_main
 from util.errors import DataError, short_reason
-from util.io import check_output_folder, open_image, save_png, write_text
+from util.io import check_output_folder, is_temporary, open_image, save_png, write_text
 
 try:
     import fcntl
@@ -506,18 +506,14 @@ def _read_record(out: Path) -> tuple[dict | None, Path | None]:
     return None, None
 
 
-def _is_temporary(path: Path) -> bool:
-    """A crop a killed run left half-written: util.io.temporary_path's `.<name>.png.<pid>.tmp` (`<name>.png.tmp`
-    before it)."""
-    name = path.name
-    return name.endswith(".png.tmp") or (name.startswith(".") and name.endswith(".tmp") and ".png." in name)
-
-
 def _tile_files(out: Path) -> Iterator[Path]:
     for folder in TILE_FOLDERS:
         for kind in ("images", "masks"):
             if (out / folder / kind).is_dir():
-                yield from (p for p in (out / folder / kind).iterdir() if p.name.endswith(".png") or _is_temporary(p))
+                # Crops, and a killed run's half-written ones: util.io's temporary names, or `<name>.png.tmp`
+                # from before them.
+                yield from (p for p in (out / folder / kind).iterdir()
+                            if p.name.endswith((".png", ".png.tmp")) or is_temporary(p))
 
 
 def options_conflict(out: Path, wanted: dict) -> tuple[str | None, bool]:

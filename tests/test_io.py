@@ -7,11 +7,26 @@ import numpy as np
 import pytest
 import torch
 
-from util.io import atomic_path, atomic_paths, save_png, temporary_path, torch_load, write_bytes, write_text
+from util.io import (
+    atomic_path,
+    atomic_paths,
+    is_temporary,
+    save_png,
+    temporary_path,
+    torch_load,
+    write_bytes,
+    write_text,
+)
 
 
 def test_temporary_path_is_hidden_beside_the_target_and_names_the_process(tmp_path):
     assert temporary_path(tmp_path / "a.json") == tmp_path / f".a.json.{os.getpid()}.tmp"
+
+
+def test_is_temporary_recognises_exactly_the_temporary_names():
+    assert is_temporary(temporary_path("run/latest.pth")) and is_temporary(".x_1.png.123.tmp")
+    for name in ("latest.pth", ".latest.pth", "a.png.tmp", ".a.png.tmp", ".a.png.12x.tmp", ".tmp", "notes.tmp"):
+        assert not is_temporary(name), name
 
 
 def test_files_written_together_appear_together_and_a_failure_leaves_the_old_ones(tmp_path):

@@ -64,6 +64,12 @@ def temporary_path(target: str | os.PathLike) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is named like a `temporary_path`: what a killed writer leaves behind."""
+    parts = Path(path).name.split(".")
+    return len(parts) >= 4 and parts[0] == "" and parts[-1] == "tmp" and parts[-2].isdigit()
+
+
 @contextmanager
 def atomic_paths(targets: Iterable[str | os.PathLike]) -> Iterator[list[Path]]:
     """Temporary paths for `targets`, to be written inside the block; on success each is flushed to disk and
