@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -46,7 +45,6 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from dataset.info import DATASETS, IGNORE_INDEX
 from dataset.splits import (
     SHIPPED,
     Splits,
@@ -60,14 +58,10 @@ from dataset.splits import (
     split_file,
     write_splits,
 )
+from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import run_main
 from util.errors import DataError, short_reason
-from util.io import check_output_folder, is_temporary, open_image, save_png, write_text
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: runs are not locked
-    fcntl = None  # type: ignore[assignment]
+from util.io import FolderLock, check_output_folder, is_temporary, open_image, save_png, write_text
 
 OPTIONS_FILE = ".prepare_options.json"
 LOCK_FILE = ".prepare.lock"
@@ -439,7 +433,7 @@ def process(job: Job, out: Path, tile: int, overwrite: bool) -> Result:
         for (top, left, h, w), (image_path, mask_path) in zip(boxes, targets):
             box = (left, top, min(left + w, width), min(top + h, height))
             labels, remapped = convert_labels(job.dataset, np.asarray(mask.crop(box)))
-            # Padding beyond the raster is ignored (255), never a class (SPEC §8).
+            # Padding beyond the raster is ignored (255), never a class.
             labels = pad_to(labels, h, w, IGNORE_INDEX)
             save_png(pad_to(np.asarray(image.crop(box)), h, w, 0), image_path)
             save_png(labels, mask_path)
@@ -545,54 +539,6 @@ def _write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-@contextmanager
-def exclusive(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on <out>/.prepare.lock: a second run into `out` is refused in one line.
-
-    flock locks die with the process, so a killed run never leaves `out` locked. The lock file is removed on
-    exit; a run that opened it just before is told apart by its inode and locks the new file instead.
-    """
-    path = out / LOCK_FILE
-    fd: int | None = None
-    while fcntl is not None:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise DataError(f"--out {out}: cannot create the lock file {path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            by = f" (process {holder})" if holder.isdigit() else ""
-            raise DataError(f"another dataset.prepare{by} is writing into {out} (it holds {path}); wait for it to "
-                            f"finish, or use another --out") from None
-        except OSError:  # a file system without flock (some network mounts): run unlocked
-            os.close(fd)
-            fd = None
-            break
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        opened = os.fstat(fd)
-        if current is not None and (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            break
-        os.close(fd)  # the holder removed this file as we opened it: lock the one now there
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-
-
 def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0, workers: int = 1,
             overwrite: bool = False, tile: int = 512, resplit: bool = False) -> dict:
     """Cut every raw image and write <out>/prepare_summary.json; returns the summary.
@@ -623,7 +569,9 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, seed: int = 0,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"--out {out} cannot be created: {e.strerror or e}") from None
-    with exclusive(out):
+    with FolderLock(out, LOCK_FILE, lambda pid: (
+            f"another dataset.prepare (process {pid}) is writing into {out} (it holds {out / LOCK_FILE}); wait for "
+            f"it to finish, or use another --out")):
         # Again, now that no other run can change it.
         conflict, ours = options_conflict(out, wanted)
         _refuse_conflict(conflict, overwrite)

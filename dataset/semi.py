@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.info import IGNORE_INDEX, UNLABELED_PAD
 from dataset.prepare import open_labels, rgb_array
 from dataset.splits import read_list
 from dataset.transforms import cutmix_box, normalize, strong_augment, weak_augment
+from util.catalog import IGNORE_INDEX, UNLABELED_PAD
 from util.config import Config
 from util.errors import DataError
 

@@ -1,9 +1,9 @@
-"""Seeded split lists (SPEC §6): labelled / unlabelled per percent, val and test, from tile names alone.
+"""Seeded split lists (docs/method.md §4): labelled / unlabelled per percent, val and test, from tile names alone.
 
 Every function is pure: the input order of the names does not matter (they are sorted first) and all
 shuffling comes from one random.Random(seed), so the same names and seed give byte-identical lists.
 
-Counting rule, checked against SPEC §6 for all three datasets: a share is floor(percent / 100 * n).
+Counting rule, checked against the published counts for all three datasets: a share is floor(percent / 100 * n).
 LoveDA's labelled sets are taken per domain and merged: Train has 1,366 rural + 1,156 urban images, i.e.
 5,464 + 4,624 quadrants, so 1 % = 54 + 46 = 100, 5 % = 273 + 231 = 504, 10 % = 546 + 462 = 1,008 (rounding
 to nearest would give 101 at 1 %). Potsdam: train = floor(0.6 * 5,472) = 3,283, val = floor(0.2 * 5,472) =

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from dataset.info import DATASETS
+from util.catalog import DATASETS
 from util.cli import run_main
 
 # Generic land covers; each dataset maps them onto its own classes below.

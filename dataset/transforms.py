@@ -1,4 +1,4 @@
-"""Weak and strong augmentations of SPEC §6, driven by an explicit torch.Generator.
+"""Weak and strong augmentations of docs/method.md §4, driven by an explicit torch.Generator.
 
 Every random choice is drawn from the generator passed in (one per sample, seeded by the sampler), and the
 operations themselves are deterministic torchvision v2 functionals on tv_tensors. A sample therefore
@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from dataset.info import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from util.catalog import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from util.config import AugmentConfig
 
 

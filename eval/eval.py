@@ -4,9 +4,12 @@
         [--mode sliding_window --window 518 --stride 345] [--weights ema] [--out DIR] [key=value ...]
     torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the split
 
-Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (SPEC §8).
-Writes metrics.json, metrics.md and confusion_matrix.png into --out (default
-<checkpoint dir>/eval_<split>_<mode>_<weights>), each through a temporary file, after scoring has finished.
+Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (the teachers
+never enter a checkpoint). Writes metrics.json, metrics.md and confusion_matrix.png into --out (default
+<checkpoint dir>/eval_<checkpoint name>_<split>_<mode>_<weights>), together and atomically, after scoring.
+metrics.json says what produced the scores: the checkpoint (path, SHA-256, run id, iteration, epoch), the
+split list and its SHA-256, mode, window, stride, blend, weights and excluded classes; eval/report.py and
+scripts/reproduce.py use a score only for the checkpoint and list it names.
 """
 
 from __future__ import annotations
@@ -20,25 +23,29 @@ if __name__ == "__main__" and not __package__:  # run as a file: Python put eval
 import argparse
 import json
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from dataset.info import DATASETS
 from dataset.splits import split_file
 from eval.evaluate import build_eval_loader, evaluate, metrics_table
 from eval.inference import resolve_window
-from util.cli import add_config_args, config_from_args, run_main
+from eval.visualize import plot_confusion_matrix
+from util.catalog import DATASETS
+from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
 from util.dist import cleanup, init_distributed
 from util.errors import DataError, WeightsError
-from util.io import atomic_paths, check_output_folder
-from util.visualize import plot_confusion_matrix
+from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
+from util.run import file_sha256
+
+if TYPE_CHECKING:
+    from model.convert import LoadedWeights
 
 
 def load_model(cfg: Config, checkpoint: str | os.PathLike, which: Literal["student", "ema"] | None,
-               device: torch.device) -> tuple[torch.nn.Module, str]:
-    """The segmenter of `cfg` with the `which` weights of `checkpoint` in eval mode, and which they were.
+               device: torch.device) -> tuple[torch.nn.Module, LoadedWeights]:
+    """The segmenter of `cfg` with the `which` weights of `checkpoint` in eval mode, and what was loaded.
 
     `which` is 'student', 'ema', or None for the weights the checkpoint was selected by (train.best_by).
     """
@@ -53,17 +60,17 @@ def load_model(cfg: Config, checkpoint: str | os.PathLike, which: Literal["stude
     return model.to(device).eval(), loaded
 
 
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The eval.* overrides that the command-line flags stand for."""
-    pairs = {"eval.mode": args.mode, "eval.window": args.window, "eval.stride": args.stride,
-             "eval.weights": args.weights, "eval.batch_size": args.batch_size}
-    return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+def flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The eval.* keys that the command-line flags stand for (None: not given)."""
+    return {"eval.mode": args.mode, "eval.window": args.window, "eval.stride": args.stride,
+            "eval.weights": args.weights, "eval.batch_size": args.batch_size}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_config_args(parser)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pth) written by train.py")
+    parser.add_argument("--checkpoint", required=True, type=user_path,
+                        help="checkpoint file (.pth) written by train.py")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--mode", choices=("original", "sliding_window"), help="eval.mode")
     parser.add_argument("--window", type=int, help="eval.window: sliding window size (multiple of 14)")
@@ -71,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", choices=("student", "ema"),
                         help="eval.weights: which weights to score (default: those best.pth was selected by)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: images or windows per forward")
-    parser.add_argument("--out", help="output folder (default: <checkpoint dir>/eval_<split>_<mode>_<weights>)")
+    parser.add_argument("--out", type=user_path,
+                        help="output folder (default: <checkpoint dir>/eval_<checkpoint name>_<split>_<mode>_"
+                             "<weights>)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -83,8 +92,9 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
                  for c, name in enumerate(names)}
     summary = {"unit": "percent", **report, "classes": per_class, "classes_in_mean": result["classes_in_mean"],
                **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
-    title = f"# {report['checkpoint']} ({report['split']}, {report['mode']}, {report['weights']})"
+    title = f"# {report['checkpoint']['path']} ({report['split']}, {report['mode']}, {report['weights']})"
     names_out = ("metrics.json", "metrics.md", "confusion_matrix.png")
+    remove_stale_temporaries(out)
     with atomic_paths(out / name for name in names_out) as (json_tmp, md_tmp, png_tmp):
         json_tmp.write_text(json.dumps(summary, indent=2) + "\n")
         md_tmp.write_text(f"{title}\n\n{metrics_table(result, names)}\n")
@@ -101,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     dist_info = init_distributed()
     try:
-        model, weights = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        checkpoint = Path(args.checkpoint).resolve()
         out = Path(args.out) if args.out else (
-            Path(args.checkpoint).resolve().parent / f"eval_{args.split}_{cfg.eval.mode}_{weights}")
+            checkpoint.parent / f"eval_{checkpoint.stem}_{args.split}_{cfg.eval.mode}_{loaded.which}")
         # A bad output folder is found before the evaluation, not after it.
         check_output_folder(out, "--out")
         from dataset.semi import SemiDataset
@@ -113,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
         if dist_info.is_main:
             mode = cfg.eval.mode
-            report = {"checkpoint": str(args.checkpoint), "split": args.split, "mode": mode,
-                      "window": window, "stride": stride, "weights": weights, "images": len(dataset),
+            report = {"checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), **loaded.source},
+                      "split": args.split, "split_list": str(Path(list_path).resolve()),
+                      "split_list_sha256": file_sha256(list_path), "mode": mode, "window": window,
+                      "stride": stride, "blend": cfg.eval.blend if mode == "sliding_window" else None,
+                      "weights": loaded.which, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}
             write_outputs(out, result, cfg, report)
             print(metrics_table(result, DATASETS[cfg.dataset.name].class_names))

@@ -18,7 +18,7 @@ from dataset.sampler import shard_indices
 from eval.inference import Model, predict_logits, resolve_window
 from eval.metrics import ConfusionMatrix
 from util.config import Config
-from util.dist import DistInfo
+from util.dist import DistInfo, worker_init
 from util.precision import autocast_dtype
 
 
@@ -40,7 +40,7 @@ def build_eval_loader(dataset: Dataset, cfg: Config, dist_info: DistInfo | None 
     # Sliding windows are batched inside one image; `original` mode batches whole images instead.
     per_step = cfg.eval.batch_size if cfg.eval.mode == "original" else 1
     return DataLoader(shard, batch_size=per_step, shuffle=False, num_workers=cfg.train.num_workers,
-                      collate_fn=collate_by_size, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate_by_size, pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init())
 
 
 def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device,

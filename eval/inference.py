@@ -1,6 +1,6 @@
 """Whole-image inference: class probabilities for images of any size, in `original` or `sliding_window` mode.
 
-`original` (SPEC §7, what the reference used on 512 tiles): each side resized to the nearest multiple of
+`original` (docs/method.md §5, what the reference used on 512 tiles): each side resized to the nearest multiple of
 the patch size 14, halves rounded up as the reference's int(side / 14 + 0.5) (511 -> 518), one forward,
 logits resized back (bilinear, align_corners=True).
 `sliding_window`: square windows of `window` pixels every `stride` pixels, the last window of a row or
@@ -42,7 +42,7 @@ MIN_WEIGHT = 1e-6
 
 
 def default_stride(window: int) -> int:
-    """2/3 of the window (SPEC §7), truncated as the reference's int(window * 2 / 3): 518 -> 345, 512 -> 341,
+    """2/3 of the window (docs/method.md §5), truncated as the reference's int(window * 2 / 3): 518 -> 345, 512 -> 341,
     112 -> 74 (at least 1)."""
     return max(1, int(window * 2 / 3))
 

@@ -1,6 +1,6 @@
 """Segmentation scores from one confusion matrix: per-class IoU and F1, mIoU, mean F1, overall accuracy, kappa.
 
-Conventions (SPEC §7):
+Conventions (docs/method.md §5):
 - The matrix counts pixels as `mat[gt, pred]`, accumulated on the device without a host sync.
 - Ignore pixels (255) and ground truth outside [0, nclass) are never counted.
 - Excluded classes (the dataset protocol, e.g. Potsdam clutter) are scored as the authors' evaluation

@@ -45,17 +45,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.info import DATASETS, IGNORE_INDEX
 from dataset.prepare import rgb_array
 from dataset.transforms import normalize
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
+from eval.visualize import colorize, overlay
+from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import add_config_args, config_from_args, run_main
 from util.config import Config
 from util.errors import DataError, UserError, short_reason
 from util.io import check_output_folder, commit, open_image, save_png, temporary_path, write_bytes
 from util.precision import autocast_dtype
-from util.visualize import colorize, overlay
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--alpha {args.alpha} is outside [0, 1]")
     flags = {"eval.mode": args.mode, "eval.window": args.window, "eval.stride": args.stride,
              "eval.blend": args.blend, "eval.weights": args.weights, "eval.batch_size": args.batch_size}
-    cfg = config_from_args(args, [f"{k}={v}" for k, v in flags.items() if v is not None])
+    cfg = config_from_args(args, flags)
     given = {k.split(".", 1)[1] for k, v in flags.items() if v is not None}
     given |= {a.split("=", 1)[0].split(".", 1)[1] for a in args.overrides if a.startswith("eval.")}
     settings = resolve_settings(cfg, given)

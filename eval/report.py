@@ -2,11 +2,17 @@
 
     python eval/report.py exp/ [more folders ...] [--out report/]
 
-Walks the folders for run folders (config.yaml plus progress.json, latest.pth or best.pth), reads each run's
-progress.json (or, for runs written before it existed, latest.pth) and the metrics.json of its evaluations,
-and writes report.md, report.json and report.png into --out (default <first folder>/report), each through
-a temporary file. One row per dataset, method, labelled split and ablation; mIoU in percent, mean ± sample
-standard deviation over seeds. Folders that look like runs but cannot be read are listed, never fatal.
+Walks the folders for run folders (config.yaml beside progress.json), reads each run's progress.json and the
+metrics.json of its evaluations, and writes report.md, report.json and report.png into --out (default
+<first folder>/report), together and atomically. mIoU in percent, mean ± sample standard deviation over seeds.
+
+Every number says where it came from. A test score counts only if its metrics.json scored this run's current
+best.pth (the run id and iteration that progress.json names) on the test list the run's config names, with
+the same content; any other evaluation (of latest.pth, of an earlier best.pth, of another list) is listed
+under "Ignored evaluations" with the reason. The table shows each test score's mode and weights. Seeds are
+pooled into one row only where every other setting is the same; runs that differ in more (FREE_KEYS aside:
+paths, workers, logging) get rows of their own, labelled with what differs. Folders that look like runs but
+cannot be read are listed, never fatal.
 """
 
 from __future__ import annotations
@@ -25,19 +31,17 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dataset.splits import split_file
 from methods import METHODS
-from util.cli import run_main
-from util.config import Config, method_distils, method_names, read_yaml, upgrade_saved
+from util.cli import run_main, user_path
+from util.config import FREE_KEYS, METHOD_NAMES, Config, flatten, method_distils, read_yaml, under
 from util.errors import UserError, short_reason
-from util.io import atomic_paths, check_output_folder
+from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
+from util.run import CONFIG, PROGRESS, evaluation_problem
 
-# Rows in the registry's order: the baseline first, RS-MTDF last.
-METHOD_ORDER = tuple(method_names())
-RUN_MARKERS = ("progress.json", "latest.pth", "best.pth")
-# Only train.py writes these two names: a folder holding one without config.yaml is a damaged run, whereas a
-# lone best.pth is as likely a downloaded checkpoint.
-OWN_MARKERS = ("progress.json", "latest.pth")
 REQUIRED = object()
+# The evaluation the published tables use: one forward per tile, the weights best.pth was selected by.
+PROTOCOL_MODE = "original"
 
 
 class SkipRun(Exception):
@@ -49,12 +53,13 @@ class Run:
     """What the report needs of one run folder, mIoU values in percent."""
 
     folder: str
-    source: str  # progress.json | latest.pth | best.pth
     dataset: str
     method: str
     split: str
     seed: int | None
     ablation: str
+    # Every setting outside FREE_KEYS and the seed: runs pooled into one row must agree on all of them.
+    settings: dict[str, Any]
     selected_by: str
     finished: bool
     epoch: int | None
@@ -75,7 +80,7 @@ class Run:
 
 
 def find_run_folders(roots: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Run folders under `roots` (sorted), and folders holding a run's files but no config.yaml."""
+    """Run folders under `roots` (sorted), and folders holding one of config.yaml and progress.json only."""
     found: list[Path] = []
     orphans: list[tuple[str, str]] = []
     for root in roots:
@@ -83,12 +88,13 @@ def find_run_folders(roots: list[Path]) -> tuple[list[Path], list[tuple[str, str
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             names = set(filenames)
             folder = Path(dirpath)
-            if "config.yaml" in names and names.intersection(RUN_MARKERS):
+            if CONFIG in names and PROGRESS in names:
                 if folder not in found:
                     found.append(folder)
-            elif "config.yaml" not in names and names.intersection(OWN_MARKERS):
-                marker = min(names.intersection(OWN_MARKERS))
-                orphans.append((str(folder), f"has {marker} but no config.yaml"))
+            elif PROGRESS in names:
+                orphans.append((str(folder), f"has {PROGRESS} but no {CONFIG}"))
+            elif CONFIG in names and names & {"latest.pth", "best.pth", "train.log"}:
+                orphans.append((str(folder), f"has {CONFIG} but no {PROGRESS} (a run from before it existed?)"))
     return found, orphans
 
 
@@ -97,7 +103,7 @@ def _lookup(raw: dict[str, Any], key: str, default: Any = REQUIRED) -> Any:
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             if default is REQUIRED:
-                raise SkipRun(f"config.yaml has no '{key}'")
+                raise SkipRun(f"{CONFIG} has no '{key}'")
             return default
         node = node[part]
     return node
@@ -115,9 +121,7 @@ def ablation_label(raw: dict[str, Any]) -> str:
     enabled = [name for name in ("dino", "clip") if _lookup(raw, f"teachers.{name}.enabled", True)]
     label = {("dino", "clip"): "dino+clip", ("dino",): "dino only", ("clip",): "clip only"}.get(tuple(enabled),
                                                                                                   "no teachers")
-    # No fusion: every teacher's fusion weight 0, or `distill.fusion: false` in configs written before that
-    # key was retired (util.config.upgrade_saved translates it the same way).
-    fusion = _lookup(upgrade_saved(raw), "distill.fusion_weights", Config().distill.fusion_weights)
+    fusion = _lookup(raw, "distill.fusion_weights", Config().distill.fusion_weights)
     if enabled and isinstance(fusion, dict) and not any(fusion.get(name, 0.0) for name in enabled):
         label += ", no fusion"
     if enabled:
@@ -135,32 +139,33 @@ def ablation_label(raw: dict[str, Any]) -> str:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """The fields of config.yaml the report needs: dataset, method, split, seed, ablation, best_by, epochs."""
+    """The fields of config.yaml the report needs: dataset, method, split, seed, ablation, best_by, settings."""
     try:
-        raw = read_yaml(folder / "config.yaml")
+        raw = read_yaml(folder / CONFIG)
     except UserError as e:
         # The message names the file by its full path; the skipped list names the folder already.
-        raise SkipRun(short_reason(e).replace(str(folder / "config.yaml"), "config.yaml")) from None
+        raise SkipRun(short_reason(e).replace(str(folder / CONFIG), CONFIG)) from None
     dataset, method, split = (_lookup(raw, k) for k in ("dataset.name", "train.method", "dataset.split"))
     for key, value in (("dataset.name", dataset), ("train.method", method)):
         if not isinstance(value, str) or not value:
-            raise SkipRun(f"config.yaml: '{key}' is {value!r}, not a name")
+            raise SkipRun(f"{CONFIG}: '{key}' is {value!r}, not a name")
     if isinstance(split, bool) or not isinstance(split, (str, int)):
-        raise SkipRun(f"config.yaml: 'dataset.split' is {split!r}, not a labelled percent")
+        raise SkipRun(f"{CONFIG}: 'dataset.split' is {split!r}, not a labelled percent")
     seed = _lookup(raw, "train.seed", None)
-    epochs = _lookup(raw, "train.epochs", None)
+    splits = _lookup(raw, "dataset.splits", None)
     return {"dataset": dataset, "method": method, "split": str(split),
             "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             "ablation": ablation_label(raw), "best_by": str(_lookup(raw, "train.best_by", Config().train.best_by)),
-            "epochs": epochs if isinstance(epochs, int) else None}
+            "settings": {k: v for k, v in flatten(raw).items() if not under(k, FREE_KEYS + ("train.seed",))},
+            "test_list": split_file(splits, "test") if isinstance(splits, str) else None}
 
 
-def _number(value: Any, what: str, scale: float = 1.0) -> float | None:
+def _number(value: Any, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SkipRun(f"{what} is {value!r}, not a number")
-    return float(value) * scale
+    return float(value)
 
 
 def _int(value: Any, what: str) -> int | None:
@@ -179,111 +184,73 @@ def _read_json(path: Path) -> Any:
 
 
 def read_progress(path: Path) -> dict[str, Any]:
-    """progress.json's scores (percent), epochs, iterations, wall time and whether the run has finished."""
+    """progress.json as written by train.py, checked field by field: scores (percent), epochs, iterations, wall
+    time, whether the run has finished, and which checkpoint best.pth is."""
     data = _read_json(path)
     if not isinstance(data, dict):
-        raise SkipRun("progress.json is not a JSON object")
-    best = data.get("best")
+        raise SkipRun(f"{PROGRESS} is not a JSON object")
+    for key in ("best", "finished", "run_id"):
+        if key not in data:
+            raise SkipRun(f"{PROGRESS} has no '{key}'")
+    best = data["best"]
     if not isinstance(best, dict):
-        raise SkipRun("progress.json has no 'best' object")
-    out = _best_entries(best, "progress.json")
-    if "finished" not in data:
-        raise SkipRun("progress.json has no 'finished'")
-    out.update(finished=bool(data["finished"]), epoch=_int(data.get("epoch"), "progress.json epoch"),
-               epochs=_int(data.get("epochs"), "progress.json epochs"),
-               iteration=_int(data.get("iteration"), "progress.json iteration"),
-               total_iters=_int(data.get("total_iters"), "progress.json total_iters"),
-               wall_seconds=_number(data.get("wall_seconds"), "progress.json wall_seconds"),
+        raise SkipRun(f"{PROGRESS} has no 'best' object")
+    out: dict[str, Any] = {"raw": data}
+    for which in ("student", "ema"):
+        entry = best.get(which) or {}
+        if not isinstance(entry, dict):
+            raise SkipRun(f"{PROGRESS}: best.{which} is not an object")
+        out[f"best_{which}"] = _number(entry.get("miou"), f"{PROGRESS} best.{which}.miou")
+        out[f"best_{which}_epoch"] = _int(entry.get("epoch"), f"{PROGRESS} best.{which}.epoch")
+    out.update(finished=bool(data["finished"]), epoch=_int(data.get("epoch"), f"{PROGRESS} epoch"),
+               epochs=_int(data.get("epochs"), f"{PROGRESS} epochs"),
+               iteration=_int(data.get("iteration"), f"{PROGRESS} iteration"),
+               total_iters=_int(data.get("total_iters"), f"{PROGRESS} total_iters"),
+               wall_seconds=_number(data.get("wall_seconds"), f"{PROGRESS} wall_seconds"),
                selected_by=data.get("selected_by") if data.get("selected_by") in ("student", "ema") else None)
     return out
 
 
-def _best_entries(best: dict[str, Any], name: str) -> dict[str, Any]:
-    """progress.json's (and newer checkpoints') best: {which: {"miou": percent, "epoch": 1-based}}."""
-    out: dict[str, Any] = {}
-    for which in ("student", "ema"):
-        entry = best.get(which) or {}
-        if not isinstance(entry, dict):
-            raise SkipRun(f"{name}: best.{which} is not an object")
-        out[f"best_{which}"] = _number(entry.get("miou"), f"{name} best.{which}.miou")
-        out[f"best_{which}_epoch"] = _int(entry.get("epoch"), f"{name} best.{which}.epoch")
-    return out
-
-
-def read_checkpoint(path: Path, epochs: int | None) -> dict[str, Any]:
-    """The same fields from the checkpoint of a run without progress.json (older runs: fractions, no wall time)."""
-    from util.checkpoint import load_own_checkpoint
-
-    try:
-        ckpt = load_own_checkpoint(path)
-    except UserError as e:
-        raise SkipRun(short_reason(e)) from None
-    best = ckpt.get("best")
-    if not isinstance(best, dict):
-        raise SkipRun(f"{path.name} has no 'best' scores")
-    if isinstance(best.get("student"), dict):
-        # Written by the same code as progress.json: per-weights best in percent.
-        scores = _best_entries(best, path.name)
-    else:
-        # Before progress.json, `best` held both scores (fractions) at the one epoch chosen by train.best_by;
-        # epoch -1: never scored.
-        best_epoch = _int(best.get("epoch"), f"{path.name} best.epoch")
-        scored = best_epoch is not None and best_epoch > 0
-        scores = {f"best_{which}": _number(best.get(which), f"{path.name} best.{which}", 100) if scored else None
-                  for which in ("student", "ema")}
-        scores.update(best_student_epoch=best_epoch if scored else None, best_ema_epoch=best_epoch if scored else None)
-    iteration = _int(ckpt.get("iteration"), f"{path.name} iteration")
-    per_epoch = _int(ckpt.get("iters_per_epoch"), f"{path.name} iters_per_epoch")
-    total = per_epoch * epochs if per_epoch is not None and epochs is not None else None
-    selected = ckpt.get("selected_by")
-    return {**scores, "finished": iteration is not None and total is not None and iteration >= total,
-            "epoch": _int(ckpt.get("epoch"), f"{path.name} epoch"), "epochs": epochs,
-            "iteration": iteration, "total_iters": total,
-            "wall_seconds": _number(ckpt.get("wall_seconds"), f"{path.name} wall_seconds"),
-            "selected_by": selected if selected in ("student", "ema") else None}
-
-
-def read_evals(folder: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Every metrics.json in a direct subfolder, scores in percent; unreadable ones as (folder, reason)."""
-    evals, bad = [], []
+def read_evals(folder: Path, progress: dict[str, Any], test_list: Path | None
+               ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The metrics.json of direct subfolders that scored this run's best.pth (scores in percent), and the others
+    as (folder, why it is ignored)."""
+    evals, ignored = [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
         try:
             data = _read_json(sub / "metrics.json")
             if not isinstance(data, dict) or data.get("split") not in ("val", "test"):
                 raise SkipRun("metrics.json has no 'split' of val or test")
-            # Files written before the unit key hold fractions in [0, 1].
-            scale = 1.0 if data.get("unit") == "percent" else 100.0
+            problem = evaluation_problem(progress, data, test_list)
+            if problem:
+                raise SkipRun(problem)
             evals.append({"folder": str(sub), "split": data["split"], "mode": data.get("mode"),
-                          "weights": data.get("weights"), "checkpoint": data.get("checkpoint"),
-                          **{k: _number(data.get(k), f"metrics.json {k}", scale)
-                             for k in ("miou", "mean_f1", "oa", "kappa")}})
+                          "weights": data.get("weights"), "checkpoint": data["checkpoint"],
+                          **{k: _number(data.get(k), f"metrics.json {k}") for k in ("miou", "mean_f1", "oa", "kappa")}})
         except SkipRun as e:
-            bad.append((str(sub), f"ignored evaluation: {e}"))
-    return evals, bad
+            ignored.append((str(sub), str(e)))
+    return evals, ignored
 
 
 def pick_test(evals: list[dict[str, Any]], selected_by: str) -> dict[str, Any] | None:
-    """The test evaluation to report: the weights the run selects best.pth by if scored, else any other."""
+    """The test score to report: the published protocol's (mode original, the weights best.pth was selected by)
+    if there is one, else the closest (the table shows its mode and weights)."""
     tests = [e for e in evals if e["split"] == "test" and e["miou"] is not None]
-    # Among equals the folder name decides (sorted), so `original` comes before `sliding_window`.
-    tests.sort(key=lambda e: (e["weights"] != selected_by, e["folder"]))
+    tests.sort(key=lambda e: (e["mode"] != PROTOCOL_MODE, e["weights"] != selected_by, e["folder"]))
     return tests[0] if tests else None
 
 
 def read_run(folder: Path) -> tuple[Run, list[tuple[str, str]]]:
-    """One run folder; raises SkipRun with the reason when it cannot be reported."""
+    """One run folder and the evaluations in it that are ignored; raises SkipRun when it cannot be reported."""
     cfg = read_config(folder)
-    if (folder / "progress.json").is_file():
-        source, state = "progress.json", read_progress(folder / "progress.json")
-    else:
-        source = "latest.pth" if (folder / "latest.pth").is_file() else "best.pth"
-        state = read_checkpoint(folder / source, cfg["epochs"])
+    state = read_progress(folder / PROGRESS)
+    raw = state.pop("raw")
     state["selected_by"] = state["selected_by"] or cfg["best_by"]
-    evals, bad = read_evals(folder)
-    run = Run(folder=str(folder), source=source, dataset=cfg["dataset"], method=cfg["method"], split=cfg["split"],
-              seed=cfg["seed"], ablation=cfg["ablation"], **state, evals=evals)
+    evals, ignored = read_evals(folder, raw, cfg["test_list"])
+    run = Run(folder=str(folder), dataset=cfg["dataset"], method=cfg["method"], split=cfg["split"], seed=cfg["seed"],
+              ablation=cfg["ablation"], settings=cfg["settings"], **state, evals=evals)
     run.test = pick_test(evals, run.selected_by)
-    return run, bad
+    return run, ignored
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,7 +267,7 @@ def _split_key(split: str) -> tuple[int, float, str]:
 def row_key(row: dict[str, Any]) -> tuple:
     """Sort order: dataset, split (numeric), method (baselines first), full method before its ablations."""
     method = row["method"]
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    rank = METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
     return (row["dataset"], _split_key(row["split"]), rank, method,
             row["ablation"] not in ("-", "dino+clip"), row["ablation"])
 
@@ -312,30 +279,59 @@ def stats(values: list[float | None]) -> dict[str, Any]:
             "std": statistics.stdev(known) if len(known) > 1 else None, "n": len(known), "values": values}
 
 
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def setting_groups(members: list[Run]) -> list[tuple[str, list[Run]]]:
+    """`members` (runs of one dataset, method, split and ablation) split into groups of equal settings, each
+    with a label of its values of the keys that differ between the groups ('' when there is one group)."""
+    groups: list[list[Run]] = []
+    for run in members:
+        for group in groups:
+            if group[0].settings == run.settings:
+                group.append(run)
+                break
+        else:
+            groups.append([run])
+    if len(groups) == 1:
+        return [("", groups[0])]
+    keys = sorted({k for g in groups for k in set(g[0].settings) | set(groups[0][0].settings)
+                   if g[0].settings.get(k) != groups[0][0].settings.get(k)})
+    return [(", ".join(f"{k}={_shown(g[0].settings.get(k))}" for k in keys), g) for g in groups]
+
+
 def build_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per (dataset, method, split, ablation) with the runs' seeds pooled, sorted for the table."""
+    """One row per (dataset, method, split, ablation, settings) with the runs' seeds pooled, sorted for the table.
+
+    Seeds are pooled only where everything else is the same: runs of one ablation that differ in other
+    settings get a row each, whose `differs` names the values that set it apart.
+    """
     groups: dict[tuple[str, str, str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.dataset, run.method, run.split, run.ablation), []).append(run)
     rows = []
-    for (dataset, method, split, ablation), members in groups.items():
-        members.sort(key=lambda r: (r.seed is None, r.seed or 0, r.folder))
-        tests = [r.test for r in members]
-        walls = [r.wall_seconds for r in members]
-        rows.append({
-            "dataset": dataset, "method": method, "ablation": ablation, "split": split,
-            "seeds": [r.seed for r in members], "n": len(members),
-            "in_progress": [r.folder for r in members if not r.finished],
-            "best_val_student": {**stats([r.best_student for r in members]),
-                                 "epochs": [r.best_student_epoch for r in members]},
-            "best_val_ema": {**stats([r.best_ema for r in members]), "epochs": [r.best_ema_epoch for r in members]},
-            "test_miou": stats([t["miou"] if t else None for t in tests]),
-            "test_mean_f1": stats([t["mean_f1"] if t else None for t in tests]),
-            "test_weights": [t["weights"] if t else None for t in tests],
-            "iterations": [r.iteration for r in members], "total_iters": [r.total_iters for r in members],
-            "wall_seconds": {**stats(walls), "unknown": sum(w is None for w in walls)},
-            "runs": [asdict(r) for r in members],
-        })
+    for (dataset, method, split, ablation), candidates in groups.items():
+        for differs, members in setting_groups(candidates):
+            members.sort(key=lambda r: (r.seed is None, r.seed or 0, r.folder))
+            tests = [r.test for r in members]
+            walls = [r.wall_seconds for r in members]
+            rows.append({
+                "dataset": dataset, "method": method, "ablation": ablation, "differs": differs, "split": split,
+                "seeds": [r.seed for r in members], "n": len(members),
+                "in_progress": [r.folder for r in members if not r.finished],
+                "best_val_student": {**stats([r.best_student for r in members]),
+                                     "epochs": [r.best_student_epoch for r in members]},
+                "best_val_ema": {**stats([r.best_ema for r in members]),
+                                 "epochs": [r.best_ema_epoch for r in members]},
+                "test_miou": stats([t["miou"] if t else None for t in tests]),
+                "test_mean_f1": stats([t["mean_f1"] if t else None for t in tests]),
+                "test_weights": [t["weights"] if t else None for t in tests],
+                "test_modes": [t["mode"] if t else None for t in tests],
+                "iterations": [r.iteration for r in members], "total_iters": [r.total_iters for r in members],
+                "wall_seconds": {**stats(walls), "unknown": sum(w is None for w in walls)},
+                "runs": [asdict(r) for r in members],
+            })
     return sorted(rows, key=row_key)
 
 
@@ -382,21 +378,22 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     in_progress = set(row["in_progress"])
     seeds = ", ".join(("?" if r["seed"] is None else str(r["seed"])) + ("*" if r["folder"] in in_progress else "")
                       for r in row["runs"])
-    weights = sorted({w for w in row["test_weights"] if w})
+    how = sorted({f"{m}, {w}" for m, w in zip(row["test_modes"], row["test_weights"]) if m and w})
     test = _score(row["test_miou"], n)
-    if weights:
-        test += f" ({'/'.join(weights)})"
+    if how:
+        test += f" ({'; '.join(how)})"
     wall = row["wall_seconds"]
     wall_text = "unknown" if wall["mean"] is None else _duration(wall["mean"]) + (
         f" ({wall['unknown']} unknown)" if wall["unknown"] else "")
-    return [row["dataset"], row["method"], row["ablation"], row["split"], f"{n} ({seeds})",
+    ablation = row["ablation"] + (f" [{row['differs']}]" if row["differs"] else "")
+    return [row["dataset"], row["method"], ablation, row["split"], f"{n} ({seeds})",
             _score(row["best_val_student"], n) + _epochs(row["best_val_student"]["epochs"]),
             _score(row["best_val_ema"], n) + _epochs(row["best_val_ema"]["epochs"]),
             test, _score(row["test_mean_f1"], n), _iterations(row), wall_text]
 
 
 HEADER = ["dataset", "method", "ablation", "labelled %", "seeds (n)", "best val mIoU student",
-          "best val mIoU EMA", "test mIoU (weights)", "test mF1", "iterations", "wall time / run"]
+          "best val mIoU EMA", "test mIoU (mode, weights)", "test mF1", "iterations", "wall time / run"]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -408,19 +405,21 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(rows: list[dict[str, Any]], skipped: list[tuple[str, str]], roots: list[Path],
-                    plot_title: str) -> str:
-    """report.md: the table, its footnotes, the plot and the skipped folders."""
+def render_markdown(rows: list[dict[str, Any]], skipped: list[tuple[str, str]], ignored: list[tuple[str, str]],
+                    roots: list[Path], plot_title: str) -> str:
+    """report.md: the table, its footnotes, the plot, the skipped folders and the ignored evaluations."""
     lines = [f"# Training runs in {', '.join(str(r) for r in roots)}", "",
              ("Scores in percent: mean ± sample standard deviation over seeds (no ± for one seed; \"k of n\": only "
-              "k runs have the score). (ep E): 1-based epoch of the best validation score, per seed. Test scores "
-              "prefer the weights that chose best.pth (train.best_by)."), "", markdown_table(rows), ""]
+              "k runs have the score). (ep E): 1-based epoch of the best validation score, per seed. A test score is "
+              "that of the run's current best.pth on the run's test list; the protocol's (mode original, the "
+              "weights that chose best.pth) where there is one. [key=value]: what sets runs of one ablation apart; "
+              "seeds are pooled only where nothing else differs."), "", markdown_table(rows), ""]
     if any(row["in_progress"] for row in rows):
         lines += ["\\* in progress: the run has not finished (seed marked `*`); its numbers are those so far.", ""]
-    if any(row["wall_seconds"]["unknown"] for row in rows):
-        lines += ["Wall time is unknown for runs read from a checkpoint (written before progress.json).", ""]
     lines += [f"![{plot_title}](report.png)", "", "## Skipped folders", ""]
     lines += [f"- `{folder}`: {reason}" for folder, reason in skipped] or ["None."]
+    lines += ["", "## Ignored evaluations", ""]
+    lines += [f"- `{folder}`: {reason}" for folder, reason in ignored] or ["None."]
     return "\n".join(lines) + "\n"
 
 
@@ -474,14 +473,17 @@ def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path) ->
     plt.close(fig)
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str, str]], roots: list[Path]) -> None:
+def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str, str]],
+                 ignored: list[tuple[str, str]], roots: list[Path]) -> None:
     """report.md, report.json and report.png: all rendered to temporary names, then renamed."""
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     key, title = plot_metric(rows)
     with atomic_paths(out / name for name in ("report.md", "report.json", "report.png")) as (md, js, png):
-        md.write_text(render_markdown(rows, skipped, roots, title))
+        md.write_text(render_markdown(rows, skipped, ignored, roots, title))
         summary = {"unit": "percent", "roots": [str(r) for r in roots], "plot": {"metric": key, "title": title},
-                   "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped]}
+                   "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped],
+                   "ignored_evaluations": [{"folder": f, "reason": why} for f, why in ignored]}
         js.write_text(json.dumps(summary, indent=2) + "\n")
         plot_report(rows, key, title, png)
 
@@ -493,10 +495,10 @@ def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The folders to search and --out."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path,
-                        help="folders searched recursively for run folders (config.yaml plus progress.json, "
-                             "latest.pth or best.pth), e.g. exp/")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("folders", nargs="+", type=lambda text: Path(user_path(text)),
+                        help="folders searched recursively for run folders (config.yaml beside progress.json), "
+                             "e.g. exp/")
+    parser.add_argument("--out", type=lambda text: Path(user_path(text)),
                         help="output folder for report.md, report.json, report.png (default: <first folder>/report)")
     return parser.parse_args(argv)
 
@@ -509,22 +511,23 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"folder not found: {folder}")
     folders, skipped = find_run_folders(args.folders)
     if not folders:
-        raise UserError(f"no run folder (config.yaml with progress.json, latest.pth or best.pth) under "
+        raise UserError(f"no run folder (config.yaml beside progress.json) under "
                         f"{', '.join(str(f) for f in args.folders)}")
-    runs = []
+    out = check_output_folder(args.out or args.folders[0] / "report", "--out")
+    runs, ignored = [], []
     for folder in folders:
         try:
-            run, bad = read_run(folder)
+            run, not_counted = read_run(folder)
         except SkipRun as e:
             skipped.append((str(folder), str(e)))
             continue
         runs.append(run)
-        skipped += bad
+        ignored += not_counted
     rows = build_rows(runs)
-    out = check_output_folder(args.out or args.folders[0] / "report", "--out")
-    write_report(out, rows, sorted(skipped), args.folders)
+    write_report(out, rows, sorted(skipped), ignored, args.folders)
     print(markdown_table(rows))
-    print(f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} skipped; written to {out}")
+    print(f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} folder(s) skipped, {len(ignored)} "
+          f"evaluation(s) ignored (see report.md); written to {out}")
     return 0
 
 

@@ -10,6 +10,7 @@ from methods.fixmatch import fixmatch_step
 from methods.rs_mtdf import rs_mtdf_step
 from methods.supervised import supervised_step
 from methods.unimatch_v2 import unimatch_v2_step
+from util.config import DISTILLING_METHODS, METHOD_NAMES
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Method:
     unlabeled: bool
     n_strong: int
     # Whether it distils towards the frozen teachers: they are built, and the student carries translators
-    # (and, with fusion, projections) for each enabled teacher.
+    # (and, with fusion, projections) for each enabled teacher. The config's DISTILLING_METHODS says the same.
     teachers: bool = False
 
 
@@ -31,3 +32,9 @@ METHODS: dict[str, Method] = {
     "unimatch_v2": Method(unimatch_v2_step, unlabeled=True, n_strong=2),
     "rs_mtdf": Method(rs_mtdf_step, unlabeled=True, n_strong=1, teachers=True),
 }
+
+# The config validates method names without importing this package: both lists must say the same.
+if tuple(METHODS) != METHOD_NAMES or tuple(n for n, m in METHODS.items() if m.teachers) != DISTILLING_METHODS:
+    raise ImportError(f"methods/__init__.py registers {list(METHODS)} (distilling: "
+                      f"{[n for n, m in METHODS.items() if m.teachers]}), util/config.py names {list(METHOD_NAMES)} "
+                      f"(distilling: {list(DISTILLING_METHODS)}); make them agree")

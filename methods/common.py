@@ -15,24 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.info import IGNORE_INDEX, UNLABELED_PAD
+from util.catalog import IGNORE_INDEX, UNLABELED_PAD
+from util.config import Config, LossWeights
 
 if TYPE_CHECKING:
     from model.segmenter import SegmenterOutput
-    from util.config import Config
 
 Losses = dict[str, torch.Tensor]
 # The EMA model's confidence and argmax on the weak view, (B, H, W) each.
 PseudoLabels = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the loss terms: the loss is (x * L_x + u * L_u + dis * L_dis) / (sum of those present)."""
-
-    x: float
-    u: float
-    dis: float
 
 
 @dataclass(frozen=True)
@@ -51,8 +42,7 @@ class StepSettings:
     @classmethod
     def from_config(cls, cfg: Config) -> StepSettings:
         t = cfg.train
-        return cls(conf_thresh=t.conf_thresh,
-                   loss_weights=LossWeights(x=t.loss_weights.x, u=t.loss_weights.u, dis=t.loss_weights.dis),
+        return cls(conf_thresh=t.conf_thresh, loss_weights=t.loss_weights,
                    distill_weights=MappingProxyType({name: w for name, w in cfg.distill.weights.items()}),
                    channel_p=t.feature_drop.channel_p, pair_fraction=t.feature_drop.pair_fraction)
 
@@ -98,7 +88,7 @@ def cross_entropy_x(logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tenso
 
 def unsupervised_loss(logits_u: torch.Tensor, mask_u: torch.Tensor, conf_u: torch.Tensor,
                       ignore_mask: torch.Tensor, conf_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §4: sum(CE * [conf >= t] * [not padding]) / count(not padding), and the kept-pixel ratio.
+    """docs/method.md §3: sum(CE * [conf >= t] * [not padding]) / count(not padding), and the kept-pixel ratio.
 
     The division is by all non-padded pixels, not by the confident ones, so a batch with few confident
     pixels contributes a small loss rather than a loud one.
@@ -114,7 +104,7 @@ def unsupervised_loss(logits_u: torch.Tensor, mask_u: torch.Tensor, conf_u: torc
 
 def weighted_total(w: LossWeights, loss_x: torch.Tensor, loss_u: torch.Tensor | None = None,
                    loss_dis: torch.Tensor | None = None) -> torch.Tensor:
-    """(x * L_x + u * L_u + dis * L_dis) / (sum of the weights of the terms present): SPEC's 1:1:1 over 3."""
+    """(x * L_x + u * L_u + dis * L_dis) / (sum of the weights of the terms present): the default 1:1:1 over 3."""
     terms = [(w.x, loss_x), (w.u, loss_u), (w.dis, loss_dis)]
     present = [(weight, term) for weight, term in terms if term is not None]
     total_weight = sum(weight for weight, _ in present)

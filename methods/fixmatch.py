@@ -1,4 +1,4 @@
-"""FixMatch with an EMA teacher and CutMix (SPEC §4 steps 1-5 without the feature teachers)."""
+"""FixMatch with an EMA teacher and CutMix (docs/method.md §3, steps 1-5 without the feature teachers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RS-MTDF (SPEC §4): FixMatch plus distillation towards frozen DINOv2 and CLIP teachers.
+"""RS-MTDF (docs/method.md §3): FixMatch plus distillation towards frozen DINOv2 and CLIP teachers.
 
 The distillation loss is here; the translators and the fusion of their features into the 4th DPT input
 are part of the student (model/fusion.py, model/segmenter.py), since inference fuses too.

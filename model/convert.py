@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from model.weights import mismatch, require_file
 from util.config import Config, describe_differences, model_differences
 from util.errors import WeightsError, short_reason
 from util.io import torch_load
+from util.run import checkpoint_identity
 
 # The authors keep their frozen teachers inside every checkpoint; ours are rebuilt from pretrained/.
 TEACHER_PREFIXES = ("Dino_teacher_model.", "clip_model.", "dino_teacher_model.", "clip_teacher_model.")
@@ -122,12 +123,20 @@ def check_model_settings(saved: dict | None, cfg: Config | None, path: Path) -> 
                            f"use its run's config (--config {path.parent / 'config.yaml'}) or set those keys")
 
 
+class LoadedWeights(NamedTuple):
+    """What `load_segmenter_weights` loaded: 'student' or 'ema', and which checkpoint that is (util.run's
+    checkpoint_identity: run id, iteration, epoch, selection rule; None where the file does not say)."""
+
+    which: str
+    source: dict[str, Any]
+
+
 def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
-                           which: Literal["student", "ema"] | None = None, cfg: Config | None = None) -> str:
+                           which: Literal["student", "ema"] | None = None, cfg: Config | None = None) -> LoadedWeights:
     """Load the student or EMA weights of our checkpoint or the authors' (latest.pth / best.pth) into `model`.
 
     `which` None takes the weights the checkpoint was selected by (its `selected_by`, written from
-    train.best_by), or the student where it does not say (the authors' files). Returns the weights loaded.
+    train.best_by), or the student where it does not say (the authors' files).
     """
     path = require_file(path, "checkpoint")
     ckpt = read_checkpoint(path)
@@ -147,4 +156,4 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
         raise WeightsError(problem)
     check_model_settings(ckpt.get("config"), cfg, path)
     model.load_state_dict(state, strict=True)
-    return which
+    return LoadedWeights(which, checkpoint_identity(ckpt))

@@ -1,4 +1,4 @@
-"""DPT decoder (SPEC §1): four token maps -> reassemble at 4 scales -> top-down fusion -> class logits."""
+"""DPT decoder (docs/method.md §1): four token maps -> reassemble at 4 scales -> top-down fusion -> class logits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature translators, projections and the fused 4th DPT input (SPEC §3); the loss is in methods/rs_mtdf.py."""
+"""Feature translators, projections and the fused 4th DPT input (docs/method.md §1); the loss: methods/rs_mtdf.py."""
 
 from __future__ import annotations
 

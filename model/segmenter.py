@@ -24,7 +24,7 @@ class SegmenterOutput(NamedTuple):
 
 
 class Segmenter(nn.Module):
-    """Student encoder, DPT head, translators T_t and projections P_t (SPEC §1, §3)."""
+    """Student encoder, DPT head, translators T_t and projections P_t (docs/method.md §1)."""
 
     def __init__(self, backbone: str, nclass: int, teacher_dims: Mapping[str, int] | None = None,
                  translator_hidden: int = 1024, fusion_weights: Mapping[str, float] | None = None,

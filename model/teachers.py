@@ -1,4 +1,4 @@
-"""Frozen feature teachers (SPEC §2): DINOv2 on the student's input, OpenAI CLIP ViT-L/14 on its 224 resize."""
+"""Frozen feature teachers (docs/method.md §2): DINOv2 on the student's input, OpenAI CLIP ViT-L/14 on its resize."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import LayerNorm, QuickGELU, VisionTransformer
 from torch import nn
 
-from dataset.info import IMAGENET_MEAN, IMAGENET_STD
 from model.encoder import PATCH_SIZE, SIZES, DinoEncoder, load_dinov2_weights
 from model.weights import is_torchscript, load_checked, load_tensors, require_file
+from util.catalog import IMAGENET_MEAN, IMAGENET_STD
 from util.config import Config
 from util.errors import WeightsError
 

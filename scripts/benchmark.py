@@ -7,7 +7,7 @@
 
 The real pipeline is built with random weights (no files needed) and fed synthetic batches: the numbers
 are the cost of computing, not of reading data. `--reference` measures the reference's way (fp32, unfused
-attention, one window per forward; see util/speed.py), `--both` measures both in one run and prints the
+attention, one window per forward; see scripts/costs.py), `--both` measures both in one run and prints the
 ratios. On a GPU the training figures include the model FLOP utilisation (MFU) against the card's dense
 bf16 peak. `--flops` counts the FLOPs of one training step per component and `--memory` computes the
 expected peak GPU memory of a step (ours and the reference's), both on fake tensors: any machine, seconds,
@@ -34,26 +34,24 @@ import torch
 
 from eval.inference import predict_logits, resolve_window
 from methods.common import pseudo_label
-from util.cli import add_config_args, config_from_args, run_main
-from util.config import Config
-from util.dist import init_distributed
-from util.ema import ema_update
-from util.errors import OutputError
-from util.io import check_output_folder
-from util.precision import autocast_dtype
-from util.schedule import ema_ratio
-from util.speed import (
+from scripts.costs import (
     REFERENCE_OVERRIDES,
     adamw_like,
-    emulate_gpu_precision,
-    model_flops_utilisation,
-    peak_bf16_tflops,
     step_batch,
     step_flops,
     step_memory,
     student_input,
     use_unfused_attention,
 )
+from util.cli import add_config_args, run_main, user_path
+from util.config import Config, load_config
+from util.dist import init_distributed
+from util.ema import ema_update
+from util.errors import OutputError
+from util.flops import model_flops_utilisation, peak_bf16_tflops
+from util.io import check_output_folder, write_text
+from util.precision import autocast_dtype
+from util.schedule import ema_ratio
 
 # Weights are random: the benchmark must run without pretrained/ files.
 RANDOM_WEIGHTS = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
@@ -120,7 +118,7 @@ class EvalResult(TypedDict):
 
 
 class MemoryReport(TypedDict):
-    """memory_report: util.speed.step_memory of both ways (with 'fits_card_gib' added) and their ratio."""
+    """memory_report: scripts.costs.step_memory of both ways (with 'fits_card_gib' added) and their ratio."""
 
     ours: dict[str, Any]
     reference: dict[str, Any]
@@ -159,7 +157,7 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like: bool = False,
+def bench_train(cfg: Config, iters: int, warmup: int, reference: bool,
                 flops: dict[str, Any] | None = None, peak_tflops: float | None = None,
                 memory_estimate: dict[str, Any] | None = None) -> TrainResult:
     """Images/s of full training steps, the step broken into its parts, peak memory, and MFU given `flops`."""
@@ -169,8 +167,6 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
     device = info.device
     trainer = Trainer(cfg, info, with_data=False)
     trainer.total_iters = 10 * (iters + warmup) + 10
-    if gpu_like:
-        emulate_gpu_precision(trainer)
     if reference:
         use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
     batch = step_batch(trainer)
@@ -212,7 +208,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
     b = trainer.batch_size
     result: TrainResult = {
         "what": "train", "reference": reference, "method": cfg.train.method,
-        "precision": str(amp or torch.float32), "gpu_like_on_cpu": gpu_like and device.type == "cpu",
+        "precision": str(amp or torch.float32), "gpu_like_on_cpu": cfg.train.cpu_autocast and device.type == "cpu",
         "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
         "images_per_s": images_per_step / seconds, "ms_per_step": 1000 * seconds,
         "ms_breakdown": {k: round(1000 * v, 2) for k, v in parts.items()}, "peak_memory_gb": memory,
@@ -244,8 +240,7 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool, gpu_like:
     return result
 
 
-def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
-               gpu_like: bool = False) -> EvalResult:
+def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int) -> EvalResult:
     """Images/s (and windows/s) of whole-image inference in both modes on `size` x `size` tiles."""
     from model.segmenter import build_segmenter
 
@@ -253,7 +248,7 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
     model = build_segmenter(cfg).to(device).eval()
     if reference:
         use_unfused_attention(model)
-    amp = autocast_dtype(cfg.train.precision, device, allow_cpu=gpu_like)
+    amp = autocast_dtype(cfg.train.precision, device, allow_cpu=cfg.train.cpu_autocast)
     n_images = cfg.eval.batch_size if not reference else 1
     img = torch.randn(n_images, 3, size, size, device=device)
     sliding = cfg.replace({"eval.mode": "sliding_window"})
@@ -348,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="expected peak GPU memory of a training step, ours and the reference's (fake tensors)")
     parser.add_argument("--cpu-amp", action="store_true",
                         help="on a CPU, time with a GPU's precision (bf16 autocast, teachers in teachers.*.precision, "
-                             "channels-last) instead of fp32")
+                             "channels-last, fused AdamW: train.cpu_autocast) instead of fp32")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak for MFU (default: from its name)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--reference", action="store_true", help="only the reference way of computing")
     group.add_argument("--both", action="store_true", help="ours and the reference, with ratios")
-    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--out", type=user_path, help="also write the JSON here")
     args = parser.parse_intermixed_args(argv)
     if args.out:
         # Checked before minutes of measuring, not after.
@@ -364,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = RANDOM_WEIGHTS + (TINY if args.tiny else [])
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)
     extra += ["train.compile=true"] * args.compile
+    extra += ["train.cpu_autocast=true"] * args.cpu_amp
     only: Variant = "reference" if args.reference else "ours"
     variants: dict[Variant, bool] = {"ours": False, "reference": True} if args.both else {only: args.reference}
     cuda = torch.cuda.is_available()
@@ -373,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "peak_bf16_tflops": peak}
     whats = {"both": ("train", "eval"), "train": ("train",), "eval": ("eval",),
              None: () if (args.flops or args.memory) else ("train",)}[args.what]
-    cfg_ours = config_from_args(args, extra)
-    cfg_ref = config_from_args(args, extra + REFERENCE_OVERRIDES)
+    cfg_ours = load_config(user_path(args.config), args.overrides + extra)
+    cfg_ref = load_config(user_path(args.config), args.overrides + extra + REFERENCE_OVERRIDES)
 
     # FLOPs: asked for, or needed for the MFU of timed training on a GPU. Counted once: the same model
     # FLOPs both ways (the reference's explicit attention does the same multiply-adds).
@@ -394,9 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = cfg_ref if reference else cfg_ours
             torch.manual_seed(0)
             estimate = memory[name] if memory is not None else None
-            result = (bench_train(cfg, args.iters, args.warmup, reference, args.cpu_amp, flops, peak, estimate)
-                      if what == "train"
-                      else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size, args.cpu_amp))
+            result = (bench_train(cfg, args.iters, args.warmup, reference, flops, peak, estimate) if what == "train"
+                      else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size))
             measured[name] = results[name] = result
             print(summary(result), flush=True)
         if args.both:
@@ -406,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text(args.out, text + "\n")
     return 0
 
 

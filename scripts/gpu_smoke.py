@@ -282,7 +282,7 @@ def copy_logs(smoke: Smoke, method: str) -> None:
 
 
 def environment(smoke: Smoke) -> dict[str, Any]:
-    from util.speed import peak_bf16_tflops
+    from util.flops import peak_bf16_tflops
 
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),

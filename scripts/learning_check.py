@@ -13,7 +13,7 @@ Teachers. Stand-ins for DINOv2-B and CLIP ViT-L/14 must *know* something the stu
 handful of labelled tiles: here, what every class looks like across domains (seasons, sensors, scales).
 They are tiny ViTs of the repository's own `tiny` architectures, pretrained with supervision on a large pool
 of domain-shifted scenes drawn with another seed than the train/val/test scenes (never those scenes), with
-SPEC's colour augmentation, through a linear per-token head on exactly the feature the trainer distils
+the strong view's colour augmentation, through a linear per-token head on exactly the feature the trainer distils
 (DINO: last block after the final LayerNorm, on the 84-px crop; CLIP: last residual block before ln_post,
 on the crop resized to 42 px). The head is dropped; the encoders are saved in the official file layouts
 (DINOv2: plain state dict with DINOv2's key names and a 37 x 37 position grid; CLIP: OpenAI's `visual.*`
@@ -113,7 +113,7 @@ def pool_tiles(seed: int, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def augment(img: torch.Tensor, lab: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rescale x[0.6, 1.6] (one factor per batch) and crop/pad to the crop, flips, SPEC's colour jitter per sample."""
+    """Rescale x[0.6, 1.6] (one factor per batch), crop/pad to the crop, flips, the strong view's colour jitter."""
     s = 0.6 + torch.rand((), generator=g).item()
     size = int(round(CROP * s))
     img = F.interpolate(img.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=s < 1)
@@ -133,7 +133,7 @@ def augment(img: torch.Tensor, lab: torch.Tensor, g: torch.Generator) -> tuple[t
 
 
 def colour_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """SPEC's strong colour view, batched: with p 0.8 brightness/contrast/saturation x[0.5, 1.5] and a hue
+    """The strong view's colour, batched: with p 0.8 brightness/contrast/saturation x[0.5, 1.5] and a hue
     rotation of up to +-0.25 turns (90 degrees), with p 0.2 grayscale; x in [0, 1], returns uint8."""
     from dataset.synthetic_shift import hue_matrix
 

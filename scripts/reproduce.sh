@@ -66,7 +66,7 @@ finished() {
     [ -f "$1/progress.json" ] && grep -q '"finished": true' "$1/progress.json"
 }
 evaluated() {
-    newest=$(ls -t "$1"/eval_test_*/metrics.json "$1/best.pth" 2>/dev/null | head -n 1)
+    newest=$(ls -t "$1"/eval_best_test_*/metrics.json "$1/best.pth" 2>/dev/null | head -n 1)
     [ -n "$newest" ] && [ "$newest" != "$1/best.pth" ]
 }
 
@@ -87,7 +87,7 @@ for method in $(echo "$METHODS" | tr ',' ' '); do
                 fi
             fi
             if evaluated "$run"; then
-                echo "test scores there already: $(ls -d "$run"/eval_test_* | head -n 1)"
+                echo "test scores there already: $(ls -d "$run"/eval_best_test_* | head -n 1)"
                 continue
             fi
             # The published protocol: the test split, the run's own resolved config (its model, mode and class

@@ -242,12 +242,6 @@ def _(env: Env):
     return argv, ["lovda.yaml"]
 
 
-@case("config-nclass-given-though-derived-from-the-dataset", "train")
-def _(env: Env):
-    # dataset.nclass was a key: an old config or command line that still gives it is told the dataset decides.
-    return env.train("dataset.nclass=6"), ["dataset.nclass", "dataset.name", "loveda", "7", "6"]
-
-
 @case("config-override-without-equals", "train")
 def _(env: Env):
     # `train.lr 1e-4`: a space instead of '='.
@@ -459,10 +453,11 @@ def _(env: Env):
 
 @case("train-folder-in-use-by-another-run", "train")
 def _(env: Env):
-    from util.checkpoint import RunLock
+    from util.run import RunFolder
 
     shutil.copytree(env.request.getfixturevalue("trained")["run"], env.save)
-    env.held = RunLock(env.save)  # flock locks conflict between open files, also within one process
+    env.held = RunFolder(env.save)  # flock locks conflict between open files, also within one process
+    env.held.open()
     return env.train(), [str(env.save), "in use by another training run"]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from util.checkpoint import atomic_save, load_own_checkpoint
-from util.errors import WeightsError
+from util.errors import OutputError, WeightsError
 
 
 def test_saved_checkpoint_loads_back_equal(tmp_path):
@@ -115,13 +115,17 @@ for v in range(1, 41):
 
 
 def test_a_run_folder_is_locked_while_its_run_lives(tmp_path):
-    from util.checkpoint import RunLock
+    from util.run import RunFolder
 
-    lock = RunLock(tmp_path)
-    with pytest.raises(WeightsError, match="in use by another training run"):
-        RunLock(tmp_path)
-    lock.release()
-    RunLock(tmp_path).release()
+    first = RunFolder(tmp_path)
+    first.open()
+    with pytest.raises(OutputError, match="in use by another training run"):
+        RunFolder(tmp_path).open()
+    first.close(keep=True)
+    assert not (tmp_path / ".lock").exists()
+    second = RunFolder(tmp_path)
+    second.open()
+    second.close(keep=True)
 
 
 def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
@@ -131,20 +135,22 @@ def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
     import time
     from pathlib import Path
 
-    from util.checkpoint import RunLock
+    from util.run import RunFolder
 
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from util.checkpoint import RunLock
-lock = RunLock(__import__("pathlib").Path({str(tmp_path)!r}))
+from util.run import RunFolder
+RunFolder({str(tmp_path)!r}).open()
 print("locked", flush=True)
 time.sleep(60)
 """], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(WeightsError, match=f"pid {holder.pid}"):
-        RunLock(tmp_path)
+    with pytest.raises(OutputError, match=f"pid {holder.pid}"):
+        RunFolder(tmp_path).open()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     time.sleep(0.05)
-    RunLock(tmp_path).release()
+    folder = RunFolder(tmp_path)
+    folder.open()
+    folder.close(keep=True)

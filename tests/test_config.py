@@ -5,22 +5,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import ValidationError
 
-from dataset.info import DATASETS
+from util.catalog import DATASETS
 from util.config import (
-    MODEL_KEYS,
+    DISTILLING_METHODS,
+    METHOD_NAMES,
     PATCH_SIZE,
     Config,
     config_differences,
-    flatten,
     load_config,
     model_differences,
     parse_override,
     save_config,
+    with_absolute_paths,
 )
-from util.errors import ConfigError
+from util.errors import ConfigError, OutputError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
@@ -40,7 +40,7 @@ def error_of(path: Path, overrides: list[str] | None = None) -> str:
     return message
 
 
-def test_defaults_are_the_reference_values_of_spec_section_5():
+def test_defaults_are_the_methods_published_values():
     cfg = Config()
     t = cfg.train
     assert (t.lr, t.lr_multi, t.weight_decay, t.betas) == (5e-6, 40.0, 0.01, (0.9, 0.999))
@@ -60,21 +60,6 @@ def test_defaults_are_the_reference_values_of_spec_section_5():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     load_config(path)
-
-
-@pytest.mark.parametrize("name", ["loveda", "potsdam", "deepglobe"])
-def test_dataset_configs_state_every_default_they_rely_on(name):
-    raw = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert cfg.to_dict() == Config.model_validate(raw).to_dict()
-    for section in ("dataset", "model", "teachers", "distill", "train", "augment", "eval"):
-        assert set(raw[section]) == set(type(getattr(Config(), section)).model_fields), section
-
-
-def test_protocol_exclusions_follow_the_dataset():
-    assert load_config(REPO / "configs/loveda.yaml").dataset.excluded_classes == ()
-    assert load_config(REPO / "configs/potsdam.yaml").dataset.excluded_classes == (5,)
-    assert load_config(REPO / "configs/deepglobe.yaml").dataset.excluded_classes == (6,)
 
 
 def test_a_missing_section_takes_the_defaults(tmp_path):
@@ -168,7 +153,7 @@ def test_run_dir_fills_in_dataset_method_and_split(tmp_path):
     cfg = load_config(write(tmp_path, "{}"), ["dataset.split=5", "train.method=fixmatch",
                                             "teachers.dino.enabled=false", "teachers.clip.enabled=false",
                                             "distill.fusion_weights.dino=0", "distill.fusion_weights.clip=0"])
-    assert cfg.run_dir == Path("exp/loveda/fixmatch/5")
+    assert cfg.run_dir == Path.cwd() / "exp/loveda/fixmatch/5"
 
 
 def test_saved_config_reloads_to_the_same_values(tmp_path):
@@ -212,18 +197,23 @@ def test_a_byte_order_mark_is_fine_and_other_encodings_are_named(tmp_path):
     assert "not UTF-8" in error_of(path, [])
 
 
-def test_the_method_names_are_the_registrys(monkeypatch):
-    import methods
-    from methods import METHODS, Method
+def test_the_config_names_the_methods_and_the_registry_agrees():
+    from methods import METHODS
 
     with pytest.raises(ValidationError, match="unknown method 'mean_teacher'; choose one of supervised, fixmatch, "
                                               "unimatch_v2, rs_mtdf"):
         Config.model_validate({"train": {"method": "mean_teacher"}})
-    # A method added to the registry is a valid config value, and its declared needs decide the teachers.
-    monkeypatch.setitem(methods.METHODS, "mean_teacher", Method(METHODS["fixmatch"].step, unlabeled=True, n_strong=1,
-                                                                teachers=True))
-    cfg = Config.model_validate({"train": {"method": "mean_teacher"}})
-    assert cfg.distill_teachers == ("dino", "clip")
+    assert tuple(METHODS) == METHOD_NAMES
+    assert tuple(name for name, method in METHODS.items() if method.teachers) == DISTILLING_METHODS
+    assert Config.model_validate({"train": {"method": "rs_mtdf"}}).distill_teachers == ("dino", "clip")
+    assert Config.model_validate({"train": {"method": "fixmatch"}}).distill_teachers == ()
+
+
+def test_a_registry_that_disagrees_with_the_config_fails_at_import():
+    code = ("import util.config as c; c.METHOD_NAMES = c.METHOD_NAMES + ('mean_teacher',)\n"
+            "import methods")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode != 0 and "make them agree" in out.stderr
 
 
 def test_protocol_defaults_are_the_authors():
@@ -259,31 +249,29 @@ def test_replace_derives_a_validated_copy_and_leaves_the_original(tmp_path):
     for change, words in (({"eval.window": 15}, ["'eval.window'", "15", "patch size"]),
                           ({"train.epochs": 0}, ["'train.epochs'"]),
                           ({"eval.windw": 14}, ["'eval.windw'", "did you mean 'eval.window'"]),
-                          ({"dataset.nclass": 7}, ["'dataset.nclass'", "derived from dataset.name"])):
+                          ({"dataset.nclass": 7}, ["'dataset.nclass'", "valid keys here: name"])):
         with pytest.raises(ConfigError) as info:
             cfg.replace(change)
         assert all(w in str(info.value) for w in words) and "\n" not in str(info.value), str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# dataset.nclass is derived from dataset.name; distill.fusion is fusion_weights with every teacher weight 0.
+# Derived values: the class count and the data folders follow dataset.name; no fusion is fusion weights 0.
 
 
-def test_nclass_is_derived_from_the_dataset_name(tmp_path):
+def test_the_class_count_and_the_data_folders_follow_the_dataset_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for name, info in DATASETS.items():
-        assert load_config(write(tmp_path, "{}"), [f"dataset.name={name}"]).dataset.nclass == info.nclass
-    assert "nclass" not in Config().to_dict()["dataset"] and "dataset.nclass" not in MODEL_KEYS
-    message = error_of(write(tmp_path, "dataset: {name: potsdam, nclass: 6}\n"))
-    assert "'dataset.nclass'" in message and "derived from dataset.name (potsdam: 6 classes)" in message
-    message = error_of(write(tmp_path, "{}"), ["dataset.nclass=7"])
-    assert "'dataset.nclass'" in message and "loveda: 7 classes" in message
+        dataset = load_config(write(tmp_path, "{}"), [f"dataset.name={name}"]).dataset
+        assert dataset.nclass == info.nclass
+        assert (dataset.root, dataset.splits) == (str(tmp_path / "dataset" / name), str(tmp_path / "splits" / name))
+    assert "nclass" not in Config().to_dict()["dataset"]
+    assert "'dataset.nclass'" in error_of(write(tmp_path, "{}"), ["dataset.nclass=7"])
+    given = load_config(write(tmp_path, "dataset: {name: potsdam, root: /data/tiles}\n")).dataset
+    assert given.root == "/data/tiles" and given.splits.endswith("splits/potsdam")
 
 
-def test_fusion_is_one_knob_and_the_retired_switch_names_its_replacement(tmp_path):
-    assert "distill.fusion" not in MODEL_KEYS and "fusion" not in Config().to_dict()["distill"]
-    message = error_of(write(tmp_path, "{}"), ["distill.fusion=false"])
-    assert "'distill.fusion'" in message and "distill.fusion_weights={student: 1, dino: 0, clip: 0}" in message
-    assert "'distill.fusion'" in error_of(write(tmp_path, "distill: {fusion: true}\n"))
+def test_no_fusion_is_every_teacher_weight_zero_with_the_student_weight_one(tmp_path):
     none = load_config(write(tmp_path, "{}"), ["distill.fusion_weights={student: 1, dino: 0, clip: 0}"])
     assert not none.distill.fuses and Config().distill.fuses
     # Without fusion the features are used as they are: a student weight other than 1 would be a no-op.
@@ -293,51 +281,45 @@ def test_fusion_is_one_knob_and_the_retired_switch_names_its_replacement(tmp_pat
     load_config(write(tmp_path, "{}"), ["train.method=fixmatch", "distill.fusion_weights={dino: 0, clip: 0}"])
 
 
-def saved_run(tmp_path: Path, edit) -> Path:
-    """A run folder as an earlier version left it: config.yaml (with `edit` applied to its dict) and train.log."""
-    run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
-    raw = Config().to_dict()
-    edit(raw)
-    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (run / "train.log").write_text("")
-    return run / "config.yaml"
-
-
-def test_a_runs_saved_config_from_before_the_retired_keys_still_loads(tmp_path):
-    def old(raw, nclass=7, fusion=True):
-        raw["dataset"]["nclass"] = nclass
-        raw["distill"]["fusion"] = fusion
-
-    assert load_config(saved_run(tmp_path, old)).to_dict() == Config().to_dict()
-    no_fusion = load_config(saved_run(tmp_path, lambda raw: old(raw, fusion=False)))
-    assert no_fusion.distill.fusion_weights == {"student": 1.0, "dino": 0.0, "clip": 0.0}
-    # A class count other than the dataset's was refused then and is refused now.
-    path = saved_run(tmp_path, lambda raw: old(raw, nclass=6))
-    message = error_of(path)
-    assert str(path) in message and "'dataset.nclass'" in message and "loveda has 7 classes" in message
-    # Overrides on top of a saved config use today's keys; the same file outside a run folder is a user's.
-    assert "'distill.fusion'" in error_of(saved_run(tmp_path, lambda raw: None), ["distill.fusion=true"])
-    path = saved_run(tmp_path, old)
-    (path.parent / "train.log").unlink()
-    assert "'dataset.nclass'" in error_of(path)
-
-
-def test_checkpoint_configs_from_before_the_retired_keys_compare_in_todays_form():
+def test_model_differences_name_the_dataset_first_and_ignore_teachers_of_methods_without_them():
     ours = Config().to_dict()
-    theirs = Config().to_dict()
-    theirs["dataset"]["nclass"], theirs["distill"]["fusion"] = 7, True
-    assert config_differences(theirs, ours) == {} and model_differences(theirs, ours) == {}
-    # fusion: false built no projections whatever the weights said: today's {student: 1, dino: 0, clip: 0}.
-    theirs["distill"]["fusion"] = False
-    assert set(model_differences(theirs, ours)) == {"distill.fusion_weights.student", "distill.fusion_weights.dino",
-                                                    "distill.fusion_weights.clip"}
-    none = Config().replace({"distill.fusion_weights": {"student": 1, "dino": 0, "clip": 0}}).to_dict()
-    assert model_differences(theirs, none) == {} and config_differences(theirs, none) == {}
-    # Another dataset is named by dataset.name alone (nclass no longer counts as a key of its own).
-    theirs["distill"]["fusion"] = True
-    other = Config().replace({"dataset.name": "potsdam"}).to_dict()
-    assert list(model_differences(theirs, other)) == ["dataset.name"]
+    other = Config().replace({"dataset.name": "potsdam", "teachers.clip.input_size": 112}).to_dict()
+    assert list(model_differences(other, ours)) == ["dataset.name", "teachers.clip.input_size"]
+    fixmatch = Config().replace({"train.method": "fixmatch"})
+    assert model_differences(fixmatch.to_dict(), fixmatch.replace({"teachers.clip.input_size": 112}).to_dict()) == {}
+    assert config_differences(ours, ours) == {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths: absolute once loaded, `~` expanded, so a run's config.yaml reads the same files from any folder.
+
+
+def test_loaded_paths_are_absolute_and_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(write(tmp_path, "{}"), ["save_path=~/runs/{method}", "model.pretrained=null"])
+    assert cfg.dataset.root == str(tmp_path / "dataset" / "loveda")
+    assert cfg.dataset.splits == str(tmp_path / "splits" / "loveda")
+    assert cfg.run_dir == tmp_path / "home" / "runs" / "rs_mtdf" and cfg.model.pretrained is None
+    assert cfg.teachers.clip.weights == str(tmp_path / "pretrained" / "ViT-L-14.pt")
+    # Saved and read again from elsewhere, it names the same files.
+    save_config(cfg, tmp_path / "saved.yaml")
+    monkeypatch.chdir(REPO)
+    assert load_config(tmp_path / "saved.yaml").to_dict() == cfg.to_dict()
+
+
+def test_save_config_is_atomic_and_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    save_config(Config(), path)
+    before = path.read_bytes()
+
+    def full_disk(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OutputError, match="No space left on device"):
+        save_config(Config().replace({"train.epochs": 3}), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
 def test_the_patch_size_has_one_definition_and_the_config_imports_no_torch():
@@ -350,64 +332,13 @@ def test_the_patch_size_has_one_definition_and_the_config_imports_no_torch():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One source for every default: the shipped dataset configs state every key at its schema default (SPEC §5).
-
-DATASET_CONFIGS = ("loveda", "potsdam", "deepglobe")
-# Not held to the defaults: tiny CPU runs (a tiny student from scratch, small crops) whose values differ by
-# design, as their headers say. They must load (test_every_shipped_config_loads), nothing more.
-EXEMPT_CONFIGS = ("demo", "learning_check")
-# What sets one dataset's config apart from another's: the dataset and where its files are. Each is checked
-# against the dataset instead of the schema default (which is LoveDA's).
-DATASET_KEYS = ("dataset.name", "dataset.root", "dataset.splits", "dataset.eval_exclude")
-# A value that is not the schema default says why on its own line, in a trailing comment that starts so.
-DIFFERS = "# not the default:"
+# The shipped dataset configs are short: the dataset, where its files are, and what users edit most.
 
 
-def line_comments(path: Path) -> dict[str, str]:
-    """{dotted key: the trailing comment of the line its value is on ('' for none)} for every leaf of a YAML file."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    comments: dict[str, str] = {}
-
-    def walk(node: yaml.MappingNode, prefix: str) -> None:
-        for key, value in node.value:
-            if isinstance(value, yaml.MappingNode):
-                walk(value, f"{prefix}{key.value}.")
-            else:
-                _, mark, comment = lines[value.start_mark.line].partition(" #")
-                comments[prefix + key.value] = f"#{comment}".strip() if mark else ""
-
-    walk(yaml.compose(text), "")
-    return comments
-
-
-def test_every_shipped_config_has_a_rule():
-    assert sorted(p.stem for p in SHIPPED) == sorted(DATASET_CONFIGS + EXEMPT_CONFIGS)
-
-
-@pytest.mark.parametrize("name", DATASET_CONFIGS)
-def test_dataset_config_holds_every_key_at_its_default_or_says_why(name):
-    path = REPO / "configs" / f"{name}.yaml"
-    values, comments = flatten(yaml.safe_load(path.read_text())), line_comments(path)
-    defaults = flatten(Config().to_dict())
-    assert set(values) == set(defaults) == set(comments)
-    for key, default in defaults.items():
-        if key in DATASET_KEYS:
-            continue
-        differs = values[key] != default
-        assert comments[key].startswith(DIFFERS) == differs, (
-            f"{path.name}: {key} is {values[key]!r}, the default {default!r}: a value other than the default "
-            f"needs a comment '{DIFFERS} <why>' on its line, and only such a value has one")
-    info = DATASETS[name]
-    assert (values["dataset.name"], values["dataset.root"], values["dataset.splits"]) == (
-        name, f"dataset/{name}", f"splits/{name}")
-    assert values["dataset.eval_exclude"] in (None, list(info.eval_exclude))
-
-
-def test_the_dataset_configs_agree_on_every_key_but_the_datasets_own():
-    values = {name: flatten(yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()))
-              for name in DATASET_CONFIGS}
-    first = values[DATASET_CONFIGS[0]]
-    for name, other in values.items():
-        diffs = {k for k in set(first) | set(other) if first.get(k) != other.get(k)}
-        assert diffs <= set(DATASET_KEYS), (name, sorted(diffs - set(DATASET_KEYS)))
+@pytest.mark.parametrize("name", ("loveda", "potsdam", "deepglobe"))
+def test_a_dataset_config_is_its_dataset_and_the_defaults(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.dataset.name == name and cfg.dataset.excluded_classes == DATASETS[name].eval_exclude
+    defaults = Config().replace({"dataset.name": name, "dataset.root": f"dataset/{name}",
+                                 "dataset.splits": f"splits/{name}"})
+    assert cfg.to_dict() == with_absolute_paths(defaults).to_dict()

@@ -173,8 +173,8 @@ def test_normalize_uses_imagenet_statistics():
 def test_normalize_is_torchvisions_to_the_bit_on_images_and_batches_and_denormalize_inverts_it():
     from torchvision.transforms.v2 import functional as TF
 
-    from dataset.info import IMAGENET_MEAN, IMAGENET_STD
     from dataset.transforms import denormalize
+    from util.catalog import IMAGENET_MEAN, IMAGENET_STD
 
     img = torch.randint(0, 256, (2, 3, 5, 7), generator=gen(0)).to(torch.uint8)
     reference = TF.normalize(img.float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))

@@ -13,16 +13,21 @@ from PIL import Image
 
 import eval.eval as eval_cli
 import eval.predict as predict_cli
-from dataset.info import DATASETS
+from model.convert import LoadedWeights
+from util.catalog import DATASETS
 from util.errors import DataError, WeightsError
+from util.run import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array(DATASETS["loveda"].palette, dtype=np.uint8)
 
 
-def stub_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, str]:
+SOURCE = {"run_id": "0123456789ab", "iteration": 40, "epoch": 2, "selected_by": "student"}
+
+
+def stub_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, LoadedWeights]:
     torch.manual_seed(0)
-    return torch.nn.Conv2d(3, 7, 1).to(device).eval(), which or "student"
+    return torch.nn.Conv2d(3, 7, 1).to(device).eval(), LoadedWeights(which or "student", dict(SOURCE))
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -64,11 +69,15 @@ def test_eval_writes_metrics_table_and_confusion_matrix(tmp_path, stubs, capsys)
     ckpt.write_bytes(b"")
     assert eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt), "--mode", "sliding_window",
                           "--weights", "ema"]) == 0
-    out = tmp_path / "run" / "eval_val_sliding_window_ema"
+    out = tmp_path / "run" / "eval_best_val_sliding_window_ema"
     assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "metrics.json", "metrics.md"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (metrics["mode"], metrics["weights"], metrics["window"], metrics["stride"]) == (
-        "sliding_window", "ema", 28, 18)  # the reference's default stride: int(28 * 2 / 3)
+    assert (metrics["mode"], metrics["weights"], metrics["window"], metrics["stride"], metrics["blend"]) == (
+        "sliding_window", "ema", 28, 18, "uniform")  # the reference's default stride: int(28 * 2 / 3)
+    # What produced the scores: the checkpoint (its bytes and the run and moment it holds) and the list scored.
+    assert metrics["checkpoint"] == {"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt), **SOURCE}
+    val = tmp_path / "splits" / "val.txt"
+    assert (metrics["split_list"], metrics["split_list_sha256"]) == (str(val), file_sha256(val))
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["pixels"] == 3 * 30 * 20
     assert set(metrics["classes"]) == set(DATASETS["loveda"].class_names)
     assert "| mIoU |" in (out / "metrics.md").read_text() and "| mIoU |" in capsys.readouterr().out
@@ -79,7 +88,8 @@ def test_eval_writes_metrics_table_and_confusion_matrix(tmp_path, stubs, capsys)
 def test_eval_flags_become_config_overrides():
     args = eval_cli.parse_args(["--config", "c.yaml", "--checkpoint", "x", "--mode", "original", "--window", "42",
                                 "--batch-size", "2", "train.seed=1"])
-    assert eval_cli.flag_overrides(args) == ["eval.mode=original", "eval.window=42", "eval.batch_size=2"]
+    assert {k: v for k, v in eval_cli.flag_overrides(args).items() if v is not None} == {
+        "eval.mode": "original", "eval.window": 42, "eval.batch_size": 2}
     assert args.overrides == ["train.seed=1"]
 
 
@@ -163,7 +173,7 @@ def test_images_are_opened_without_a_pixel_limit(tmp_path):
 
 
 def test_colorize_uses_the_palette_and_draws_ignore_black():
-    from util.visualize import colorize, overlay
+    from eval.visualize import colorize, overlay
 
     mask = np.array([[0, 1], [6, 255]], dtype=np.uint8)
     color = colorize(mask, DATASETS["loveda"].palette)
@@ -175,7 +185,7 @@ def test_colorize_uses_the_palette_and_draws_ignore_black():
 
 def test_denormalize_inverts_the_input_normalisation():
     from dataset.transforms import normalize
-    from util.visualize import denormalize
+    from eval.visualize import denormalize
 
     rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
     assert np.array_equal(denormalize(normalize(torch.from_numpy(rgb).permute(2, 0, 1))), rgb)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.info import DATASETS
 from eval import eval as eval_cli
 from eval import predict
 from model.segmenter import build_segmenter
 from tests.train_fixtures import REPO, assert_one_line_error, invoke
+from util.catalog import DATASETS
 from util.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread", "close_leaked_progress_bars")
@@ -64,7 +64,7 @@ def test_eval_scores_a_checkpoint(tmp_path, capsys):
     cfg, ckpt = make_run(tmp_path)
     assert eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt), "--mode", "sliding_window",
                           "--weights", "ema"]) == 0
-    metrics = json.loads((ckpt.parent / "eval_val_sliding_window_ema" / "metrics.json").read_text())
+    metrics = json.loads((ckpt.parent / "eval_best_val_sliding_window_ema" / "metrics.json").read_text())
     assert 0 < metrics["pixels"] <= 42 * 56 + 30 * 44
     assert metrics["unit"] == "percent" and metrics["miou"] is not None and 0 <= metrics["miou"] <= 100
     assert "mIoU" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """The GPU's code paths, exercised on the CPU where PyTorch allows it, and on the GPU when there is one.
 
-Each test runs on the CPU with the precision a GPU would use (util.speed.emulate_gpu_precision: bf16 or fp16
-autocast, teachers in teachers.*.precision, channels-last convolutions) and again on CUDA when a GPU is
+Each test runs on the CPU with the code paths a GPU would take (train.cpu_autocast: bf16 or fp16 autocast,
+teachers in teachers.*.precision, channels-last convolutions, fused AdamW) and again on CUDA when a GPU is
 present (ids ending in `cuda`; scripts/gpu_smoke.sh runs them with `-k cuda`). What only a GPU can show
 (flash / memory-efficient / cuDNN attention kernels, inductor's GPU code, NCCL, the real peak memory) is
 in the CUDA variants and the smoke script. Tolerances: fp32 paths agree to float rounding (1e-5, 1e-4 on
@@ -11,7 +11,6 @@ and AdamW's first update (about lr * sign(gradient), whatever the gradient's siz
 """
 
 import contextlib
-import copy
 import json
 import subprocess
 
@@ -20,10 +19,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.encoder import DinoEncoder
+from scripts.costs import adamw_like, step_batch, step_memory
 from tests.train_fixtures import REPO, step_trainer
 from train import Trainer, build_optimizer
+from util.checkpoint import atomic_save
 from util.precision import autocast_dtype
-from util.speed import adamw_like, emulate_gpu_precision, step_batch, step_memory
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no GPU: the CUDA variant runs in scripts/gpu_smoke.sh")
@@ -42,10 +42,9 @@ def exact_float32():
 
 
 def make_trainer(device: str, *overrides: str, gpu_like: bool = False) -> Trainer:
-    """The demo's tiny RS-MTDF (tests/train_fixtures.py TINY_STEP) on `device`, computing as a GPU would if
-    `gpu_like`."""
-    t = step_trainer(device, *overrides)
-    return emulate_gpu_precision(t) if gpu_like else t
+    """The demo's tiny RS-MTDF (tests/train_fixtures.py TINY_STEP) on `device`, taking the GPU's code paths on a
+    CPU too if `gpu_like` (train.cpu_autocast)."""
+    return step_trainer(device, *overrides, *(["train.cpu_autocast=true"] if gpu_like else []))
 
 
 def run_step(t: Trainer, batch: dict) -> dict[str, float]:
@@ -115,10 +114,11 @@ def test_gpu_precision_training_step_runs_in_bf16_and_fp16_and_matches_fp32(devi
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_channels_last_training_step_equals_contiguous(device):
-    plain = make_trainer(device, "train.precision=fp32", "train.channels_last=false")
-    last = make_trainer(device, "train.precision=fp32", "train.channels_last=false")
-    last.model.to(memory_format=torch.channels_last)
-    last.ema.to(memory_format=torch.channels_last)
+    plain = make_trainer(device, "train.precision=fp32", "train.channels_last=false", gpu_like=True)
+    last = make_trainer(device, "train.precision=fp32", "train.channels_last=true", gpu_like=True)
+    conv = "head.output.0.weight"  # a 3x3 convolution (a 1x1 one is contiguous either way)
+    assert last.model.state_dict()[conv].is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.state_dict()[conv].is_contiguous(memory_format=torch.channels_last)
     batch = step_batch(plain)
     for _ in range(2):
         want, got = run_step(plain, batch), run_step(last, batch)
@@ -168,15 +168,12 @@ def fused_adamw(optimizer: torch.optim.Optimizer) -> torch.optim.AdamW:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_adamw_gives_the_same_update_and_resumes_from_a_plain_checkpoint(device):
+def test_fused_adamw_gives_the_same_update_as_the_multi_tensor_one(device):
     t = make_trainer(device, "train.precision=fp32", "train.method=fixmatch")
     model = t.model
     twin = make_trainer(device, "train.precision=fp32", "train.method=fixmatch").model
-    ours, fused = build_optimizer(model, t.cfg), None
-    try:
-        fused = fused_adamw(build_optimizer(twin, t.cfg))
-    except RuntimeError as e:
-        pytest.skip(f"fused AdamW is not supported here: {e}")
+    ours = adamw_like(build_optimizer(model, t.cfg), fused=False)
+    fused = adamw_like(build_optimizer(twin, t.cfg), fused=True)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         for p, q in zip(model.parameters(), twin.parameters()):
@@ -186,26 +183,29 @@ def test_fused_adamw_gives_the_same_update_and_resumes_from_a_plain_checkpoint(d
         fused.step()
     assert_close_states(state_on_cpu(twin), state_on_cpu(model), atol=1e-6)
 
-    # A checkpoint of today's optimizer loaded into a fused one turns it back into unfused AdamW
-    # (load_state_dict restores every group setting): resuming must mark the saved groups fused.
-    plain_state = copy.deepcopy(ours.state_dict())  # a checkpoint: load_state_dict may share its tensors
-    naive = fused_adamw(ours)
-    naive.load_state_dict(copy.deepcopy(plain_state))
-    assert not naive.param_groups[0]["fused"]  # None or False: unfused
-    resumed = fused_adamw(ours)
-    groups = [{**grp, "fused": True} for grp in plain_state["param_groups"]]
-    resumed.load_state_dict({**plain_state, "param_groups": groups})
-    assert resumed.param_groups[0]["fused"] is True
-    step = next(iter(resumed.state.values()))["step"]
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_fused_optimizer_resumes_a_plain_checkpoint_through_trainer_resume_and_stays_fused(device, tmp_path):
+    """load_state_dict restores every group setting, `fused` too: Trainer.resume must keep the new run's choice,
+    both ways, and go on with the same update."""
+    plain = make_trainer("cpu", "train.precision=fp32", "train.method=fixmatch")
+    fused = make_trainer(device, "train.precision=fp32", "train.method=fixmatch", gpu_like=True)
+    assert not plain.optimizer.param_groups[0]["fused"] and fused.optimizer.param_groups[0]["fused"] is True
+    batch = step_batch(plain)
+    run_step(plain, batch)
+    atomic_save(plain.state(0), tmp_path / "plain.pth")
+    fused.resume(tmp_path / "plain.pth", allow_changed=True)  # train.cpu_autocast differs, by design
+    assert fused.optimizer.param_groups[0]["fused"] is True and fused.iteration == plain.iteration == 1
+    step = next(iter(fused.optimizer.state.values()))["step"]
     assert step.device.type == device and step.dtype == torch.float32
-    before = state_on_cpu(model)
-    resumed.step()
-    after_fused = state_on_cpu(model)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), before.values()):
-            p.copy_(v.to(device))
-    ours.step()
-    assert_close_states(after_fused, state_on_cpu(model), atol=1e-6)
+    run_step(plain, batch)
+    run_step(fused, {k: v.to(device) for k, v in batch.items()})
+    assert_close_states(state_on_cpu(fused.model), state_on_cpu(plain.model), atol=1e-5)
+    # The other way: a plain run resuming a fused checkpoint stays plain.
+    atomic_save(fused.state(0), tmp_path / "fused.pth")
+    again = make_trainer("cpu", "train.precision=fp32", "train.method=fixmatch")
+    again.resume(tmp_path / "fused.pth", allow_changed=True)
+    assert not again.optimizer.param_groups[0]["fused"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_compiled_training_step_matches_eager(device):
 
 @needs_cuda
 def test_cuda_peak_memory_is_the_estimate():
-    """The fake-tensor estimate (util.speed.step_memory) against torch.cuda.max_memory_allocated of a real step."""
+    """The fake-tensor estimate (scripts.costs.step_memory) against torch.cuda.max_memory_allocated of a real step."""
     overrides = ["model.backbone=small", "teachers.dino.arch=tiny", "teachers.clip.arch=tiny",
                  "dataset.crop_size=224", "train.batch_size=4", "train.precision=auto"]
     t = make_trainer("cuda", *overrides)

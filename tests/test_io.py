@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from util.errors import OutputError
 from util.io import (
     atomic_path,
     atomic_paths,
@@ -65,3 +66,41 @@ def test_torch_load_reads_tensors_refuses_code_and_takes_allowed_types(tmp_path)
     with pytest.raises(pickle.UnpicklingError):
         torch_load(tmp_path / "code.pth")
     assert isinstance(torch_load(tmp_path / "code.pth", allow=[Foreign])["w"], Foreign)
+
+
+def test_a_folder_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
+    import fcntl
+
+    from util.io import FolderLock
+
+    def busy(pid: str) -> str:
+        return f"held by process {pid}"
+
+    with FolderLock(tmp_path, ".lock", busy):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(OutputError, match=rf"held by process {os.getpid()}"):
+            FolderLock(tmp_path, ".lock", busy)
+    assert not (tmp_path / ".lock").exists()
+    # A holder that dies (its descriptor closed by the kernel) leaves the file but not the lock.
+    fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.close(fd)
+    with FolderLock(tmp_path, ".lock", busy):
+        pass
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_stale_temporaries_of_dead_writers_go_and_those_of_living_ones_stay(tmp_path):
+    import subprocess
+    import sys
+
+    from util.io import remove_stale_temporaries, temporary_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".latest.pth.{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half")
+    alive = temporary_path(tmp_path / "best.pth")  # this process's: a writer still at work
+    alive.write_bytes(b"half")
+    (tmp_path / "latest.pth").write_bytes(b"whole")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "latest.pth"])

@@ -103,7 +103,7 @@ def test_without_a_choice_the_weights_the_checkpoint_was_selected_by_are_loaded(
             ckpt["selected_by"] = selected_by
         torch.save(ckpt, path)
         loaded = fresh()
-        assert load_segmenter_weights(loaded, path) == (selected_by or "student")
+        assert load_segmenter_weights(loaded, path).which == (selected_by or "student")
         assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
 
 

@@ -41,7 +41,7 @@ def test_forward_is_the_training_forward_without_translations(model):
 
 
 def manual_logits(model, img, weights, feature_mask=None):
-    """SPEC §3 literally: f4' = w_s f + w_d P_d(T_d(f)) + w_c P_c(up(T_c(f224))), then the DPT head."""
+    """docs/method.md §1 literally: f4' = w_s f + w_d P_d(T_d(f)) + w_c P_c(up(T_c(f224))), then the DPT head."""
     grid = (img.shape[-2] // 14, img.shape[-1] // 14)
     feats = model.encoder.forward_features(img)
     f = feats[-1]

@@ -21,9 +21,9 @@ from rasterio.enums import Compression
 from rasterio.transform import Affine
 
 import eval.predict as predict_cli
-from dataset.info import DATASETS
 from dataset.transforms import normalize
 from eval.inference import importance_map, predict_logits, predict_rows
+from util.catalog import DATASETS
 from util.cli import run_main
 from util.errors import DataError
 
@@ -128,7 +128,7 @@ def test_geotiff_in_gives_georeferenced_compressed_tiled_masks_with_colour_table
         assert np.array_equal(color_ds.read().transpose(1, 2, 0), PALETTE[mask])
     with rasterio.open(out / "scene_overlay.tif") as overlay_ds:
         assert overlay_ds.transform == TRANSFORM and overlay_ds.count == 3
-        from util.visualize import overlay
+        from eval.visualize import overlay
         assert np.array_equal(overlay_ds.read().transpose(1, 2, 0), overlay(rgb, PALETTE[mask], 0.5))
     with Image.open(out / "scene_legend.png") as legend:
         assert legend.format == "PNG" and legend.height > 7 * 15

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.info import DATASETS
 from dataset.prepare import prepare
 from dataset.semi import SemiDataset
 from dataset.synthetic import write_deepglobe, write_loveda, write_potsdam
+from util.catalog import DATASETS
 from util.config import Config
 from util.errors import DataError
 
@@ -258,29 +258,6 @@ def test_tiles_of_an_older_run_are_judged_by_its_summary(tmp_path):
     with pytest.raises(DataError, match=r"--tile 10, not 20 \(recorded in .*prepare_summary.json\)"):
         prepare("potsdam", raw, out, tmp_path / "s2", tile=20, resplit=True)
     assert prepare("potsdam", raw, out, tmp_path / "s3", tile=10, resplit=True)["crops_skipped"] == 4
-
-
-def test_the_lock_refuses_a_second_run_and_dies_with_its_holder(tmp_path):
-    import fcntl
-    import os
-
-    from dataset.prepare import exclusive
-
-    out = tmp_path / "out"
-    out.mkdir()
-    with exclusive(out):
-        assert (out / ".prepare.lock").read_text().strip() == str(os.getpid())
-        with pytest.raises(DataError, match=rf"another dataset.prepare \(process {os.getpid()}\) is writing into "):
-            with exclusive(out):
-                pass
-    assert not (out / ".prepare.lock").exists()
-    # A holder that dies (its descriptor closed by the kernel) leaves the file but not the lock.
-    fd = os.open(out / ".prepare.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.close(fd)
-    with exclusive(out):
-        pass
-    assert not (out / ".prepare.lock").exists()
 
 
 def test_a_truncated_raw_jpeg_is_reported_not_filled_with_grey(tmp_path):

@@ -1,90 +1,96 @@
-"""eval/report.py: rows pooled over seeds, in-progress and ablation rows, old checkpoints, skipped folders."""
+"""eval/report.py: rows pooled over seeds that share every other setting, test scores that are provably of the
+run's best.pth on its test list, in-progress and ablation rows, skipped folders and ignored evaluations."""
 
 import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from eval import report
 from util.cli import run_main
 from util.config import Config, save_config
+from util.run import file_sha256
 
 NO_TEACHERS = {"teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
                "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}}
 
 
-def make_config(folder: Path, method: str, split: str, seed: int, **sections) -> None:
+def make_config(folder: Path, method: str, split: str, seed: int, splits: Path, epochs: int = 4,
+                **sections) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     base = NO_TEACHERS if method != "rs_mtdf" else {}
     raw = {**base, **sections}
-    raw["dataset"] = {"name": "loveda", "split": split}
-    raw["train"] = {"method": method, "seed": seed, "epochs": 4, "best_by": "student"}
+    raw["dataset"] = {"name": "loveda", "split": split, "splits": str(splits)}
+    raw["train"] = {"method": method, "seed": seed, "epochs": epochs, "best_by": "student"}
     save_config(Config.model_validate(raw), folder / "config.yaml")
 
 
-def make_progress(folder: Path, method: str, split: str, seed: int, student: float, student_epoch: int,
-                  ema: float, ema_epoch: int, finished: bool = True, iteration: int = 160,
-                  wall: float = 100.0) -> None:
+def make_progress(folder: Path, student: float, student_epoch: int, ema: float, ema_epoch: int,
+                  finished: bool = True, iteration: int = 160, wall: float = 100.0, best_at: int = 120) -> str:
+    """progress.json of a run whose best.pth was saved at iteration `best_at`; returns the run's id."""
+    run_id = f"run{abs(hash(str(folder))) % 10**8:08d}"
     (folder / "progress.json").write_text(json.dumps({
-        "dataset": "loveda", "method": method, "split": split, "seed": seed,
         "epoch": 4 if finished else 3, "epochs": 4, "iteration": iteration, "total_iters": 160,
-        "finished": finished, "wall_seconds": wall, "selected_by": "student",
+        "finished": finished, "wall_seconds": wall, "selected_by": "student", "run_id": run_id,
+        "best_checkpoint": {"iteration": best_at, "epoch": 3},
         "best": {"student": {"miou": student, "epoch": student_epoch}, "ema": {"miou": ema, "epoch": ema_epoch}},
         "history": [{"epoch": 1, "student": 40.0, "ema": 30.0}]}))
+    return run_id
 
 
-def make_eval(folder: Path, split: str, weights: str, miou: float, mean_f1: float, percent: bool = True) -> None:
-    sub = folder / f"eval_{split}_original_{weights}"
+def make_eval(folder: Path, name: str, split: str, weights: str, miou: float, mean_f1: float, splits: Path,
+              mode: str = "original", iteration: int = 120, run_id: str | None = None,
+              checkpoint: str = "best.pth") -> None:
+    """metrics.json of eval/eval.py, naming the checkpoint it scored (this run's, at `iteration`) and the list."""
+    sub = folder / name
     sub.mkdir()
-    metrics = {"split": split, "mode": "original", "weights": weights, "miou": miou, "mean_f1": mean_f1,
-               "oa": miou, "kappa": miou, "checkpoint": str(folder / "best.pth")}
-    if percent:
-        metrics["unit"] = "percent"
+    progress = json.loads((folder / "progress.json").read_text())
+    listed = splits / f"{split}.txt"
+    metrics = {"unit": "percent", "split": split, "mode": mode, "weights": weights, "miou": miou,
+               "mean_f1": mean_f1, "oa": miou, "kappa": miou, "split_list": str(listed),
+               "split_list_sha256": file_sha256(listed),
+               "checkpoint": {"path": str(folder / checkpoint), "sha256": "0" * 64,
+                              "run_id": run_id or progress["run_id"], "iteration": iteration, "epoch": 3,
+                              "selected_by": "student"}}
     (sub / "metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.fixture
-def exp(tmp_path: Path) -> Path:
+def splits(tmp_path: Path) -> Path:
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    (folder / "val.txt").write_text("v.png v_mask.png\n")
+    (folder / "test.txt").write_text("t.png t_mask.png\n")
+    return folder
+
+
+@pytest.fixture
+def exp(tmp_path: Path, splits: Path) -> Path:
     root = tmp_path / "exp"
-    # Two seeds of rs_mtdf at 10 %, each with a test evaluation of the student (the selected weights).
+    # Two seeds of rs_mtdf at 10 %, each with a test evaluation of best.pth's student (the selected weights).
     for seed, student, ema, test_miou, test_f1 in ((42, 55.1, 53.0, 50.0, 60.0), (43, 57.1, 54.0, 52.0, 63.0)):
         run = root / "loveda" / "rs_mtdf" / "10" / f"seed{seed}"
-        make_config(run, "rs_mtdf", "10", seed)
-        make_progress(run, "rs_mtdf", "10", seed, student, 3 if seed == 42 else 4, ema, 2)
-        make_eval(run, "test", "student", test_miou, test_f1)
-        make_eval(run, "test", "ema", 99.0, 99.0)  # not the selected weights: must not be picked
+        make_config(run, "rs_mtdf", "10", seed, splits)
+        make_progress(run, student, 3 if seed == 42 else 4, ema, 2)
+        make_eval(run, "eval_best_test_original_student", "test", "student", test_miou, test_f1, splits)
+        make_eval(run, "eval_best_test_original_ema", "test", "ema", 99.0, 99.0, splits)  # not the selected weights
     # DINO-only ablation with random teachers: a row of its own.
     run = root / "loveda" / "rs_mtdf_dino" / "10"
-    make_config(run, "rs_mtdf", "10", 42,
+    make_config(run, "rs_mtdf", "10", 42, splits,
                 teachers={"clip": {"enabled": False}, "dino": {"weights": "teachers_random/dino.pth"}},
                 distill={"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}})
-    make_progress(run, "rs_mtdf", "10", 42, 48.0, 4, 47.0, 4)
+    make_progress(run, 48.0, 4, 47.0, 4)
     # A fixmatch run still in progress, at 1 %.
     run = root / "loveda" / "fixmatch" / "1"
-    make_config(run, "fixmatch", "1", 42)
-    make_progress(run, "fixmatch", "1", 42, 30.0, 2, 31.0, 3, finished=False, iteration=120, wall=3725.0)
-    # An old supervised run at 5 %: only latest.pth, scores as fractions, and an eval without the unit key.
-    run = root / "loveda" / "supervised" / "5"
-    make_config(run, "supervised", "5", 7)
-    torch.save({"model": {}, "epoch": 4, "iteration": 160, "iters_per_epoch": 40,
-                "best": {"student": 0.25, "ema": 0.2, "epoch": 4}}, run / "latest.pth")
-    make_eval(run, "val", "student", 0.25, 0.4, percent=False)
-    make_eval(run, "test", "ema", 0.245, 0.375, percent=False)
-    # A newer run whose progress.json is gone: latest.pth has per-weights best scores in percent.
-    run = root / "loveda" / "unimatch_v2" / "5"
-    make_config(run, "unimatch_v2", "5", 42)
-    torch.save({"model": {}, "epoch": 4, "iteration": 160, "iters_per_epoch": 40, "wall_seconds": 30.0,
-                "selected_by": "ema",
-                "best": {"student": {"miou": 41.0, "epoch": 3}, "ema": {"miou": 42.0, "epoch": 4}}},
-               run / "latest.pth")
+    make_config(run, "fixmatch", "1", 42, splits)
+    make_progress(run, 30.0, 2, 31.0, 3, finished=False, iteration=120, wall=3725.0)
     # The supervised baseline on the semi-supervised schedule (hand-written YAML): a row of its own.
     run = root / "loveda" / "supervised_same" / "5"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("dataset: {name: loveda, split: 5}\n"
                                      "train: {method: supervised, seed: 42, supervised_protocol: same_iterations}\n")
-    make_progress(run, "supervised", "5", 42, 22.0, 4, 21.0, 4)
+    make_progress(run, 22.0, 4, 21.0, 4)
     # Broken: garbage config.yaml next to a progress.json.
     broken = root / "loveda" / "broken"
     broken.mkdir()
@@ -92,7 +98,7 @@ def exp(tmp_path: Path) -> Path:
     (broken / "progress.json").write_text("{}")
     # Unparseable progress.json next to a valid config.
     bad_progress = root / "loveda" / "bad_progress"
-    make_config(bad_progress, "fixmatch", "5", 1)
+    make_config(bad_progress, "fixmatch", "5", 1, splits)
     (bad_progress / "progress.json").write_text("{not json")
     # A run's files without config.yaml.
     (root / "orphan").mkdir()
@@ -100,18 +106,22 @@ def exp(tmp_path: Path) -> Path:
     return root
 
 
+def rows_of(out: Path) -> dict:
+    data = json.loads((out / "report.json").read_text())
+    return {(r["method"], r["split"], r["ablation"], r["differs"]): r for r in data["rows"]}
+
+
 def test_report_rows_table_and_plot(exp: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert report.main([str(exp), "--out", str(out)]) == 0
     data = json.loads((out / "report.json").read_text())
-    rows = {(r["method"], r["split"], r["ablation"]): r for r in data["rows"]}
+    rows = rows_of(out)
     # Sorted by split, then method order.
     assert [(r["split"], r["method"], r["ablation"]) for r in data["rows"]] == [
-        ("1", "fixmatch", "-"), ("5", "supervised", "-"), ("5", "supervised", "same iterations"),
-        ("5", "unimatch_v2", "-"), ("10", "rs_mtdf", "dino+clip"),
+        ("1", "fixmatch", "-"), ("5", "supervised", "same iterations"), ("10", "rs_mtdf", "dino+clip"),
         ("10", "rs_mtdf", "dino only, no fusion, teachers: teachers_random")]
 
-    full = rows[("rs_mtdf", "10", "dino+clip")]
+    full = rows[("rs_mtdf", "10", "dino+clip", "")]
     assert full["n"] == 2 and full["seeds"] == [42, 43] and full["in_progress"] == []
     assert full["best_val_student"]["mean"] == pytest.approx(56.1)
     assert full["best_val_student"]["std"] == pytest.approx(math.sqrt(2))
@@ -119,25 +129,15 @@ def test_report_rows_table_and_plot(exp: Path, tmp_path: Path, capsys) -> None:
     assert full["best_val_ema"]["mean"] == pytest.approx(53.5)
     assert full["best_val_ema"]["std"] == pytest.approx(math.sqrt(0.5))
     assert full["test_miou"]["mean"] == pytest.approx(51.0) and full["test_weights"] == ["student", "student"]
+    assert full["test_modes"] == ["original", "original"]
     assert full["test_mean_f1"]["mean"] == pytest.approx(61.5)
     assert full["wall_seconds"]["mean"] == pytest.approx(100.0)
-
-    old = rows[("supervised", "5", "-")]
-    assert old["best_val_student"]["mean"] == pytest.approx(25.0) and old["best_val_ema"]["mean"] == pytest.approx(20.0)
-    assert old["test_miou"]["mean"] == pytest.approx(24.5) and old["test_weights"] == ["ema"]
-    assert old["wall_seconds"]["unknown"] == 1 and old["iterations"] == [160] and old["in_progress"] == []
-
-    newer = rows[("unimatch_v2", "5", "-")]
-    assert newer["best_val_student"]["mean"] == 41.0 and newer["best_val_ema"]["epochs"] == [4]
-    assert newer["wall_seconds"]["mean"] == 30.0 and newer["runs"][0]["selected_by"] == "ema"
-
-    assert rows[("fixmatch", "1", "-")]["in_progress"] and rows[("fixmatch", "1", "-")]["iterations"] == [120]
+    assert rows[("fixmatch", "1", "-", "")]["in_progress"] and rows[("fixmatch", "1", "-", "")]["iterations"] == [120]
 
     md = (out / "report.md").read_text()
     assert "| loveda | rs_mtdf | dino+clip | 10 | 2 (42, 43) | 56.10 ± 1.41 (ep 3, 4) | 53.50 ± 0.71 (ep 2) | " \
-           "51.00 ± 1.41 (student) | 61.50 ± 2.12 | 160 | 1 min 40 s |" in md
+           "51.00 ± 1.41 (original, student) | 61.50 ± 2.12 | 160 | 1 min 40 s |" in md
     assert "| loveda | fixmatch | - | 1 | 1 (42*) | 30.00 (ep 2) | 31.00 (ep 3) | - | - | 120/160 | 1 h 02 min |" in md
-    assert "| 25.00 (ep 4) | 20.00 (ep 4) | 24.50 (ema) | 37.50 | 160 | unknown |" in md
     assert "\\* in progress" in md
 
     skipped = {d["folder"]: d["reason"] for d in data["skipped"]}
@@ -152,6 +152,85 @@ def test_report_rows_table_and_plot(exp: Path, tmp_path: Path, capsys) -> None:
     assert data["plot"]["metric"] == "best_val_student"
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "written to" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Provenance: only a score of the run's current best.pth on the run's test list counts
+
+
+def one_run(tmp_path: Path, splits: Path) -> Path:
+    run = tmp_path / "exp" / "loveda" / "fixmatch" / "10"
+    make_config(run, "fixmatch", "10", 42, splits)
+    make_progress(run, 50.0, 3, 49.0, 3, best_at=120)
+    return run
+
+
+def test_a_score_of_latest_pth_or_of_an_earlier_best_pth_is_ignored_with_the_reason(tmp_path, splits) -> None:
+    run = one_run(tmp_path, splits)
+    make_eval(run, "eval_best_test_original_student", "test", "student", 40.0, 50.0, splits, iteration=80)
+    make_eval(run, "eval_latest_test_original_student", "test", "student", 45.0, 55.0, splits, iteration=160,
+              checkpoint="latest.pth")
+    make_eval(run, "eval_elsewhere", "test", "student", 70.0, 70.0, splits, run_id="another")
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    (row,) = rows_of(out).values()
+    assert row["test_miou"]["mean"] is None  # none of them is best.pth of iteration 120
+    ignored = {Path(d["folder"]).name: d["reason"]
+               for d in json.loads((out / "report.json").read_text())["ignored_evaluations"]}
+    assert "at iteration 80, but best.pth is the one of iteration 120" in ignored["eval_best_test_original_student"]
+    assert "latest.pth at iteration 160" in ignored["eval_latest_test_original_student"]
+    assert "of another run" in ignored["eval_elsewhere"]
+    assert "## Ignored evaluations" in (out / "report.md").read_text()
+
+
+def test_a_score_of_a_test_list_that_has_changed_since_is_ignored(tmp_path, splits) -> None:
+    run = one_run(tmp_path, splits)
+    make_eval(run, "eval_best_test_original_student", "test", "student", 40.0, 50.0, splits)
+    (splits / "test.txt").write_text("other.png other_mask.png\n")  # e.g. prepare --resplit into the same folder
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    (row,) = rows_of(out).values()
+    assert row["test_miou"]["mean"] is None
+    (ignored,) = json.loads((out / "report.json").read_text())["ignored_evaluations"]
+    assert "another test.txt" in ignored["reason"]
+
+
+def test_the_table_says_the_mode_of_a_score_and_prefers_the_protocols(tmp_path, splits) -> None:
+    run = one_run(tmp_path, splits)
+    make_eval(run, "eval_best_test_sliding_window_student", "test", "student", 41.0, 51.0, splits,
+              mode="sliding_window")
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    assert "| 41.00 (sliding_window, student) |" in (out / "report.md").read_text()
+    make_eval(run, "eval_best_test_original_student", "test", "student", 40.0, 50.0, splits)
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    assert "| 40.00 (original, student) |" in (out / "report.md").read_text()
+
+
+def test_seeds_are_pooled_only_where_every_other_setting_is_the_same(tmp_path, splits) -> None:
+    for seed, epochs in ((1, 3), (2, 3), (3, 6)):
+        run = tmp_path / "exp" / f"seed{seed}_epochs{epochs}"
+        make_config(run, "fixmatch", "10", seed, splits, epochs=epochs)
+        make_progress(run, 50.0 + seed, 3, 49.0, 3)
+    # Paths, workers and logging are not settings: a run that differs only there pools with the others.
+    run = tmp_path / "exp" / "seed4_elsewhere"
+    make_config(run, "fixmatch", "10", 4, splits, epochs=3, train={"method": "fixmatch"})
+    save_config(Config.model_validate({**NO_TEACHERS, "dataset": {"split": "10", "splits": str(splits)},
+                                       "train": {"method": "fixmatch", "seed": 4, "epochs": 3, "num_workers": 1,
+                                                 "log_interval": 5}, "save_path": "/elsewhere"}),
+                run / "config.yaml")
+    make_progress(run, 50.0, 3, 49.0, 3)
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    rows = rows_of(out)
+    assert set(rows) == {("fixmatch", "10", "-", "train.epochs=3"), ("fixmatch", "10", "-", "train.epochs=6")}
+    assert rows[("fixmatch", "10", "-", "train.epochs=3")]["seeds"] == [1, 2, 4]
+    assert rows[("fixmatch", "10", "-", "train.epochs=6")]["seeds"] == [3]
+    assert "| fixmatch | - [train.epochs=6] | 10 | 1 (3) |" in (out / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command
 
 
 def test_report_default_out_and_empty_folder(exp: Path, tmp_path: Path, capsys) -> None:
@@ -174,9 +253,9 @@ def test_plot_shows_test_miou_only_when_every_run_has_it() -> None:
     assert report.plot_metric([row, {**row, "test_miou": {"n": 1}}])[0] == "best_val_student"
 
 
-def test_an_output_folder_that_is_a_file_is_one_line_before_anything_is_written(tmp_path, capsys):
+def test_an_output_folder_that_is_a_file_is_one_line_before_anything_is_written(tmp_path, capsys, splits):
     root = tmp_path / "exp"
-    make_config(root / "loveda" / "fixmatch" / "1", "fixmatch", "1", 42)
+    make_config(root / "loveda" / "fixmatch" / "1", "fixmatch", "1", 42, splits)
     (root / "loveda" / "fixmatch" / "1" / "progress.json").write_text("{}")
     out = tmp_path / "notes.txt"
     out.write_text("mine")
@@ -186,11 +265,8 @@ def test_an_output_folder_that_is_a_file_is_one_line_before_anything_is_written(
     assert capsys.readouterr().err.strip() == f"error: --out {out} is a file, not a folder"
 
 
-def test_a_config_written_before_distill_fusion_was_retired_is_labelled_by_it(tmp_path: Path) -> None:
-    # Earlier runs saved `distill.fusion: false` beside fusion weights that were then unused.
-    old = {"train": {"method": "rs_mtdf"},
-           "distill": {"fusion": False, "fusion_weights": {"student": 0.8, "dino": 0.1, "clip": 0.1}}}
-    assert report.ablation_label(old) == "dino+clip, no fusion"
-    assert report.ablation_label({**old, "distill": {"fusion": True}}) == "dino+clip"
-    new = {"train": {"method": "rs_mtdf"}, "distill": {"fusion_weights": {"student": 1, "dino": 0, "clip": 0}}}
-    assert report.ablation_label(new) == "dino+clip, no fusion"
+def test_no_fusion_is_labelled_as_such() -> None:
+    fused = {"train": {"method": "rs_mtdf"}}
+    assert report.ablation_label(fused) == "dino+clip"
+    none = {"train": {"method": "rs_mtdf"}, "distill": {"fusion_weights": {"student": 1, "dino": 0, "clip": 0}}}
+    assert report.ablation_label(none) == "dino+clip, no fusion"

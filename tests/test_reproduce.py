@@ -50,14 +50,14 @@ def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_
     proc.wait()
     assert json.loads((first / "progress.json").read_text())["finished"]
     trained_at = (first / "latest.pth").stat().st_mtime_ns
-    scored_at = next(first.glob("eval_test_*/metrics.json")).stat().st_mtime_ns
+    scored_at = next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns
 
     proc = reproduce(exp, overrides)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "finished before: not retrained" in out
     assert (first / "latest.pth").stat().st_mtime_ns == trained_at
-    assert next(first.glob("eval_test_*/metrics.json")).stat().st_mtime_ns == scored_at
+    assert next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns == scored_at
     assert json.loads((second / "progress.json").read_text())["finished"]
 
     rows = json.loads((exp / "report" / "report.json").read_text())["rows"]

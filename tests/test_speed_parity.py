@@ -1,6 +1,6 @@
 """Our fast way of computing gives what the reference way gives, on the same weights and inputs.
 
-The reference way (util/speed.py: fp32, unfused attention, one sliding window per forward) is what the
+The reference way (scripts/costs.py: fp32, unfused attention, one sliding window per forward) is what the
 benchmark compares against, so a speed-up only counts if the numbers stay the same. Tolerances:
 - fused vs unfused attention in fp32, and batched vs one-at-a-time windows: float rounding only (1e-5);
 - bf16 autocast vs fp32: bf16 keeps 8 bits of mantissa, so class probabilities agree to 5e-3 absolute and
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from eval.inference import predict_logits
+from scripts.costs import REFERENCE_OVERRIDES, use_unfused_attention
 from tests.train_fixtures import step_trainer
 from train import Trainer
 from util.dist import init_distributed
-from util.speed import REFERENCE_OVERRIDES, use_unfused_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""dataset/splits.py: the counts of SPEC §6 on real-size name lists, nesting, disjointness, reproducibility."""
+"""dataset/splits.py: the published counts on real-size name lists, nesting, disjointness, reproducibility."""
 
 import hashlib
 from pathlib import Path

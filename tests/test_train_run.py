@@ -146,7 +146,7 @@ def test_sigterm_stops_the_run_while_main_runs_and_the_callers_handler_is_back_a
         assert stops == [True] and received == []  # the trainer got it, not the caller
         assert signal.getsignal(signal.SIGTERM) is mine
 
-        monkeypatch.setattr(train.Trainer, "run", lambda self: {"stopped": False, "best": self.best})
+        monkeypatch.setattr(train.Trainer, "run", lambda self: True)
         assert run(data, tmp_path / "returned", method="supervised", epochs=1) == 0
         assert signal.getsignal(signal.SIGTERM) is mine
         signal.raise_signal(signal.SIGTERM)
@@ -250,16 +250,14 @@ def torchrun(*args: str, max_restarts: int = 0) -> subprocess.CompletedProcess:
 
 
 @slow
-def test_two_processes_under_torchrun_keep_identical_replicas_and_survive_a_killed_rank(data, tmp_path):
+def test_two_processes_under_torchrun_train_and_survive_a_killed_rank(data, tmp_path):
     """torchrun with gloo on the CPU: DDP trains, evaluation is sharded, rank 0 alone writes the run; a rank
     killed mid-step is restarted by torchrun (--max-restarts) and the run ends as if nothing had happened."""
     root, splits = data
     save = tmp_path / "ddp"
     done = torchrun("train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, splits, save))
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (save / "train.log").read_text()
-    assert "parameters identical on all 2 processes" in log
-    assert "2 process(es)" in log
+    assert "2 process(es)" in (save / "train.log").read_text()
     full = load_own_checkpoint(save / "latest.pth")
     # 8 unlabelled items over 2 processes with 2 per batch: 2 iterations per epoch, 4 in all.
     assert full["iters_per_epoch"] == 2 and full["iteration"] == 4

@@ -1,4 +1,4 @@
-"""The training step's arithmetic (SPEC §4-5), checked against hand computations on tiny tensors."""
+"""The training step's arithmetic (docs/method.md §3), checked against hand computations on tiny tensors."""
 
 from types import SimpleNamespace
 
@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common import LossWeights, StepContext, StepSettings, mix, unsupervised_loss, weighted_total
+from methods.common import StepContext, StepSettings, mix, unsupervised_loss, weighted_total
 from methods.fixmatch import fixmatch_step
 from methods.rs_mtdf import rs_mtdf_step
 from methods.supervised import supervised_step
 from methods.unimatch_v2 import complementary_channel_masks, unimatch_v2_step
-from util.config import Config
+from util.config import Config, LossWeights
 from util.ema import ema_update, make_ema
 from util.schedule import ema_ratio, poly_lr, set_lr
 
@@ -95,9 +95,9 @@ def test_step_settings_carry_the_configured_numbers():
     assert (settings.channel_p, settings.pair_fraction) == (0.3, 0.25)
     with pytest.raises(TypeError):
         settings.distill_weights["dino"] = 1.0  # read-only: every step sees the numbers the run started with
-    # The defaults are SPEC's: threshold 0.95, 1:1:1 terms, teachers 0.5 each, UniMatch V2's dropout.
+    # The defaults are the method's: threshold 0.95, 1:1:1 terms, teachers 0.5 each, UniMatch V2's dropout.
     default = StepSettings.from_config(Config())
-    assert default == StepSettings(0.95, LossWeights(1.0, 1.0, 1.0), default.distill_weights, 0.5, 0.5)
+    assert default == StepSettings(0.95, LossWeights(x=1.0, u=1.0, dis=1.0), default.distill_weights, 0.5, 0.5)
     assert dict(default.distill_weights) == {"dino": 0.5, "clip": 0.5}
 
 
@@ -135,7 +135,7 @@ def make_ctx(cfg: Config, student: FakeSegmenter, ema: FakeSegmenter) -> StepCon
 
 
 def hand_fixmatch_loss(cfg, student, ema, batch, view=0):
-    """SPEC §4 written out step by step, independently of methods/."""
+    """docs/method.md §3 written out step by step, independently of methods/."""
     with torch.no_grad():
         probs = ema.conv(batch["img_u_w"]).softmax(1)
     conf, pseudo = probs.max(1)

@@ -7,7 +7,6 @@ disk mid-save leaves the previous file intact. A failed save removes its tempora
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pickle
 import zipfile
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from util.errors import WeightsError, short_reason
-from util.io import atomic_path, torch_load, write_text
+from util.io import atomic_path, torch_load
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -30,47 +29,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         # A full disk surfaces as OSError from the file, or as RuntimeError from torch's zip writer.
         reason = e.strerror if isinstance(e, OSError) and e.strerror else short_reason(e)
         raise WeightsError(f"could not write checkpoint {path}: {reason}; the previous file is unchanged") from None
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file (JSON, YAML) so that readers see the old or the new content, never half."""
-    try:
-        write_text(path, text)
-    except OSError as e:
-        raise WeightsError(f"could not write {path}: {e.strerror or e}") from None
-
-
-class RunLock:
-    """An exclusive lock on a run folder for the life of the process that holds it.
-
-    flock locks belong to the open file: the kernel releases them when the process dies, however it dies, so
-    a SIGKILLed run never leaves the folder locked.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self.created = not self.path.exists()
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the run's life
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise WeightsError(f"{run_dir} is in use by another training run (pid {holder}); wait for it to "
-                               f"finish, or use another save_path (or --save-path)") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-
-    def release(self, remove: bool = False) -> None:
-        """Unlock; `remove` also deletes a lock file this lock created (a run refused before it began)."""
-        if self.file.closed:
-            return
-        if remove and self.created:
-            self.path.unlink(missing_ok=True)
-        self.file.close()
 
 
 def load_own_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

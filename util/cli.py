@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from util.config import Config, load_config
-from util.errors import UserError
+from util.config import Config, load_config, parse_override
+from util.errors import ConfigError, UserError
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -16,9 +18,31 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override config values, e.g. train.lr=1e-5 eval.mode=sliding_window")
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
-    """Load the config named by --config with the positional overrides, then `extra` ones from flags."""
-    return load_config(args.config, list(args.overrides) + list(extra or []))
+def user_path(text: str) -> str:
+    """A path argument as the user meant it: `~` expanded also where no shell did it (`--out=~/maps`)."""
+    return os.path.expanduser(text)
+
+
+def config_from_args(args: argparse.Namespace, flags: Mapping[str, Any] | None = None) -> Config:
+    """Load --config with the positional `key.sub=value` overrides (in order: a later one wins) and the keys that
+    command-line flags stand for (`flags`: {key: value}, None for a flag not given).
+
+    A flag and an override that set one key to different values contradict each other: a ConfigError naming
+    both, rather than one silently winning.
+    """
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    overrides = list(args.overrides)
+    set_by_overrides = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        set_by_overrides[".".join(path)] = (text, value)
+    for key, value in given.items():
+        if key in set_by_overrides:
+            text, theirs = set_by_overrides[key]
+            if theirs != parse_override(f"{key}={value}")[1]:
+                raise ConfigError(f"command line: the flag for {key} says {value!r}, the override '{text}' says "
+                                  f"otherwise; give one of them")
+    return load_config(user_path(args.config), overrides + [f"{key}={value}" for key, value in given.items()])
 
 
 def one_line(error: Exception) -> str:
@@ -31,14 +55,26 @@ def one_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def close_progress_bars() -> None:
+    """Close the progress bars still on screen (a loop left by an exception), so that a message after them
+    starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Run an entry point: a UserError becomes `error: <one line>` on stderr and exit code 2."""
+    # The exit is outside the except blocks: the error and its traceback are released first, and with them
+    # what its frames held (a DataLoader's worker processes are shut down, not left to the exit handlers).
     try:
         code = main()
     except UserError as e:
+        close_progress_bars()
         print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     sys.exit(code or 0)

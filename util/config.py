@@ -1,8 +1,15 @@
 """Typed configuration: every hyperparameter lives in YAML, is validated on load, and is saved with each run.
 
-A config file holds the sections below; anything left out takes the default written here (the values of
-SPEC §5). Unknown keys, wrong types and out-of-range values are errors that name the key and the file.
-Command-line overrides `section.key=value` are applied on top and validated the same way.
+A config file holds the sections below; anything left out takes the default written here (the method's
+values, docs/method.md), so the shipped files state only what differs per dataset and what users edit most.
+Unknown keys, wrong types and out-of-range values are errors that name the key and the file. Command-line
+overrides `section.key=value` are applied on top, in order (a later one wins), and validated the same way.
+A loaded config is frozen, and its paths are absolute (`~` expanded, relative ones taken from the current
+folder), so a run's saved config.yaml means the same files from any folder.
+
+The config also owns the vocabulary it validates: the dataset catalogue (util/catalog.py), the method
+names (methods/__init__.py registers a step for each and checks its registry against them), and which keys
+change the model, which may change freely on resume.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from dataset.info import DATASETS
+from util.catalog import DATASETS
 from util.errors import ConfigError
+from util.io import write_text
 
 # The ViT patch size of the DINOv2 encoders: a fact of the model, kept here so that the config can check crop
 # and window sizes without importing torch; model/encoder.py and eval/inference.py import it from here.
@@ -40,30 +48,20 @@ def _not_empty(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_not_empty)]
 
 
-def method_names() -> list[str]:
-    """The training methods of the registry (methods/__init__.py), in its order."""
-    from methods import METHODS  # imported here: the methods import this module
-
-    return list(METHODS)
+# The training methods, in the order tables list them (methods/__init__.py registers one step for each), and
+# those that distil towards the frozen teachers (they get teachers, and the student translators for them).
+METHOD_NAMES = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+DISTILLING_METHODS = ("rs_mtdf",)
 
 
 def method_distils(name: str | None) -> bool:
-    """Whether method `name` distils towards the frozen teachers (False for names the registry lacks)."""
-    from methods import METHODS
-
-    method = METHODS.get(name or "")
-    return bool(method and method.teachers)
+    """Whether method `name` distils towards the frozen teachers (False for names that are no method)."""
+    return name in DISTILLING_METHODS
 
 
 class Section(BaseModel):
     # Frozen: a loaded config never changes; Config.replace derives a changed copy, validated as a file is.
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _retired(values: Any, key: str, message: str) -> None:
-    """Refuse a key that the schema no longer has, naming what replaced it (one line, via _format_error)."""
-    if isinstance(values, dict) and key in values:
-        raise ValueError(f"{key}: {message}")
 
 
 def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
@@ -74,12 +72,13 @@ def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[fl
 
 class DatasetConfig(Section):
     name: str = "loveda"
+    # The prepared tiles (--out of dataset.prepare) and the split lists; left out: dataset/<name>, splits/<name>.
     root: PathText = "dataset/loveda"
     splits: PathText = "splits/loveda"
     # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
     crop_size: int = Field(518, gt=0)
-    # Classes dropped from the score; null takes the dataset's protocol (SPEC §7, DWL). A tuple, as frozen as
+    # Classes dropped from the score; null takes the dataset's protocol (docs/method.md §5, DWL). A tuple, as frozen as
     # the section (saved as a list).
     eval_exclude: tuple[int, ...] | None = None
 
@@ -98,13 +97,9 @@ class DatasetConfig(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _nclass_is_derived(cls, values: Any) -> Any:
-        if isinstance(values, dict) and "nclass" in values:
-            name = values.get("name", cls.model_fields["name"].default)
-            info = DATASETS.get(name) if isinstance(name, str) else None
-            count = f" ({info.name}: {info.nclass} classes)" if info else ""
-            _retired(values, "nclass", f"is derived from dataset.name{count}; remove the key "
-                                       f"(it says {values['nclass']!r})")
+    def _folders_follow_the_name(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("name"), str):
+            values = {"root": f"dataset/{values['name']}", "splits": f"splits/{values['name']}", **values}
         return values
 
     @model_validator(mode="after")
@@ -118,7 +113,7 @@ class DatasetConfig(Section):
 
     @property
     def nclass(self) -> int:
-        """The dataset's class count (dataset/info.py): one legal value per dataset, so not a key."""
+        """The dataset's class count (util/catalog.py): one legal value per dataset, so not a key."""
         return DATASETS[self.name].nclass
 
     @property
@@ -180,13 +175,6 @@ class DistillConfig(Section):
     # weight must then be 1 (Config checks it where the method distils), so that no setting scales f silently.
     fusion_weights: dict[Literal["student", "dino", "clip"], float] = {"student": 0.8, "dino": 0.1, "clip": 0.1}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fusion_is_retired(cls, values: Any) -> Any:
-        _retired(values, "fusion", "was replaced by distill.fusion_weights: for no fusion give every teacher "
-                                   "weight 0 (distill.fusion_weights={student: 1, dino: 0, clip: 0}); remove the key")
-        return values
-
     @property
     def fuses(self) -> bool:
         """Whether any teacher's translated features are fused into the 4th DPT input."""
@@ -209,13 +197,15 @@ class FeatureDropConfig(Section):
 
 
 class LossWeights(Section):
+    """Weights of the loss terms: the loss is (x * L_x + u * L_u + dis * L_dis) / (sum of those present)."""
+
     x: float = Field(1.0, ge=0)
     u: float = Field(1.0, ge=0)
     dis: float = Field(1.0, ge=0)
 
 
 class TrainConfig(Section):
-    # One of the registry in methods/__init__.py: supervised | fixmatch | unimatch_v2 | rs_mtdf.
+    # One of METHOD_NAMES: supervised | fixmatch | unimatch_v2 | rs_mtdf.
     method: str = "rs_mtdf"
     epochs: int = Field(60, gt=0)
     # Per process, labelled; the unlabelled batch has the same size.
@@ -257,9 +247,8 @@ class TrainConfig(Section):
     @field_validator("method")
     @classmethod
     def _registered(cls, v: str) -> str:
-        names = method_names()
-        if v not in names:
-            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(names)}")
+        if v not in METHOD_NAMES:
+            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(METHOD_NAMES)}")
         return v
 
     @field_validator("betas")
@@ -411,11 +400,18 @@ class Config(Section):
 # Comparing configs (resuming a run, scoring a checkpoint)
 
 # Keys that change what the model computes from an image (its parameters or its forward): a checkpoint is
-# only meaningful under the values it was trained with.
-# dataset.name decides the class count (dataset.nclass is derived from it).
+# only meaningful under the values it was trained with. dataset.name decides the class count.
 MODEL_KEYS = ("dataset.name", "model.backbone", "train.method", "teachers.dino.enabled", "teachers.dino.arch",
               "teachers.clip.enabled", "teachers.clip.arch", "teachers.clip.input_size", "teachers.clip.renormalize",
               "distill.translator_hidden", "distill.fusion_weights")
+# Keys that change neither the model nor what it is trained on (where files go, speed switches, logging): a
+# run may resume under other values without a word, and runs that differ only in them are the same setting.
+FREE_KEYS = ("save_path", "model.pretrained", "model.grad_checkpointing", "train.num_workers", "train.log_interval",
+             "train.checkpoint_interval", "train.compile", "train.channels_last", "train.skip_nonfinite",
+             "eval.batch_size", "eval.num_visualize")
+# The keys that hold file or folder paths: absolute once loaded.
+PATH_KEYS = ("dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights",
+             "save_path")
 
 
 def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -431,11 +427,8 @@ def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (their value, our value)} for every key whose resolved value differs.
-
-    Either side may be a config saved before a key was retired (a checkpoint's): it is compared in today's form.
-    """
-    a, b = flatten(upgrade_saved(theirs)), flatten(upgrade_saved(ours))
+    """{dotted key: (their value, our value)} for every key whose resolved value differs."""
+    a, b = flatten(theirs), flatten(ours)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -450,48 +443,10 @@ def model_differences(theirs: dict[str, Any], ours: dict[str, Any],
     return dict(sorted(diffs.items(), key=lambda item: rank[item[0]]))
 
 
-# Files train.py writes beside a run's config.yaml: a config.yaml with one of them is a run's saved config.
-RUN_FILES = ("train.log", "progress.json", "latest.pth", "best.pth")
-# Keys the schema had once and has no more; Section validators refuse them naming what replaced them.
-RETIRED_KEYS = ("dataset.nclass", "distill.fusion")
-
-
-def is_run_config(path: str | os.PathLike) -> bool:
-    """Whether `path` is the config.yaml that train.py saved in a run folder (and may predate a retired key)."""
-    path = Path(path)
-    return path.name == "config.yaml" and any((path.parent / name).is_file() for name in RUN_FILES)
-
-
-def upgrade_saved(raw: Any, source: str | None = None) -> Any:
-    """A config saved by an earlier version (a run's config.yaml, a checkpoint's 'config') in today's form.
-
-    - `dataset.nclass` (now derived from dataset.name): dropped where it equals the derived count. Another
-      count, which no version accepted, is a ConfigError naming `source` when one is given; without one (a
-      comparison) it is left in place, to show as a difference.
-    - `distill.fusion`: true is dropped; false becomes fusion_weights {student: 1, dino: 0, clip: 0}, the
-      model it built (no projections, the features unchanged) whatever the fusion weights said.
-    Anything else, a config already in today's form included, comes back as it was.
-    """
-    if not isinstance(raw, dict):
-        return raw
-    out = dict(raw)
-    dataset = out.get("dataset")
-    if isinstance(dataset, dict) and "nclass" in dataset:
-        name = dataset.get("name", DatasetConfig.model_fields["name"].default)
-        info = DATASETS.get(name) if isinstance(name, str) else None
-        if info is not None and dataset["nclass"] == info.nclass:
-            out["dataset"] = {k: v for k, v in dataset.items() if k != "nclass"}
-        elif source is not None:
-            known = f"{info.name} has {info.nclass} classes" if info else f"'{name}' is no known dataset"
-            raise ConfigError(f"{source}: invalid value for 'dataset.nclass' (got {dataset['nclass']!r}): "
-                              f"{known}, and the class count is derived from dataset.name")
-    distill = out.get("distill")
-    if isinstance(distill, dict) and isinstance(distill.get("fusion"), bool):
-        upgraded = {k: v for k, v in distill.items() if k != "fusion"}
-        if distill["fusion"] is False:
-            upgraded["fusion_weights"] = {"student": 1.0, "dino": 0.0, "clip": 0.0}
-        out["distill"] = upgraded
-    return out
+def setting_differences(theirs: dict[str, Any], ours: dict[str, Any],
+                        also_free: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """The differences outside FREE_KEYS (and `also_free`): what makes two runs train differently."""
+    return {k: v for k, v in config_differences(theirs, ours).items() if not under(k, FREE_KEYS + also_free)}
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -564,8 +519,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def _check_override_key(path: list[str], where: str) -> None:
     """Reject an override whose key the schema does not have, naming the closest valid key."""
-    if ".".join(path) in RETIRED_KEYS:
-        return  # the section's validator names what replaced it
     for depth, part in enumerate(path):
         valid = _field_names(Config, tuple(path[:depth]))
         if not valid:
@@ -590,6 +543,7 @@ def _set(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set every `key.sub=value` of `overrides` in `raw`, in order: a later override of a key wins."""
     for text in overrides:
         path, value = parse_override(text)
         _set(raw, path, value, f"command line override '{text}'")
@@ -638,18 +592,26 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, validate it, apply `key.sub=value` overrides and validate again.
-
-    A run's own saved config.yaml (is_run_config) may predate a retired key: it is read through upgrade_saved,
-    so that earlier runs still resume and evaluate. Any other file, and every override, must use today's keys.
-    """
+    """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute."""
     raw = read_yaml(path)
-    if is_run_config(path):
-        raw = upgrade_saved(raw, str(path))
     _validate(raw, str(path))
-    return _validate(apply_overrides(raw, list(overrides or [])), f"{path} with overrides")
+    cfg = _validate(apply_overrides(raw, list(overrides or [])), f"{path} with overrides")
+    return with_absolute_paths(cfg)
+
+
+def absolute_path(text: str) -> str:
+    """`text` with `~` expanded and made absolute against the current folder (the string form of a path)."""
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """`cfg` with every path key (PATH_KEYS) absolute: what a run saves, so that it reads the same files from
+    any folder."""
+    flat = flatten(cfg.to_dict())
+    changes = {key: absolute_path(flat[key]) for key in PATH_KEYS if flat[key] is not None}
+    return cfg.replace(changes) if any(flat[k] != v for k, v in changes.items()) else cfg
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved configuration (every value, defaults included) as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved configuration (every value, defaults included) as YAML, atomically."""
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -6,8 +6,14 @@ plainly, there is no process group, and every helper below is a no-op.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import multiprocessing
 import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 
 import torch
 import torch.distributed as dist
@@ -64,6 +70,40 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of `tensor` over all processes, in place (and returned)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+# Set when this (main) process exits; its DataLoader workers obey SIGTERM from then on.
+_exiting: Event | None = None
+
+
+def worker_init() -> Callable[[int], None]:
+    """A DataLoader worker_init_fn: the worker leaves SIGTERM to the main process while that one runs.
+
+    SIGTERM sent to a whole process group or job (what `timeout`, SLURM and Kubernetes do, and torchrun to each
+    worker's group) must not kill the workers under a trainer that is still going to the iteration where it
+    saves: the main process decides, and its workers end with it. They obey SIGTERM once the main process
+    exits, which is when multiprocessing terminates the workers that are still there.
+    """
+    global _exiting
+    if _exiting is None:
+        _exiting = multiprocessing.get_context().Event()
+        atexit.register(_exiting.set)  # after multiprocessing's own exit handler, so it runs before it
+    return functools.partial(_leave_sigterm_to_the_main_process, _exiting)
+
+
+def _leave_sigterm_to_the_main_process(exiting: Event, _: int) -> None:
+    def on_sigterm(signum: int, frame: object) -> None:
+        if exiting.is_set():
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def barrier() -> None:

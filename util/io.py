@@ -13,12 +13,17 @@ torch and PIL are imported where they are used: the report and splits tools use 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from util.errors import OutputError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,7 +40,7 @@ def check_output_folder(path: str | os.PathLike, what: str) -> Path:
 
     Nothing is created here: a command refused later for another reason leaves no folder behind.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_symlink() and not path.exists():
         raise OutputError(f"{what} {path} is a broken symbolic link")
     if path.exists():
@@ -68,6 +73,33 @@ def is_temporary(path: str | os.PathLike) -> bool:
     """Whether `path` is named like a `temporary_path`: what a killed writer leaves behind."""
     parts = Path(path).name.split(".")
     return len(parts) >= 4 and parts[0] == "" and parts[-1] == "tmp" and parts[-2].isdigit()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files in `folder` whose writer is gone (killed mid-write); returns how many.
+
+    A temporary file names its writer's process id: one of a process that still runs (a concurrent writer into
+    the same folder) is left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        if is_temporary(path) and not _process_alive(int(path.name.split(".")[-2])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @contextmanager
@@ -104,9 +136,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write `data` to `path` atomically; a failure (a full disk) is one OutputError and `path` is unchanged."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise OutputError(f"could not write {path}: {e.strerror or e}; the previous file is unchanged") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -115,11 +150,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_png(array: Any, path: str | os.PathLike) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) numpy array as a PNG file, atomically."""
+    """Write a uint8 (H, W) or (H, W, 3) numpy array as a PNG file, atomically (failures as in write_bytes)."""
     from PIL import Image
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+    except OSError as e:
+        raise OutputError(f"could not write {path}: {e.strerror or e}; the previous file is unchanged") from None
 
 
 def _fsync(path: Path) -> None:
@@ -164,3 +202,61 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     return Image.open(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Folder locks
+
+
+class FolderLock:
+    """An exclusive lock on `folder` for the life of its holder: <folder>/<name> locked with flock.
+
+    flock locks belong to the open file, so the kernel releases them when the process dies, however it dies:
+    a killed holder never leaves the folder locked. The lock file holds the holder's process id and is
+    removed on release; a process that opened it just before is told apart by its inode and locks the new
+    file instead. On file systems without flock (some network mounts) nothing is locked.
+    `busy(pid)` words the one-line error for a folder another process holds.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str, busy: Callable[[str], str]) -> None:
+        self.path = Path(folder) / name
+        self.fd: int | None = None
+        while fcntl is not None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OutputError(f"cannot create the lock file {self.path}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise OutputError(busy(holder if holder.isdigit() else "unknown")) from None
+            except OSError:  # no flock here
+                os.close(fd)
+                return
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            opened = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.fd = fd
+                return
+            os.close(fd)  # the holder removed this file as we opened it: lock the one now there
+
+    def release(self) -> None:
+        """Remove the lock file and unlock (in that order, so that no one locks a file about to go)."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

@@ -1,4 +1,4 @@
-"""Per-iteration schedules of SPEC §4-5: poly learning rate and the capped EMA ratio."""
+"""Per-iteration schedules of docs/method.md §3: poly learning rate and the capped EMA ratio."""
 
 from __future__ import annotations
 

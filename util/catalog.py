@@ -1,4 +1,8 @@
-"""What each dataset is: class names, colour palettes and the classes its protocol leaves out of the score."""
+"""What every layer agrees on: each dataset's classes, palette and scoring exclusions, and the pixel conventions.
+
+Plain data, no torch: the config validates dataset names and class indices against it, the model and the
+methods read the label and normalisation conventions from it.
+"""
 
 from dataclasses import dataclass
 
@@ -16,7 +20,7 @@ class DatasetInfo:
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    # Classes dropped from the confusion matrix by the DWL evaluation protocol (SPEC §7).
+    # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §7).
     eval_exclude: tuple[int, ...] = ()
 
     @property

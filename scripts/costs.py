@@ -9,8 +9,8 @@ device and its tensors turned into fake tensors (shapes, dtypes and strides, no 
 runs on any machine in seconds. `step_flops` counts its matmul/conv/attention FLOPs per component with
 `torch.utils.flop_counter.FlopCounterMode`; `step_memory` follows every tensor storage that is alive during
 the step (`LiveTensorBytes`) and reports the peak, i.e. what `torch.cuda.max_memory_allocated` would show.
-Both run GPU-like: the autocast dtype a GPU would use (`train.precision: auto` -> bf16), the teachers in
-their `teachers.*.precision` and channels-last convolutions.
+Both run GPU-like (train.cpu_autocast): the autocast dtype a GPU would use (`train.precision: auto` -> bf16),
+the teachers in their `teachers.*.precision`, channels-last convolutions and fused AdamW.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +27,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from util.precision import DTYPES, autocast_dtype
+from util.flops import count_flops
+from util.precision import autocast_dtype
 
 if TYPE_CHECKING:
     from train import Trainer
@@ -38,13 +39,6 @@ if TYPE_CHECKING:
 # which makes the reference faster than it was, so the measured ratios understate ours.
 REFERENCE_OVERRIDES = ["train.precision=fp32", "train.channels_last=false", "train.compile=false",
                        "eval.batch_size=1"]
-
-# Dense (no 2:4 sparsity) bf16 tensor-core peaks in TFLOP/s, by a fragment of torch.cuda.get_device_name();
-# the first fragment found in the name wins, so the specific ones come first. GeForce cards (RTX 4090) reach
-# their figure only with fp16 accumulation; PyTorch accumulates in fp32, at half that rate.
-PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0),
-    ("A100", 312.0), ("L40S", 362.0), ("RTX 4090", 165.0))
 
 # Bytes the CUDA caching allocator hands out are multiples of this; small tensors round up to it.
 CUDA_ALLOCATION_UNIT = 512
@@ -63,21 +57,6 @@ def use_unfused_attention(*modules: nn.Module | None) -> int:
     return switched
 
 
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """The dense bf16 peak of a GPU named `device_name` (TFLOP/s), or None if it is not in the table."""
-    for fragment, tflops in PEAK_BF16_TFLOPS:
-        if fragment.lower() in device_name.lower():
-            return tflops
-    return None
-
-
-def model_flops_utilisation(flops_per_step: float, seconds_per_step: float, peak_tflops: float | None) -> float | None:
-    """Model FLOPs per second over the device's peak (a fraction), or None without a known peak."""
-    if not peak_tflops or seconds_per_step <= 0:
-        return None
-    return flops_per_step / seconds_per_step / (peak_tflops * 1e12)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Synthetic batches and GPU-like precision on any device
 
@@ -94,27 +73,6 @@ def synthetic_batch(cfg: Config, n_strong: int, device: torch.device | str,
              "img_u_s": torch.randn(b, max(n_strong, 1), 3, s, s, generator=g),
              "ignore_mask": torch.zeros(b, s, s, dtype=torch.long), "cutmix_box": box}
     return {k: v.to(device) for k, v in batch.items()}
-
-
-TEACHER_DTYPES: dict[str, torch.dtype | None] = {**DTYPES, "fp32": None}
-
-
-def emulate_gpu_precision(trainer: Trainer, channels_last: bool = True) -> Trainer:
-    """Compute as the trainer would on a GPU, whatever the device: the autocast dtype of train.precision
-    (`auto` -> bf16), the teachers in teachers.*.precision, channels-last convolutions if train.channels_last
-    (and `channels_last`), and a GradScaler for fp16. On a CPU this runs the GPU's precision paths (tests,
-    benchmark --cpu-amp)."""
-    cfg, device = trainer.cfg, trainer.device
-    trainer.amp_dtype = autocast_dtype(cfg.train.precision, device, allow_cpu=True)
-    if trainer.teachers is not None:
-        precision = {"dino": cfg.teachers.dino.precision, "clip": cfg.teachers.clip.precision}
-        trainer.teachers.autocast_dtype = {name: TEACHER_DTYPES[precision[name]] for name in trainer.teachers.models}
-    if cfg.train.channels_last and channels_last:
-        trainer.model.to(memory_format=torch.channels_last)
-        trainer.ema.to(memory_format=torch.channels_last)
-    if trainer.amp_dtype == torch.float16 and not trainer.scaler.is_enabled():
-        trainer.scaler = torch.amp.GradScaler(device.type, enabled=True)
-    return trainer
 
 
 def adamw_like(optimizer: torch.optim.Optimizer, fused: bool) -> torch.optim.AdamW:
@@ -147,9 +105,10 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
 
     Run steps inside `with mode:`, on batches made there. Built on the meta device (no memory, no init
     cost, so ViT-L teachers take a second) with random weights, then moved to fake CPU tensors: fake CUDA
-    tensors would lose autocast (it checks for a real GPU) and fused attention. GPU-like precision
-    (`emulate_gpu_precision`); `reference` switches attention to unfused as util.speed's reference way does.
-    fp16's GradScaler is left out (its skip test reads a value), which changes no memory or FLOPs.
+    tensors would lose autocast (it checks for a real GPU) and fused attention. It computes as on a GPU
+    (train.cpu_autocast: the autocast dtype of train.precision, the teachers in theirs, channels-last, fused
+    AdamW); `reference` switches attention to unfused as the reference way does. fp16's GradScaler is left
+    out (its skip test reads a value), which changes no memory or FLOPs.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -158,7 +117,7 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
 
     # skip_nonfinite's check reads the loss value, which fake tensors do not have.
     cfg = cfg.replace({"model.pretrained": None, "teachers.dino.weights": None, "teachers.clip.weights": None,
-                       "train.compile": False, "train.skip_nonfinite": False})
+                       "train.compile": False, "train.skip_nonfinite": False, "train.cpu_autocast": True})
     meta, cpu = torch.device("meta"), torch.device("cpu")
     # A Trainer seeds the global generator and resets the run's logger: neither may change for the caller.
     loggers = [logging.getLogger(name) for name in ("rs_mtdf", "rs_mtdf.metrics")]
@@ -169,19 +128,16 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
     for lg, (handlers, level, propagate) in zip(loggers, saved):
         lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
     trainer.total_iters = 1_000
-    if cfg.train.channels_last:
-        trainer.model.to(memory_format=torch.channels_last)
-        trainer.ema.to(memory_format=torch.channels_last)
     if reference:
         use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
     mode = FakeTensorMode()
     for module in (trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else [])):
         fakeify(module, mode, cpu)
     trainer.device = cpu
+    trainer.amp_dtype = autocast_dtype(cfg.train.precision, cpu, allow_cpu=True)
     trainer.optimizer = build_optimizer(trainer.model, cfg)  # over the fake parameters
     if trainer.teachers is not None:
         trainer.teachers.device = cpu
-    emulate_gpu_precision(trainer, channels_last=False)  # channels-last is done, on the meta tensors
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=False)
     yield trainer, mode
 
@@ -205,47 +161,6 @@ def student_input(trainer: Trainer, batch: dict[str, torch.Tensor]) -> torch.Ten
 
 # ----------------------------------------------------------------------------------------------------------
 # FLOPs
-
-
-def _sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query, key, value)
-
-
-def _sdpa_backward_flops(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
-                         **kwargs: Any) -> int:
-    from torch.utils.flop_counter import sdpa_backward_flop_count
-
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def _native_mha_flops(query: Any, key: Any, value: Any, embed_dim: int, num_head: int, *args: Any,
-                      out_shape: Any = None, **kwargs: Any) -> int:
-    """nn.MultiheadAttention's inference fast path (CLIP's blocks, frozen): projections and attention in one op."""
-    b, n_q, d = query
-    n_k = key[1]
-    projections = 2 * b * d * d * (n_q + 2 * n_k) + 2 * b * n_q * d * d  # q, k, v in; out
-    return projections + 2 * 2 * b * n_q * n_k * d
-
-
-def flop_counter() -> Any:
-    """FlopCounterMode that also counts the CPU's fused attention and nn.MultiheadAttention's fast path, which
-    PyTorch's table leaves out (its GPU attention kernels are in it)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-    return FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
-        aten._native_multi_head_attention: _native_mha_flops})
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 per multiply-add) of the matmuls, convolutions and attention that `fn()` runs."""
-    with flop_counter() as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def step_flops(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,231 @@
+"""A run's folder and its bookkeeping, in one place: what train.py writes beside its checkpoints, and what tells
+where a score came from.
+
+    <run>/config.yaml     the resolved config (absolute paths), rewritten atomically at every start
+    <run>/progress.json   where the run stands: iterations, best validation scores, every evaluation, and
+                          which checkpoint best.pth holds (the run's id and the iteration it was saved at)
+    <run>/latest.pth      everything needed to continue exactly; best.pth: the weights chosen by train.best_by
+    <run>/.lock           held for the run's life (util.io.FolderLock)
+    <run>/train.log, tb/  what users watch
+
+Every checkpoint carries the run's id (made once, at the run's first start), the iteration and epoch it was
+saved at, and the config. eval/eval.py copies that identity, the file's SHA-256 and the digest of the split
+list it scored into metrics.json, so a score can always be matched to what produced it
+(`evaluation_problem`): a table never shows a score of a checkpoint that best.pth no longer is.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from util.checkpoint import load_own_checkpoint
+from util.config import (
+    MODEL_KEYS,
+    Config,
+    config_differences,
+    describe_differences,
+    model_differences,
+    save_config,
+    setting_differences,
+    under,
+)
+from util.errors import WeightsError
+from util.io import FolderLock, check_output_folder, remove_stale_temporaries, write_text
+
+CONFIG, PROGRESS, LATEST, BEST, LOCK = "config.yaml", "progress.json", "latest.pth", "best.pth", ".lock"
+# Resuming under other values of these is refused outright: the saved weights or optimizer state would not
+# fit (another model, another set of trained parameters).
+ARCHITECTURE_KEYS = (*MODEL_KEYS, "model.lock_backbone")
+WEIGHT_SETS = ("student", "ema")
+
+
+def new_run_id() -> str:
+    """A run's id: random, so that two runs (or a run and its re-creation in the same folder) never share one."""
+    return uuid.uuid4().hex[:12]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a checkpoint, a split list), read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress: best scores, history, and which checkpoint best.pth is
+
+
+@dataclass
+class Progress:
+    """A run's evaluations so far: the best val mIoU (percent) of each weight set with its 1-based epoch, every
+    evaluation's scores, and the iteration and epoch of the weights in best.pth (chosen by `best_by`)."""
+
+    best_by: str
+    run_id: str = field(default_factory=new_run_id)
+    best: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {w: {"miou": None, "epoch": None} for w in WEIGHT_SETS})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_checkpoint: dict[str, int] | None = None
+
+    def record(self, epoch: int, iteration: int, scores: dict[str, float]) -> bool:
+        """Add the evaluation after `epoch` (1-based); True when best.pth must now hold these weights.
+
+        Each weight set's best is the maximum over epochs, ties going to the later epoch as in the reference
+        (is_best = mIoU >= previous best).
+        """
+        self.history.append({"epoch": epoch, **scores})
+        improved = {w: self.best[w]["miou"] is None or scores[w] >= self.best[w]["miou"] for w in scores}
+        for which, better in improved.items():
+            if better:
+                self.best[which] = {"miou": scores[which], "epoch": epoch}
+        if improved[self.best_by]:
+            self.best_checkpoint = {"iteration": iteration, "epoch": epoch}
+        return improved[self.best_by]
+
+    def describe_best(self) -> str:
+        """'best val mIoU student 61.20 (epoch 7), ema 60.85 (epoch 9)': each the maximum over epochs."""
+        def one(which: str) -> str:
+            b = self.best[which]
+            return f"{which} -" if b["miou"] is None else f"{which} {b['miou']:.2f} (epoch {b['epoch']})"
+        return "best val mIoU " + ", ".join(one(w) for w in WEIGHT_SETS)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (the keys progress.json shows too)."""
+        return {"run_id": self.run_id, "selected_by": self.best_by, "best": copy.deepcopy(self.best),
+                "history": list(self.history), "best_checkpoint": self.best_checkpoint}
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.run_id, self.best, self.history = ckpt["run_id"], ckpt["best"], ckpt["history"]
+        self.best_checkpoint = ckpt["best_checkpoint"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The folder
+
+
+class RunFolder:
+    """The folder of one training run (cfg.run_dir): checked before any work, locked while the run lives."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.latest, self.best = self.path / LATEST, self.path / BEST
+        self.lock: FolderLock | None = None
+        self.created = False
+
+    def check(self, cfg: Config) -> None:
+        """Before any work: the folder can be written, and holds no checkpoint this run did not write.
+
+        Without latest.pth to resume from, a best.pth may only be this very run's (same resolved config), killed
+        between its first best.pth and its first latest.pth: starting again rewrites the same file.
+        """
+        check_output_folder(self.path, "save_path")
+        for path in (self.latest, self.best):
+            if path.exists() and not path.is_file():
+                raise WeightsError(f"{path} is not a file; move it away or use another save_path (or --save-path)")
+        if self.latest.exists() or not self.best.exists():
+            return
+        try:
+            saved = load_own_checkpoint(self.best).get("config")
+            same_run = isinstance(saved, dict) and not config_differences(saved, cfg.to_dict())
+        except WeightsError:
+            same_run = False
+        if not same_run:
+            raise WeightsError(f"{self.path} holds a best.pth of another run and no latest.pth to resume from: a "
+                               f"new run would overwrite it; move best.pth away, or use another save_path (or "
+                               f"--save-path)")
+
+    def open(self) -> None:
+        """Create and lock the folder for this process's life; delete what a killed save left behind."""
+        self.created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock = FolderLock(self.path, LOCK, lambda pid: (
+            f"{self.path} is in use by another training run (pid {pid}); wait for it to finish, or use another "
+            f"save_path (or --save-path)"))
+        remove_stale_temporaries(self.path)
+
+    def close(self, keep: bool) -> None:
+        """Unlock; without `keep` (a run refused before it wrote anything) a folder this run made goes too."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if not keep and self.created:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def write_config(self, cfg: Config) -> None:
+        save_config(cfg, self.path / CONFIG)
+
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        write_text(self.path / PROGRESS, json.dumps(progress, indent=2) + "\n")
+
+
+def resume_differences(saved: dict[str, Any], cfg: Config, path: Path, allow_changed: bool) -> dict[str, tuple]:
+    """The settings that changed since the checkpoint at `path` was written (FREE_KEYS aside).
+
+    Another model is refused; other settings need `allow_changed` (--resume-changed), and are then returned
+    so that the caller logs them.
+    """
+    model = model_differences(saved, cfg.to_dict(), ARCHITECTURE_KEYS)
+    if model:
+        raise WeightsError(f"{path} belongs to a run of another model ({describe_differences(model)}); use another "
+                           f"save_path (or --save-path) for a new run")
+    diffs = {k: v for k, v in setting_differences(saved, cfg.to_dict()).items() if not under(k, ARCHITECTURE_KEYS)}
+    if diffs and not allow_changed:
+        raise WeightsError(f"{path} was written with other settings ({describe_differences(diffs)}); to go on with "
+                           f"the new values pass --resume-changed, or use another save_path for a new run")
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Provenance of scores
+
+
+def checkpoint_identity(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Which run and moment a checkpoint is: its run id, iteration, epoch and selection rule (None where the
+    file does not say, as in the authors' checkpoints)."""
+    return {key: ckpt.get(key) for key in ("run_id", "iteration", "epoch", "selected_by")}
+
+
+def read_progress(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's progress.json, or None where there is none or it cannot be read."""
+    try:
+        data = json.loads((Path(folder) / PROGRESS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_list: Path | None) -> str | None:
+    """Why `metrics` (an eval/eval.py metrics.json) is not a score of this run's current best.pth, in a few
+    words; None when it is.
+
+    It must name the run's id and the iteration best.pth was saved at (progress.json), and, given the run's
+    current test list, have scored a list with the same content.
+    """
+    source = metrics.get("checkpoint")
+    if not isinstance(source, dict):
+        return "metrics.json does not say which checkpoint it scored"
+    if source.get("run_id") != progress.get("run_id"):
+        return f"scored {source.get('path', 'a checkpoint')} of another run"
+    best = progress.get("best_checkpoint") or {}
+    if source.get("iteration") != best.get("iteration"):
+        return (f"scored {Path(str(source.get('path'))).name} at iteration {source.get('iteration')}, but best.pth "
+                f"is the one of iteration {best.get('iteration')}")
+    if test_list is not None and metrics.get("split") == "test":
+        recorded = metrics.get("split_list_sha256")
+        if not test_list.is_file():
+            return f"the run's test list {test_list} is gone"
+        if recorded != file_sha256(test_list):
+            return f"scored another {test_list.name} than the run's {test_list} holds now"
+    return None
