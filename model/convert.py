@@ -157,3 +157,12 @@ def load_segmenter_weights(model: Segmenter, path: str | os.PathLike,
     check_model_settings(ckpt.get("config"), cfg, path)
     model.load_state_dict(state, strict=True)
     return LoadedWeights(which, checkpoint_identity(ckpt))
+
+
+if __name__ == "__main__":
+    # A library, not a command: checkpoints of the authors' release load as they are.
+    import sys
+
+    print("error: model.convert has no command line: eval/eval.py and eval/predict.py load the authors' "
+          "checkpoints as they are (--checkpoint), converting their key names on the way", file=sys.stderr)
+    sys.exit(2)

@@ -195,3 +195,14 @@ def test_rescale_draws_a_whole_long_side_uniformly_between_the_truncated_bounds_
     # The short side is rounded half up: a 2x4 image with long side 5 gets 2 * 5 / 4 = 2.5 -> 3 (round() gives 2).
     g = torch.Generator().manual_seed(0)
     assert rescaled_size(2, 4, (1.25, 1.25), g) == [3, 5]
+
+
+def test_cutmix_boxes_reach_every_border_of_the_crop():
+    """The reference draws positions in 0 .. size - 1 and keeps a box while left + w <= size: boxes touch the
+    left, top, right and bottom edges. A rule that never reaches an edge leaves that strip never mixed."""
+    aug = AugmentConfig(cutmix_p=1.0, cutmix_area=(0.3, 0.4))
+    g = torch.Generator().manual_seed(0)
+    size = 16
+    boxes = [cutmix_box_params(size, aug, g) for _ in range(400)]
+    assert any(left == 0 for _, left, _, _ in boxes) and any(top == 0 for top, _, _, _ in boxes)
+    assert any(left + w == size for _, left, _, w in boxes) and any(top + h == size for top, _, h, _ in boxes)

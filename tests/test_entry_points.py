@@ -18,11 +18,13 @@ ENTRY_POINTS = [
     ("scripts/bench_predict.py", "scripts.bench_predict"),
     ("scripts/gpu_smoke.py", "scripts.gpu_smoke"),
     ("scripts/learning_check.py", "scripts.learning_check"),
+    ("scripts/reproduce.py", "scripts.reproduce"),
     ("dataset/prepare.py", "dataset.prepare"),
     ("dataset/splits.py", "dataset.splits"),
     ("dataset/synthetic.py", "dataset.synthetic"),
     ("dataset/synthetic_shift.py", "dataset.synthetic_shift"),
     (None, "model.check"),
+    (None, "util.config"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).
 NO_PATH_EDIT = [m for f, m in ENTRY_POINTS if f is not None]
@@ -53,3 +55,11 @@ def test_importing_an_entry_point_leaves_sys_path_alone():
             "    assert sys.path == before, (name, sys.path[:3])\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_a_library_module_named_like_a_command_says_so_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "model.convert", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: model.convert has no command line")

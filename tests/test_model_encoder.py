@@ -189,3 +189,19 @@ def test_not_a_weight_file_is_a_weights_error(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(WeightsError, match="model.pretrained: cannot read"):
         load_dinov2_weights(DinoEncoder("tiny"), path, "model.pretrained")
+
+
+@pytest.mark.parametrize(("size", "blocks"), [("small", (2, 5, 8, 11))])
+def test_the_dpt_head_sees_the_published_blocks_after_the_final_norm(size, blocks):
+    """docs/method.md §1: ViT-S feeds blocks 2, 5, 8, 11 (0-based) to the DPT head, each through the final
+    LayerNorm. Checked against timm's own forward_intermediates with those indices written out here."""
+    torch.manual_seed(0)
+    encoder = DinoEncoder(size).eval()
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        ours = encoder.forward_features(x)
+        theirs = encoder.forward_intermediates(x, indices=list(blocks), norm=True, output_fmt="NLC",
+                                               intermediates_only=True)
+    assert len(ours) == 4
+    for got, want in zip(ours, theirs):
+        assert torch.equal(got, want)

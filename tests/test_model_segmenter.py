@@ -159,6 +159,20 @@ def test_parameter_groups_split_encoder_and_rest():
     assert list(locked.encoder_parameters()) == [] and len(list(locked.head_parameters())) == len(rest)
 
 
+def test_the_encoder_learns_at_lr_and_everything_else_at_lr_times_lr_multi():
+    from train import build_optimizer
+    from util.schedule import set_lr
+
+    cfg = tiny_cfg(train={"method": "rs_mtdf", "lr": 5e-6, "lr_multi": 40.0})
+    model = build_segmenter(cfg)
+    optimizer = build_optimizer(model, cfg)
+    set_lr(optimizer, 1e-5)
+    by_param = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert {by_param[id(p)] for p in model.encoder_parameters()} == {1e-5}
+    assert all(by_param[id(p)] == pytest.approx(4e-4) for p in model.head_parameters())
+    assert len(by_param) == len([p for p in model.parameters() if p.requires_grad])
+
+
 def test_grad_checkpointing_switch():
     cfg = tiny_cfg(model={"backbone": "tiny", "pretrained": None, "grad_checkpointing": True})
     assert build_segmenter(cfg).encoder.grad_checkpointing

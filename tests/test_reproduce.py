@@ -1,4 +1,6 @@
-"""scripts/reproduce.sh: every method x split x seed trained, scored on test, tabulated; re-runs skip finished work."""
+"""scripts/reproduce.sh and scripts/train.sh: every method x split x seed trained, scored on test, tabulated;
+re-runs skip only work finished with the same settings; overrides reach the run in one order everywhere; a
+SIGTERM to the whole process group saves and exits 0."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
+from util.checkpoint import load_own_checkpoint
 
 # Real processes, torchrun and kills: minutes on 2 cores (`pytest -m 'not slow'` leaves them out).
 pytestmark = pytest.mark.slow
@@ -55,7 +58,7 @@ def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_
     proc = reproduce(exp, overrides)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert "finished before: not retrained" in out
+    assert "finished before with these settings: not retrained" in out
     assert (first / "latest.pth").stat().st_mtime_ns == trained_at
     assert next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns == scored_at
     assert json.loads((second / "progress.json").read_text())["finished"]
@@ -82,3 +85,75 @@ def test_reproduce_refuses_a_seed_that_is_not_a_number_before_any_run(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == (
         "error: seed 'x' is not a whole number (seeds are comma-separated, e.g. 0,1,2)")
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_rerun_with_another_setting_is_refused_before_anything_runs(tmp_path):
+    """A finished run with train.epochs=3 and the same command with train.epochs=4: not 'finished before'."""
+    root = tmp_path / "data"
+    splits = write_tiny_dataset(root)
+    overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=1)
+                 if not o.startswith(("train.method=", "save_path="))]
+    exp = tmp_path / "exp"
+    env = {**os.environ, "CONFIG": "configs/demo.yaml", "EXP": str(exp), "OMP_NUM_THREADS": "1"}
+    cmd = ["sh", "scripts/reproduce.sh", "loveda", "1", str(free_port()), "supervised", "10", "0"]
+    done = subprocess.run(cmd + overrides, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = exp / "supervised/10/seed0"
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    changed = [o.replace("train.epochs=1", "train.epochs=2") for o in overrides]
+    done = subprocess.run(cmd + changed, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=1 (this config: 2)); "
+                                   f"it would not be retrained and its scores would enter the table: remove or move "
+                                   f"it, or set EXP to another folder for runs with these settings")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_train_sh_passes_overrides_in_one_order_and_the_run_folder_follows_the_final_settings(tmp_path):
+    """SPLIT and METHOD from the environment are overrides before the command line's: the command line wins, and
+    save_path's {method}/{split} name the run that is trained."""
+    root = tmp_path / "data"
+    splits = write_tiny_dataset(root)
+    (splits / "1").mkdir()
+    for name in ("labeled.txt", "unlabeled.txt"):
+        (splits / "1" / name).write_text((splits / "10" / name).read_text())
+    overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=1)
+                 if not o.startswith("save_path=")]
+    env = {**os.environ, "DATASET": "demo", "SPLIT": "10", "METHOD": "supervised", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["sh", "scripts/train.sh", "1", str(free_port()), *overrides, "dataset.split=1",
+                           f"save_path={tmp_path}/runs/{{method}}/{{split}}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = tmp_path / "runs" / "fixmatch" / "1"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fixmatch"]
+    saved = json.loads((run / "progress.json").read_text())
+    assert (saved["method"], saved["split"], saved["finished"]) == ("fixmatch", "1", True)
+    assert (run / "out.log").is_file()
+
+
+def test_sigterm_to_the_process_group_saves_and_exits_0(tmp_path):
+    """What timeout, SLURM and Kubernetes send: every process of the group, DataLoader workers included, gets
+    SIGTERM at once. The workers leave it to the trainers, which agree on an iteration and save; train.sh and
+    its log survive it."""
+    root = tmp_path / "data"
+    splits = write_tiny_dataset(root, n_unlabeled=40)
+    save = tmp_path / "run"
+    env = {**os.environ, "DATASET": "demo", "SAVE_PATH": str(save), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["sh", "scripts/train.sh", "2", str(free_port()),
+                             *tiny_overrides(root, splits, save, "fixmatch", epochs=100), "train.num_workers=1"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (save / "progress.json").exists() or json.loads((save / "progress.json").read_text())["epoch"] < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    log = (save / "out.log").read_text()
+    stopped = [line for line in log.splitlines() if "stopped by SIGTERM at iteration" in line]
+    assert stopped, log[-3000:]
+    iteration = int(stopped[-1].split("at iteration ")[1].split(";")[0])
+    assert load_own_checkpoint(save / "latest.pth")["iteration"] == iteration
+    assert iteration % 2 == 0  # agreed at a log point (train.log_interval=2)
+    assert "run the same command to resume" in out.splitlines()[-1]

@@ -15,6 +15,7 @@ import torch
 import train
 from tests.train_fixtures import REPO, tiny_overrides, write_tiny_dataset
 from util.checkpoint import load_own_checkpoint
+from util.flops import model_flops_utilisation
 
 # Every test that trains is marked slow (`pytest -m 'not slow'` leaves them out): real processes, torchrun
 # and kills take 10-25 s each on 2 cores, and the in-process runs of a few tiny iterations, about a second on
@@ -309,3 +310,47 @@ def test_a_nonfinite_loss_before_any_checkpoint_does_not_name_one(data, tmp_path
     with pytest.raises(train.NonFiniteLoss, match="no checkpoint was written yet") as info:
         run(data, tmp_path / "nan", "train.log_interval=1", epochs=1)
     assert "latest.pth" not in str(info.value)
+
+
+def test_resume_restores_the_iteration_so_schedule_ema_and_draws_go_on_where_they_stopped(tmp_path):
+    """In-process and fast: three steps, a checkpoint, a new trainer resumed from it; its next step equals the
+    uninterrupted trainer's bit for bit (lr, EMA ratio and the step's random draws all follow the iteration)."""
+    from scripts.costs import step_batch
+    from tests.train_fixtures import step_trainer
+    from util.checkpoint import atomic_save
+
+    full = step_trainer("cpu", "train.method=unimatch_v2")
+    batch = step_batch(full)
+    for _ in range(3):
+        full.step(dict(batch))
+        full.iteration += 1
+    atomic_save(full.state(0), tmp_path / "latest.pth")
+    resumed = step_trainer("cpu", "train.method=unimatch_v2")
+    resumed.resume(tmp_path / "latest.pth")
+    assert resumed.iteration == 3
+    full.step(dict(batch))
+    resumed.step(dict(batch))
+    assert_same_weights({"model": full.model.state_dict(), "model_ema": full.ema.state_dict()},
+                        {"model": resumed.model.state_dict(), "model_ema": resumed.ema.state_dict()})
+
+
+@slow
+def test_the_logged_mfu_is_model_flops_utilisation_of_the_first_steps_counted_flops(data, tmp_path, monkeypatch):
+    """Where the GPU's peak is known (here: pretended), the trainer counts its first step's FLOPs and logs MFU
+    through util.flops.model_flops_utilisation at every log point."""
+    calls = []
+
+    def recorded(flops, seconds, peak):
+        value = model_flops_utilisation(flops, seconds, peak)
+        calls.append((flops, peak, value))
+        return value
+
+    monkeypatch.setattr(train, "device_peak_tflops", lambda device: 2.0)
+    monkeypatch.setattr(train, "model_flops_utilisation", recorded)
+    save = tmp_path / "run"
+    assert run(data, save, method="fixmatch", epochs=1) == 0
+    assert len(calls) == 2  # 4 iterations, a log point every 2
+    assert {flops for flops, _, _ in calls} == {calls[0][0]} and calls[0][0] > 0 and calls[0][1] == 2.0
+    logged = [line for line in (save / "train.log").read_text().splitlines() if ", mfu " in line]
+    assert [float(line.split(", mfu ")[1].split(",")[0]) for line in logged] == \
+        [pytest.approx(value, rel=1e-3) for _, _, value in calls]

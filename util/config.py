@@ -571,7 +571,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from a UTF-8 file (a byte-order mark is fine); duplicate keys and empty files are errors."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -615,3 +615,39 @@ def with_absolute_paths(cfg: Config) -> Config:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved configuration (every value, defaults included) as YAML, atomically."""
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line: what a config resolves to
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a config as train.py resolves it (every key, paths absolute), or one value of it (--get)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m util.config", description=main.__doc__)
+    parser.add_argument("--config", required=True, help="YAML config file (configs/*.yaml)")
+    parser.add_argument("--get", metavar="KEY", help="print only this value: a dotted key, or run_dir (the run "
+                                                     "folder save_path names)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, as train.py takes them")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.get is None:
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        elif args.get == "run_dir":
+            print(cfg.run_dir)
+        elif args.get in (flat := flatten(cfg.to_dict())):
+            print(flat[args.get])
+        else:
+            close = difflib.get_close_matches(args.get, [*flat, "run_dir"], n=1)
+            raise ConfigError(f"--get {args.get}: no such key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

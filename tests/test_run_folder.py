@@ -1,0 +1,37 @@
+"""util/run.py: best-score bookkeeping, the run folder's checks, and when a score belongs to a run."""
+
+from pathlib import Path
+
+from util.run import Progress, evaluation_problem, file_sha256
+
+
+def test_best_pth_follows_the_selected_weights_and_a_tie_goes_to_the_later_epoch():
+    progress = Progress(best_by="student")
+    assert progress.record(1, 10, {"student": 50.0, "ema": 40.0})
+    assert progress.best_checkpoint == {"iteration": 10, "epoch": 1}
+    # A tie: the later epoch is kept, as the reference's is_best = mIoU >= previous best.
+    assert progress.record(2, 20, {"student": 50.0, "ema": 45.0})
+    assert progress.best_checkpoint == {"iteration": 20, "epoch": 2}
+    # Worse student, better EMA: best.pth stays; the EMA's best moves on its own.
+    assert not progress.record(3, 30, {"student": 49.0, "ema": 46.0})
+    assert progress.best == {"student": {"miou": 50.0, "epoch": 2}, "ema": {"miou": 46.0, "epoch": 3}}
+    assert progress.best_checkpoint == {"iteration": 20, "epoch": 2}
+    assert progress.describe_best() == "best val mIoU student 50.00 (epoch 2), ema 46.00 (epoch 3)"
+    by_ema = Progress(best_by="ema")
+    by_ema.record(1, 10, {"student": 50.0, "ema": 40.0})
+    assert not by_ema.record(2, 20, {"student": 60.0, "ema": 39.0})
+
+
+def test_a_score_belongs_to_the_run_only_for_its_current_best_pth_on_its_current_test_list(tmp_path: Path):
+    test_list = tmp_path / "test.txt"
+    test_list.write_text("a.png a_mask.png\n")
+    progress = {"run_id": "abc", "best_checkpoint": {"iteration": 20, "epoch": 2}}
+    metrics = {"split": "test", "split_list_sha256": file_sha256(test_list),
+               "checkpoint": {"path": "/r/best.pth", "run_id": "abc", "iteration": 20}}
+    assert evaluation_problem(progress, metrics, test_list) is None
+    assert "another run" in evaluation_problem(progress, {**metrics, "checkpoint": {"run_id": "x"}}, test_list)
+    stale = {**metrics, "checkpoint": {"path": "/r/best.pth", "run_id": "abc", "iteration": 10}}
+    assert "iteration 10" in evaluation_problem(progress, stale, test_list)
+    assert "which checkpoint" in evaluation_problem(progress, {"split": "test"}, test_list)
+    test_list.write_text("b.png b_mask.png\n")
+    assert "another test.txt" in evaluation_problem(progress, metrics, test_list)
