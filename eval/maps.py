@@ -1,0 +1,213 @@
+"""Predict's outputs: per scene the class mask, its colours in the dataset palette, the palette over the image
+and a legend, as PNGs or, for a georeferenced input, as GeoTIFFs a GIS opens in place.
+
+Files appear under their names only once complete: PNGs are written whole (util.io.save_png), GeoTIFFs by rows
+of tiles into temporary files (util.io.temporary_path) renamed over their names by `commit`; `abort` removes
+whatever a failed scene started.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eval.scenes import RasterScene, Scene
+from eval.visualize import colorize, overlay
+from util.catalog import IGNORE_INDEX
+from util.io import commit, save_png, temporary_path, write_bytes
+
+# GeoTIFF outputs: 256 x 256 tiles, written a full row of tiles at a time (each tile once, complete); the
+# colour and overlay of a row of tiles are computed COLUMNS pixels at a time.
+TILE = 256
+COLUMNS = 2048
+PICTURES = ("mask", "color", "overlay")
+
+
+def legend_png(names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> bytes:
+    """A PNG of a colour swatch and the name of every class."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=(c[0] / 255, c[1] / 255, c[2] / 255), edgecolor="black", label=f"{i}  {n}")
+               for i, (n, c) in enumerate(zip(names, palette))]
+    fig = plt.figure(figsize=(3.2, 0.3 + 0.3 * len(names)), dpi=100)
+    fig.legend(handles=handles, loc="center", frameon=False, title="class", alignment="left")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+@dataclass
+class Style:
+    """What every output of a run shares: the classes, their colours, the overlay opacity, provenance tags."""
+
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    alpha: float
+    tags: dict[str, str]
+    legend: bytes
+
+
+class Outputs:
+    """Receives a scene's class indices band of rows by band of rows, in order; `commit` makes the files
+    appear under their names, `abort` removes whatever was started."""
+
+    def __init__(self, out: Path, scene: Scene, style: Style) -> None:
+        self.out, self.scene, self.style = out, scene, style
+        self.stem = scene.path.stem
+
+    def write(self, top: int, labels: np.ndarray) -> None:
+        """Rows [top, top + len(labels)) of class indices, (rows, width) uint8."""
+        raise NotImplementedError
+
+    def commit(self) -> list[Path]:
+        """Finish the files and put them under their names; returns their paths."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Remove what a failed scene started."""
+
+    def _legend(self) -> Path:
+        path = self.out / f"{self.stem}_legend.png"
+        write_bytes(path, self.style.legend)
+        return path
+
+
+class PngOutputs(Outputs):
+    """Whole-image PNGs: <stem>_mask.png, <stem>_color.png, <stem>_overlay.png."""
+
+    def __init__(self, out: Path, scene: Scene, style: Style) -> None:
+        super().__init__(out, scene, style)
+        self.mask = np.empty((scene.height, scene.width), dtype=np.uint8)
+
+    def write(self, top: int, labels: np.ndarray) -> None:
+        self.mask[top:top + len(labels)] = labels
+
+    def commit(self) -> list[Path]:
+        color = colorize(self.mask, self.style.palette)
+        rgb = self.scene.read(0, self.scene.height).permute(1, 2, 0).numpy()
+        # Created only once there is something to put in it: a failure on the first image leaves nothing.
+        self.out.mkdir(parents=True, exist_ok=True)
+        paths = [self.out / f"{self.stem}_{kind}.png" for kind in PICTURES]
+        save_png(self.mask, paths[0])
+        save_png(color, paths[1])
+        save_png(overlay(rgb, color, self.style.alpha), paths[2])
+        return paths + [self._legend()]
+
+
+class GeoTiffOutputs(Outputs):
+    """Georeferenced GeoTIFFs written by rows of 256 x 256 tiles as bands of rows arrive: <stem>_mask.tif
+    (uint8 class indices, colour table, nodata 255 where the input has no data), <stem>_color.tif and
+    <stem>_overlay.tif (RGB); the input's CRS, transform (or GCPs, RPCs) and size; deflate; class tags and
+    the scene's (which bands were read as RGB, what marked no data)."""
+
+    def __init__(self, out: Path, scene: RasterScene, style: Style) -> None:
+        super().__init__(out, scene, style)
+        self.raster = scene
+        self.created_out = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        self.final = {kind: out / f"{self.stem}_{kind}.tif" for kind in PICTURES}
+        # util.io.atomic_paths' temporary names and commit: these files stay open across calls.
+        self.tmp = {kind: temporary_path(p) for kind, p in self.final.items()}
+        self.ds: dict = {}
+        try:
+            self._create()
+        except BaseException:
+            self.abort()
+            raise
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.written = 0
+
+    def _create(self) -> None:
+        """Open the three temporary GeoTIFFs with the input's georeference, colour table, band names and tags."""
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        src = self.raster.src
+        base = {"driver": "GTiff", "width": src.width, "height": src.height, "dtype": "uint8",
+                "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+        if not src.transform.is_identity or src.crs is not None:
+            base.update(crs=src.crs, transform=src.transform)
+        with warnings.catch_warnings():  # an input georeferenced by GCPs alone has no transform
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            nodata = IGNORE_INDEX if self.scene.validity_source else None
+            self.ds["mask"] = rasterio.open(self.tmp["mask"], "w", count=1, nodata=nodata, **base)
+            for kind in ("color", "overlay"):
+                self.ds[kind] = rasterio.open(self.tmp[kind], "w", count=3, photometric="RGB", predictor=2, **base)
+        colormap = {c: (0, 0, 0, 0) for c in range(256)}
+        colormap.update({c: (*rgb, 255) for c, rgb in enumerate(self.style.palette)})
+        self.ds["mask"].write_colormap(1, colormap)
+        self.ds["mask"].set_band_description(1, "class")
+        for kind in ("color", "overlay"):
+            for band, name in enumerate(("red", "green", "blue"), 1):
+                self.ds[kind].set_band_description(band, name)
+        for ds in self.ds.values():
+            if src.transform.is_identity and src.gcps[0]:
+                ds.gcps = src.gcps
+            if src.rpcs is not None:
+                ds.rpcs = src.rpcs
+            ds.update_tags(**self.style.tags, **self.scene.tags())
+
+    def write(self, top: int, labels: np.ndarray) -> None:
+        assert top == self.written + self.pending_rows, "bands of rows must arrive in order"
+        self.pending.append(labels)
+        self.pending_rows += len(labels)
+        if self.pending_rows >= TILE:
+            block = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            full = self.pending_rows // TILE * TILE
+            self._write_block(block[:full])
+            rest = block[full:]
+            self.pending, self.pending_rows = ([rest.copy()] if len(rest) else []), len(rest)
+
+    def _write_block(self, labels: np.ndarray) -> None:
+        """Write whole rows of tiles of all three files, from the class indices of their rows."""
+        from rasterio.windows import Window
+
+        top, rows, width = self.written, len(labels), self.scene.width
+        self.ds["mask"].write(labels, 1, window=Window(0, top, width, rows))
+        rgb = self.scene.read(top, top + rows).numpy()
+        for x0 in range(0, width, COLUMNS):
+            x1 = min(x0 + COLUMNS, width)
+            color = colorize(labels[:, x0:x1], self.style.palette)
+            blend = overlay(rgb[:, :, x0:x1].transpose(1, 2, 0), color, self.style.alpha)
+            window = Window(x0, top, x1 - x0, rows)
+            self.ds["color"].write(color.transpose(2, 0, 1), window=window)
+            self.ds["overlay"].write(blend.transpose(2, 0, 1), window=window)
+        self.written += rows
+
+    def commit(self) -> list[Path]:
+        if self.pending_rows:
+            self._write_block(np.concatenate(self.pending))
+            self.pending, self.pending_rows = [], 0
+        assert self.written == self.scene.height, (self.written, self.scene.height)
+        for ds in self.ds.values():
+            ds.close()
+        commit(list(self.tmp.values()), list(self.final.values()))
+        return list(self.final.values()) + [self._legend()]
+
+    def abort(self) -> None:
+        for ds in self.ds.values():
+            try:
+                ds.close()
+            except Exception:  # noqa: BLE001 - closing a half-written file may fail as well; it goes anyway
+                pass
+        for path in self.tmp.values():
+            path.unlink(missing_ok=True)
+        if self.created_out:
+            try:
+                self.out.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
+
+
+def open_outputs(out: Path, scene: Scene, style: Style) -> Outputs:
+    """GeoTIFFs for a georeferenced scene, PNGs for any other."""
+    if isinstance(scene, RasterScene) and scene.georeferenced:
+        return GeoTiffOutputs(out, scene, style)
+    return PngOutputs(out, scene, style)
