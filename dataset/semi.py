@@ -2,13 +2,15 @@
 
 A split file lists one sample per line, `<image> <mask>` relative to cfg.dataset.root (unlabelled lines
 may hold only the image). It is UTF-8 text (a byte-order mark and CRLF line ends are fine); an image may be
-listed once per file, and in one of the labelled / unlabelled / val / test lists only (`check_disjoint`).
+listed once per file, and in one of the labelled / unlabelled / val / test lists only (`check_disjoint`); an
+image is the file its path resolves to, so `a.png`, `./a.png`, `/abs/root/a.png` and a symbolic link to it are
+one image.
 Problems with a list are found when the dataset is built; problems inside an image or mask when it is read.
 Both raise DataError naming the file (and the split line).
 
 Images of any mode PIL opens become 8-bit RGB exactly (palette applied, alpha dropped, CMYK and the like
 converted, 16-bit data only where 8 bits hold it exactly) or are refused naming the file and the mode; masks
-are single-channel class indices (mode L or P, or 16-bit with every value below 256). See dataset.prepare's
+are single-channel class indices (mode L or P, or 16-bit with every value below 256). See dataset.images's
 `rgb_array` and `open_labels`, which read the raw downloads the same way.
 
 Items, by mode (images ImageNet-normalised float32 (3, H, W), masks int64 (H, W), 255 = ignore):
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.prepare import open_labels, rgb_array
+from dataset.images import open_labels, rgb_array
 from dataset.splits import read_list
 from dataset.transforms import cutmix_box, normalize, strong_augment, weak_augment
 from util.catalog import IGNORE_INDEX, UNLABELED_PAD
@@ -41,6 +43,16 @@ Mode = Literal["train_l", "train_u", "val", "test"]
 MODES = ("train_l", "train_u", "val", "test")
 
 
+def tile_key(root: str | os.PathLike, field: str) -> str:
+    """The file a split-list path names: `field` under `root` (an absolute one as it is), links resolved."""
+    return os.path.realpath(os.path.join(root, field))
+
+
+def _as(where: str, spelled: str, field: str) -> str:
+    """' (<where> has it as <spelled>)' where the first listing wrote the image another way, else ''."""
+    return f" ({where} has it as {spelled})" if spelled != field else ""
+
+
 def read_split(split_file: str | os.PathLike, root: str | os.PathLike,
                needs_mask: bool) -> list[tuple[Path, Path | None]]:
     """Parse a split list into (image, mask) paths under `root`, checking that every file exists once."""
@@ -48,7 +60,7 @@ def read_split(split_file: str | os.PathLike, root: str | os.PathLike,
     lines = read_list(split_file)
     root = Path(root)
     samples: list[tuple[Path, Path | None]] = []
-    first_line: dict[str, int] = {}
+    first_line: dict[str, tuple[int, str]] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -56,12 +68,13 @@ def read_split(split_file: str | os.PathLike, root: str | os.PathLike,
         if len(fields) > 2 or (needs_mask and len(fields) != 2):
             expected = "'<image> <mask>'" if needs_mask else "'<image>' or '<image> <mask>'"
             raise DataError(f"{split_file}:{number}: expected {expected}, got {line.strip()!r}")
-        key = os.path.normpath(fields[0])
+        key = tile_key(root, fields[0])
         if key in first_line:
             # Twice in one list weights that image double (and in val/test counts it twice): a mistake.
-            raise DataError(f"{split_file}:{number}: {fields[0]} is listed twice, on lines {first_line[key]} and "
-                            f"{number}; each image may appear once")
-        first_line[key] = number
+            first, spelled = first_line[key]
+            raise DataError(f"{split_file}:{number}: {fields[0]} is listed twice, on lines {first} and {number}"
+                            f"{_as(f'line {first}', spelled, fields[0])}; each image may appear once")
+        first_line[key] = number, fields[0]
         image = root / fields[0]
         mask = root / fields[1] if needs_mask else None
         for kind, path in (("image", image), ("mask", mask)):
@@ -78,10 +91,10 @@ def check_disjoint(split_files: Iterable[str | os.PathLike], root: str | os.Path
     """DataError if one image is listed in two of the given split lists (labelled, unlabelled, val, test).
 
     An image both labelled and unlabelled, or trained on and scored, makes every number of the run wrong.
-    Lists that do not exist are skipped (test.txt is optional while training); images are compared by their
-    normalised path under `root`. The error names the image and both files with their line numbers.
+    Lists that do not exist are skipped (test.txt is optional while training); images are compared by the file
+    their paths resolve to (`tile_key`). The error names the image and both files with their line numbers.
     """
-    seen: dict[str, tuple[Path, int]] = {}
+    seen: dict[str, tuple[Path, int, str]] = {}
     for split_file in split_files:
         split_file = Path(split_file)
         if not split_file.exists():
@@ -90,11 +103,11 @@ def check_disjoint(split_files: Iterable[str | os.PathLike], root: str | os.Path
             fields = line.split()
             if not fields:
                 continue
-            key = os.path.normpath(Path(root, fields[0]))
-            first = seen.setdefault(key, (split_file, number))
+            first = seen.setdefault(tile_key(root, fields[0]), (split_file, number, fields[0]))
             if first[0] != split_file:
                 raise DataError(f"{fields[0]} is listed in both {first[0]}:{first[1]} and {split_file}:{number}; "
-                                f"labelled, unlabelled, val and test lists must not share images")
+                                f"labelled, unlabelled, val and test lists must not share images"
+                                f"{_as(f'{first[0]}:{first[1]}', first[2], fields[0])}")
 
 
 def read_image(path: Path) -> torch.Tensor:

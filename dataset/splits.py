@@ -10,6 +10,9 @@ to nearest would give 101 at 1 %). Potsdam: train = floor(0.6 * 5,472) = 3,283, 
 1,094, test the remaining 1,095; labelled floor of 1/5/10 % of 3,283 = 32/164/328. DeepGlobe: 12,045 / 4,015 /
 4,015 and 120/602/1,204. A share is at least one tile so that tiny (synthetic) datasets stay usable; that
 never changes the real counts.
+
+Lists already on disk are rewritten only when the user asks by name (--replace-splits): identical ones are
+kept, others refused (`keep_existing`); replacing writes every list before renaming any into place.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from util.cli import run_main
-from util.errors import DataError
-from util.io import check_output_folder, write_text
+from util.cli import run_main, user_path
+from util.errors import DataError, OutputError
+from util.io import atomic_paths, check_output_folder
 
 PERCENTS = ("1", "5", "10")
 # The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
@@ -208,6 +211,11 @@ def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
                   val=names(split_file(folder, "val")), test=names(split_file(folder, "test")))
 
 
+def _path(text: str) -> Path:
+    """A path argument, `~` expanded also after `=` (see util.cli.user_path)."""
+    return Path(user_path(text))
+
+
 def list_files(splits_dir: str | os.PathLike) -> list[Path]:
     """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
     splits_dir = Path(splits_dir)
@@ -232,52 +240,112 @@ def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tup
     return count, first
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, "".join(line + "\n" for line in lines))
+def list_texts(splits: Splits, line: Callable[[str], str]) -> dict[str, str]:
+    """The text of every list of `splits`, keyed by its path under the split folder ('val.txt', '1/labeled.txt')."""
+    names = {"val.txt": splits.val, "test.txt": splits.test}
+    for p in splits.labeled:
+        names[split_file("", "labeled", p).as_posix()] = splits.labeled[p]
+        names[split_file("", "unlabeled", p).as_posix()] = splits.unlabeled[p]
+    return {rel: "".join(line(n) + "\n" for n in listed) for rel, listed in names.items()}
+
+
+def line_counts(texts: Mapping[str, str]) -> dict[str, int]:
+    """Lines per list of `list_texts`."""
+    return {rel: text.count("\n") for rel, text in texts.items()}
+
+
+def _same_bytes(path: Path, text: str) -> bool:
+    """Whether `path` holds exactly `text` (an unreadable file does not)."""
+    try:
+        return path.read_bytes() == text.encode("utf-8")
+    except OSError:
+        return False
+
+
+def first_change(texts: Mapping[str, str], folder: str | os.PathLike) -> str | None:
+    """How writing `texts` into `folder` would change its lists, for the first list it would; None: no change."""
+    folder = Path(folder)
+    present = {path.relative_to(folder).as_posix() for path in list_files(folder)}
+    for rel in sorted(present | set(texts)):
+        if rel not in texts:
+            return f"{folder / rel} would be removed"
+        if rel not in present:
+            return f"{folder / rel} would be added"
+        if not _same_bytes(folder / rel, texts[rel]):
+            return f"{folder / rel} would change"
+    return None
+
+
+def write_lists(texts: Mapping[str, str], folder: str | os.PathLike) -> None:
+    """Make `folder` hold exactly the lists `texts`: each written before any is renamed into place, others removed."""
+    folder = Path(folder)
+    stale = [path for path in list_files(folder) if path.relative_to(folder).as_posix() not in texts]
+    targets = [folder / rel for rel in texts]
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_paths(targets) as temporary:
+            for path, text in zip(temporary, texts.values()):
+                path.write_bytes(text.encode("utf-8"))
+        for path in stale:
+            path.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write the split lists into {folder}: {e.filename}: {e.strerror or e}") from None
+
+
+def keep_existing(texts: Mapping[str, str], folder: str | os.PathLike, replace: bool, what: str) -> bool:
+    """Whether `folder` already holds exactly `texts` (nothing to write); a DataError where it holds other lists
+    and `replace` is off, since nothing overwrites split lists unless asked to by name."""
+    if not list_files(folder):
+        return False
+    change = first_change(texts, folder)
+    if change is None:
+        return True
+    if replace:
+        return False
+    raise DataError(f"{what} {folder} already holds other split lists ({change}); pass --replace-splits to replace "
+                    f"them, or use another {what} folder")
 
 
 def write_splits(splits: Splits, out_dir: str | os.PathLike, line: Callable[[str], str]) -> dict[str, int]:
     """Write <out>/<percent>/{labeled,unlabeled}.txt, <out>/val.txt, <out>/test.txt; returns the line counts."""
-    out_dir = Path(out_dir)
-    counts: dict[str, int] = {}
-    files = {split_file(out_dir, "val"): splits.val, split_file(out_dir, "test"): splits.test}
-    for p in splits.labeled:
-        files[split_file(out_dir, "labeled", p)] = splits.labeled[p]
-        files[split_file(out_dir, "unlabeled", p)] = splits.unlabeled[p]
-    for path, names in files.items():
-        _write_atomic(path, [line(n) for n in names])
-        counts[path.relative_to(out_dir).as_posix()] = len(names)
-    return counts
+    texts = list_texts(splits, line)
+    write_lists(texts, out_dir)
+    return line_counts(texts)
 
 
-def write_published_splits(reference_dir: str | os.PathLike, out: str | os.PathLike = SHIPPED) -> dict[str, dict]:
-    """Write splits/{potsdam,deepglobe} from the authors' published lists and splits/loveda from LoveDA's names."""
-    reference_dir, out = Path(reference_dir), Path(out)
-    counts = {name: write_splits(read_reference_splits(name, reference_dir / name), out / name,
-                                 lambda crop: crop_line("", crop)) for name in ("potsdam", "deepglobe")}
-    counts["loveda"] = write_splits(loveda_published_splits(), out / "loveda",
-                                    lambda crop: crop_line(crop.split("_")[0], crop))
-    return counts
+def published_lists(reference_dir: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """The lists of splits/{potsdam,deepglobe} from the authors' published ones, splits/loveda from LoveDA's names."""
+    reference_dir = Path(reference_dir)
+    texts = {name: list_texts(read_reference_splits(name, reference_dir / name), lambda crop: crop_line("", crop))
+             for name in ("potsdam", "deepglobe")}
+    texts["loveda"] = list_texts(loveda_published_splits(), lambda crop: crop_line(crop.split("_")[0], crop))
+    return texts
 
 
 def main(argv: list[str] | None = None) -> int:
     """Maintainers: regenerate the shipped splits/ folder (users never need this; prepare checks against it)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--reference", type=Path, required=True,
+    parser.add_argument("--reference", type=_path, required=True,
                         help="folder of the authors' published lists, holding potsdam/ and deepglobe/")
-    parser.add_argument("--out", type=Path, default=SHIPPED, help="where to write (default: the repository's splits/)")
+    parser.add_argument("--out", type=_path, default=SHIPPED, help="where to write (default: the repository's splits/)")
+    parser.add_argument("--replace-splits", action="store_true",
+                        help="replace lists in --out that differ from the regenerated ones (else refused)")
     args = parser.parse_args(argv)
     for name in ("potsdam", "deepglobe"):
         if not (args.reference / name / "val.txt").is_file():
             raise DataError(f"--reference {args.reference} has no {name}/val.txt: not the published lists' folder")
     check_output_folder(args.out, "--out")
     try:
-        counts = write_published_splits(args.reference, args.out)
+        texts = published_lists(args.reference)
     except ValueError as e:  # a line that is not a tile name of the published lists
         raise DataError(str(e)) from None
-    for dataset, written in counts.items():
-        print(dataset, written)
+    kept = {dataset: keep_existing(lists, args.out / dataset, args.replace_splits, "--out")
+            for dataset, lists in texts.items()}
+    for dataset, lists in texts.items():
+        if not kept[dataset]:
+            write_lists(lists, args.out / dataset)
+        print(dataset, "unchanged" if kept[dataset] else "written", line_counts(lists))
     return 0
 
 

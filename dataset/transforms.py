@@ -86,12 +86,18 @@ def _color_jitter(img: torch.Tensor, strength: tuple[float, float, float, float]
     return img
 
 
-def strong_augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Colour jitter, grayscale and Gaussian blur of an image (never a mask), each with its probability."""
+def colour_augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """The strong view's colour changes: colour jitter, then grayscale, each with its probability."""
     if _chance(g, aug.color_jitter_p):
         img = _color_jitter(img, aug.color_jitter, g)
     if _chance(g, aug.grayscale_p):
         img = F.rgb_to_grayscale(img, num_output_channels=3)
+    return img
+
+
+def strong_augment(img: torch.Tensor, aug: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Colour jitter, grayscale and Gaussian blur of an image (never a mask), each with its probability."""
+    img = colour_augment(img, aug, g)
     if _chance(g, aug.blur_p):
         sigma = _uniform(g, *aug.blur_sigma)
         # Kernel covering +-3 sigma, as PIL's GaussianBlur (the reference's) effectively does.

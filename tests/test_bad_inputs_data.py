@@ -133,6 +133,12 @@ def val_also_test(data: Data):
     return [str(data.val) + ":2", str(data.test) + ":3", "img/13.png"]
 
 
+def val_by_absolute_path_also_labeled(data: Data):
+    # One tile, spelled two ways: the same file all the same.
+    data.val.write_text(data.val.read_text() + f"{data.root / 'img' / '1.png'} ann/1.png\n")
+    return [str(data.labeled) + ":2", str(data.val) + ":3", str(data.root / "img" / "1.png")]
+
+
 def unlabeled_also_test(data: Data):
     data.test.write_text("img/5.png ann/5.png\n")
     return [str(data.unlabeled) + ":2", str(data.test) + ":1", "img/5.png"]
@@ -140,7 +146,7 @@ def unlabeled_also_test(data: Data):
 
 @pytest.mark.parametrize("setup", [
     latin1, utf16_labeled, utf16_unlabeled, nul_bytes_val, duplicate_labeled, duplicate_unlabeled, duplicate_val,
-    image_is_a_folder, labeled_also_unlabeled, val_also_test, unlabeled_also_test,
+    image_is_a_folder, labeled_also_unlabeled, val_also_test, unlabeled_also_test, val_by_absolute_path_also_labeled,
 ], ids=lambda f: f.__name__.replace("_", "-"))
 def test_train_refuses_a_bad_split_list_in_one_line(setup, tmp_path, capfd):
     data = Data(tmp_path)

@@ -239,6 +239,32 @@ def test_check_disjoint_names_the_image_and_both_files_and_lines(data, tmp_path)
         check_disjoint([labeled, unlabeled, val], cfg.dataset.root)
 
 
+def test_check_disjoint_sees_one_tile_by_absolute_and_relative_path_and_through_links(data, tmp_path):
+    from dataset.semi import check_disjoint
+
+    cfg, _ = data
+    root = Path(cfg.dataset.root)
+    labeled, val = tmp_path / "l.txt", tmp_path / "v.txt"
+    labeled.write_text("t0.png t0_mask.png\nt1.png t1_mask.png\n")
+    val.write_text(f"t2.png t2_mask.png\n{root / 't1.png'} t1_mask.png\n")
+    with pytest.raises(DataError, match=rf"^{root / 't1.png'} is listed in both {labeled}:2 and {val}:2; .*"
+                                        rf"\({labeled}:2 has it as t1.png\)$"):
+        check_disjoint([labeled, val], root)
+    (root / "link.png").symlink_to(root / "t0.png")
+    val.write_text("t2.png t2_mask.png\nlink.png t0_mask.png\n")
+    with pytest.raises(DataError, match=rf"link.png is listed in both {labeled}:1 and {val}:2"):
+        check_disjoint([labeled, val], root)
+
+
+def test_a_list_naming_one_tile_by_relative_and_absolute_path_is_refused(data, tmp_path):
+    cfg, _ = data
+    root = Path(cfg.dataset.root)
+    path = write_split(tmp_path, f"t0.png t0_mask.png\nt1.png t1_mask.png\n{root / 't0.png'} t0_mask.png\n")
+    with pytest.raises(DataError, match=rf"bad.txt:3: {root / 't0.png'} is listed twice, on lines 1 and 3 "
+                                        rf"\(line 1 has it as t0.png\)"):
+        SemiDataset(cfg, "val", path)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Every image mode PIL opens: 8-bit RGB exactly, or refused naming file and mode (issue 15, item 8)
 

@@ -237,7 +237,7 @@ def test_options_are_recorded_before_cutting_and_a_rerun_with_others_is_refused(
     out = tmp_path / "out"
     prepare("potsdam", raw, out, tmp_path / "s1", tile=16, resplit=True)
     recorded = json.loads((out / ".prepare_options.json").read_text())
-    assert recorded == {"dataset": "potsdam", "raw": str(raw.resolve()), "tile": 16}
+    assert recorded == {"dataset": "potsdam", "raw": str(raw.resolve()), "tile": 16, "label_rule": None}
     assert prepare("potsdam", raw, out, tmp_path / "s2", tile=16, resplit=True)["crops_skipped"] == 9
     with pytest.raises(DataError, match=r"holds tiles cut with --tile 16, not 20 .*--overwrite"):
         prepare("potsdam", raw, out, tmp_path / "s3", tile=20, resplit=True)
@@ -249,15 +249,14 @@ def test_options_are_recorded_before_cutting_and_a_rerun_with_others_is_refused(
     assert not (out / ".prepare.lock").exists()
 
 
-def test_tiles_of_an_older_run_are_judged_by_its_summary(tmp_path):
+def test_a_summary_is_no_record_of_the_options_the_tiles_were_cut_with(tmp_path):
     raw = tmp_path / "raw"
     write_potsdam(raw, np.random.default_rng(0), size=20, count=1)
     out = tmp_path / "out"
     prepare("potsdam", raw, out, tmp_path / "s1", tile=10, resplit=True)
-    (out / ".prepare_options.json").unlink()       # as a run before the options file existed left it
-    with pytest.raises(DataError, match=r"--tile 10, not 20 \(recorded in .*prepare_summary.json\)"):
-        prepare("potsdam", raw, out, tmp_path / "s2", tile=20, resplit=True)
-    assert prepare("potsdam", raw, out, tmp_path / "s3", tile=10, resplit=True)["crops_skipped"] == 4
+    (out / ".prepare_options.json").unlink()
+    with pytest.raises(DataError, match=r"holds tiles but no record of the options .*--overwrite"):
+        prepare("potsdam", raw, out, tmp_path / "s2", tile=10, resplit=True)
 
 
 def test_a_truncated_raw_jpeg_is_reported_not_filled_with_grey(tmp_path):
@@ -272,7 +271,7 @@ def test_a_truncated_raw_jpeg_is_reported_not_filled_with_grey(tmp_path):
 def test_a_tiff_pil_cannot_open_is_read_by_opencv_when_exact(tmp_path):
     import cv2
 
-    from dataset.prepare import open_rgb
+    from dataset.images import open_rgb
 
     rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3)).astype(np.float32)
     cv2.imwrite(str(tmp_path / "a.tif"), rgb[..., ::-1])           # float RGB: no PIL mode

@@ -179,3 +179,32 @@ def test_the_maintainers_split_tool_names_a_wrong_reference_folder_in_one_line(t
         run_main(lambda: main(["--reference", str(tmp_path), "--out", str(tmp_path / "out")]))
     assert info.value.code == 2 and "has no potsdam/val.txt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def write_reference(folder: Path, potsdam_val: int = 3) -> None:
+    """A tiny stand-in for the authors' published lists: one tile per list."""
+    names = {"potsdam": lambda k: f"image/top_potsdam_2_10_{k}_RGB.tif label/top_potsdam_2_10_{k}_label.tif",
+             "deepglobe": lambda k: f"data_cropped/100694_sat_{k}.jpg data_cropped/100694_mask_{k}.png"}
+    for dataset, line in names.items():
+        for rel, k in (("val.txt", potsdam_val if dataset == "potsdam" else 3), ("test.txt", 4),
+                       ("1/labeled.txt", 1), ("1/unlabeled.txt", 2)):
+            (folder / dataset / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / dataset / rel).write_text(line(k) + "\n")
+
+
+def test_the_maintainers_split_tool_rewrites_lists_that_differ_only_when_asked_by_name(tmp_path, capfd):
+    from dataset.splits import main
+    from tests.train_fixtures import assert_one_line_error, invoke, snapshot
+
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    write_reference(reference)
+    argv = ["--reference", str(reference), "--out", str(out)]
+    assert main(argv) == 0 and "potsdam written" in capfd.readouterr().out
+    before = snapshot(out)
+    assert main(argv) == 0 and "potsdam unchanged" in capfd.readouterr().out
+    write_reference(reference, potsdam_val=5)
+    code, err = invoke(lambda: main(argv), capfd)
+    assert_one_line_error(code, err, [f"{out / 'potsdam' / 'val.txt'} would change", "--replace-splits"])
+    assert snapshot(out) == before
+    assert main([*argv, "--replace-splits"]) == 0
+    assert (out / "potsdam" / "val.txt").read_text() == "images/top_potsdam_2_10_5.png masks/top_potsdam_2_10_5.png\n"
