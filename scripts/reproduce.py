@@ -29,7 +29,6 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
 
 import argparse
 import difflib
-import json
 import os
 import signal
 import subprocess
@@ -38,10 +37,9 @@ from typing import Any
 
 from dataset.splits import split_file
 from util.cli import run_main, user_path
-from util.config import METHOD_NAMES, Config, describe_differences, load_config, parse_override, read_yaml
-from util.config import setting_differences as differences
+from util.config import METHOD_NAMES, Config, describe_differences, load_config, parse_override
 from util.errors import ConfigError
-from util.run import CONFIG, evaluation_problem, read_progress
+from util.run import CONFIG, protocol_evaluation, read_progress, saved_setting_differences
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys this command sets per run; an override of one of them would be silently replaced.
@@ -145,10 +143,7 @@ def plan(args: argparse.Namespace, overrides: list[str], config: Path, exp: Path
 def refuse_other_settings(runs: list[Run]) -> None:
     """A run folder that holds a run trained with other settings: one line naming it and the difference."""
     for run in runs:
-        if not (run.folder / CONFIG).is_file():
-            continue
-        saved = read_yaml(run.folder / CONFIG)
-        diffs = differences(saved, run.cfg.to_dict())
+        diffs = saved_setting_differences(run.folder, run.cfg)
         if diffs:
             raise ConfigError(f"{run.folder} holds a run with other settings ({describe_differences(diffs)}); it "
                               f"would not be retrained and its scores would enter the table: remove or move it, or "
@@ -158,24 +153,6 @@ def refuse_other_settings(runs: list[Run]) -> None:
 def finished(run: Run) -> bool:
     progress = read_progress(run.folder)
     return bool(progress and progress.get("finished"))
-
-
-def protocol_score(run: Run) -> Path | None:
-    """The folder of a protocol test evaluation of the run's current best.pth, if there is one."""
-    progress = read_progress(run.folder)
-    if progress is None:
-        return None
-    test_list = split_file(run.cfg.dataset.splits, "test")
-    for metrics_file in sorted(run.folder.glob("*/metrics.json")):
-        try:
-            metrics: dict[str, Any] = json.loads(metrics_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if (metrics.get("split") == "test" and metrics.get("mode") == PROTOCOL_MODE
-                and metrics.get("weights") == progress.get("selected_by")
-                and evaluation_problem(progress, metrics, test_list) is None):
-            return metrics_file.parent
-    return None
 
 
 class Launcher:
@@ -224,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if launch.stopped or not finished(run):
             continue
-        scored = protocol_score(run)
+        scored = protocol_evaluation(run.folder, split_file(run.cfg.dataset.splits, "test"), PROTOCOL_MODE)
         if scored is not None:
             print(f"test score of this best.pth already there: {scored}", flush=True)
             continue

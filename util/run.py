@@ -32,6 +32,7 @@ from util.config import (
     config_differences,
     describe_differences,
     model_differences,
+    read_yaml,
     save_config,
     setting_differences,
     under,
@@ -228,4 +229,30 @@ def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_l
             return f"the run's test list {test_list} is gone"
         if recorded != file_sha256(test_list):
             return f"scored another {test_list.name} than the run's {test_list} holds now"
+    return None
+
+
+def saved_setting_differences(folder: str | os.PathLike, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """How the run saved in `folder` (its config.yaml) differs from `cfg` in what it trains (FREE_KEYS aside):
+    {dotted key: (saved, cfg's)}, empty where they agree or where no run is saved there. Tools that skip
+    finished work ask this first: a run of other settings is neither reused nor silently trained over."""
+    path = Path(folder) / CONFIG
+    return setting_differences(read_yaml(path), cfg.to_dict()) if path.is_file() else {}
+
+
+def protocol_evaluation(folder: str | os.PathLike, test_list: Path, mode: str = "original") -> Path | None:
+    """The folder (beside best.pth) of a test evaluation in `mode` of the weights best.pth was selected by, of the
+    run's current best.pth on `test_list` as it is now; None if there is none."""
+    progress = read_progress(folder)
+    if progress is None:
+        return None
+    for metrics_file in sorted(Path(folder).glob("*/metrics.json")):
+        try:
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(metrics, dict) and metrics.get("split") == "test" and metrics.get("mode") == mode
+                and metrics.get("weights") == progress.get("selected_by")
+                and evaluation_problem(progress, metrics, test_list) is None):
+            return metrics_file.parent
     return None

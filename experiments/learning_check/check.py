@@ -1,13 +1,14 @@
-"""The learning check: data, stand-in teachers and the comparison runs of scripts/learning_check.sh.
+"""The learning check: data, stand-in teachers and the comparison runs of run.sh beside this file.
 
-    python scripts/learning_check.py data     --work exp/learning_check   # scenes, tiles, split lists (+ 100 %)
-    python scripts/learning_check.py teachers --work exp/learning_check   # pretrain the stand-in teachers
-    python scripts/learning_check.py runs     --work exp/learning_check [--quick] [--parallel 2]
-    python scripts/learning_check.py summary  --work exp/learning_check   # table of test mIoU per run
-    python scripts/learning_check.py diagnose --work exp/learning_check   # pseudo-label quality, student probes
+    python experiments/learning_check/check.py data     --work exp/learning_check   # scenes, tiles, lists (+ 100 %)
+    python experiments/learning_check/check.py teachers --work exp/learning_check   # pretrain the stand-ins
+    python experiments/learning_check/check.py runs     --work exp/learning_check [--quick] [--parallel 2]
+    python experiments/learning_check/check.py summary  --work exp/learning_check   # test mIoU per run
+    python experiments/learning_check/check.py diagnose --work exp/learning_check   # pseudo-labels, probes
 
 Each step skips what exists already, so a second invocation reuses the scenes and the teachers and only
-runs what is missing. See docs/learning_check.md for why the data, teachers and schedule are what they are.
+runs what is missing; what exists is checked against what this would make, and a difference is refused in
+one line. See README.md beside this file for why the data, teachers and schedule are what they are.
 
 Teachers. Stand-ins for DINOv2-B and CLIP ViT-L/14 must *know* something the student cannot learn from a
 handful of labelled tiles: here, what every class looks like across domains (seasons, sensors, scales).
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import argparse
 import json
@@ -41,16 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.prepare import open_labels, rgb_array
+from dataset.images import open_labels, rgb_array
 from dataset.splits import split_file
-from dataset.transforms import normalize
+from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
-from util.cli import run_main
-from util.config import method_distils
-from util.io import check_output_folder
+from util.cli import run_main, user_path
+from util.config import AugmentConfig, describe_differences, load_config, method_distils
+from util.errors import ConfigError, DataError
+from util.io import check_output_folder, write_text
+from util.run import protocol_evaluation, saved_setting_differences
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "learning_check.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path(__file__).resolve().parent / "config.yaml"
 NCLASS = 7
 SCENE_SIZE = 168        # LoveDA-layout scenes; their quadrants are the 84-px tiles
 TRAIN_SCENES = 50       # per domain (Rural, Urban) of Train: 400 train tiles; Val: 25 + 25 -> 100 val + 100 test
@@ -59,6 +62,8 @@ POOL_SEED = 1000        # the teachers' pool: another seed, so other scenes than
 POOL_SCENES = 1000      # -> 4000 tiles; the last 10 % are held out for the linear-probe score
 CROP = 84
 CLIP_INPUT = 42
+# The teachers learn under the colour changes the student's strong view makes (the method's defaults).
+STRONG_COLOUR = AugmentConfig()
 
 # Distillation without fusion: every teacher's fusion weight 0.
 NO_FUSION = "distill.fusion_weights={student: 1, dino: 0, clip: 0}"
@@ -68,22 +73,38 @@ NO_FUSION = "distill.fusion_weights={student: 1, dino: 0, clip: 0}"
 # Data
 
 
+def made_with(record: Path, wanted: dict) -> bool:
+    """Whether the files `record` describes were made with `wanted`: True if so, False if there are none yet; a
+    record of other values is refused in one line (nothing is remade over it, nothing of it is reused)."""
+    if not record.is_file():
+        return False
+    saved = json.loads(record.read_text())
+    if saved != wanted:
+        changed = ", ".join(f"{k} {saved.get(k)!r} (now {v!r})" for k, v in wanted.items() if saved.get(k) != v)
+        raise DataError(f"{record.parent} was made with other values: {changed}; use another --work, or remove "
+                        f"it to make it anew")
+    return True
+
+
 def make_data(work: Path) -> None:
     """Raw scenes -> dataset.prepare (tiles, 1/5/10 % lists) -> a 100 % split (all train tiles labelled)."""
     splits = work / "splits"
-    if split_file(splits, "labeled", "100").is_file():
-        print(f"data: {splits} exists, kept")
+    record = work / "data.json"
+    wanted = {"scene_size": SCENE_SIZE, "train_scenes": TRAIN_SCENES, "seed": DATA_SEED}
+    if made_with(record, wanted):
+        print(f"data: {splits} exists, made with the same values: kept")
         return
     raw = work / "raw"
-    run([sys.executable, "-m", "dataset.synthetic_shift", "--out", str(raw), "--size", str(SCENE_SIZE),
+    run([sys.executable, "-m", "experiments.learning_check.scenes", "--out", str(raw), "--size", str(SCENE_SIZE),
          "--count", str(TRAIN_SCENES), "--seed", str(DATA_SEED)])
     run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
          "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
     everything = sorted(set(split_file(splits, "labeled", "1").read_text().splitlines())
                         | set(split_file(splits, "unlabeled", "1").read_text().splitlines()))
     split_file(splits, "labeled", "100").parent.mkdir(exist_ok=True)
-    split_file(splits, "unlabeled", "100").write_text("")
-    split_file(splits, "labeled", "100").write_text("".join(line + "\n" for line in everything if line.strip()))
+    write_text(split_file(splits, "unlabeled", "100"), "")
+    write_text(split_file(splits, "labeled", "100"), "".join(line + "\n" for line in everything if line.strip()))
+    write_text(record, json.dumps(wanted) + "\n")
     print(f"data: {len(everything)} train tiles; 100 % split written")
 
 
@@ -98,7 +119,7 @@ def run(cmd: list[str], **kw) -> None:
 
 def pool_tiles(seed: int, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The teachers' pool as 112-px quadrant tiles: uint8 images (N, 3, 112, 112) and labels (N, 112, 112)."""
-    from dataset.synthetic_shift import pool
+    from experiments.learning_check.scenes import pool
 
     images, labels = pool(seed, SCENE_SIZE, scenes)
     h = SCENE_SIZE // 2
@@ -133,29 +154,10 @@ def augment(img: torch.Tensor, lab: torch.Tensor, g: torch.Generator) -> tuple[t
 
 
 def colour_jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """The strong view's colour, batched: with p 0.8 brightness/contrast/saturation x[0.5, 1.5] and a hue
-    rotation of up to +-0.25 turns (90 degrees), with p 0.2 grayscale; x in [0, 1], returns uint8."""
-    from dataset.synthetic_shift import hue_matrix
-
-    b = len(x)
-
-    def factor() -> torch.Tensor:
-        return (0.5 + torch.rand(b, generator=g)).view(b, 1, 1, 1)
-
-    on = (torch.rand(b, generator=g) < 0.8).view(b, 1, 1, 1)
-    y = x * factor()
-    grey = y.mean(dim=(1, 2, 3), keepdim=True)
-    y = (grey + factor() * (y - grey)).clamp(0, 1)
-    lum = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2])[:, None]
-    y = (lum + factor() * (y - lum)).clamp(0, 1)
-    hues = (torch.rand(b, generator=g) - 0.5) * 180
-    rot = torch.stack([torch.from_numpy(hue_matrix(float(h))) for h in hues])
-    y = torch.einsum("bij,bjhw->bihw", rot, y).clamp(0, 1)
-    x = torch.where(on, y, x)
-    gray = (torch.rand(b, generator=g) < 0.2).view(b, 1, 1, 1)
-    lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None].expand_as(x)
-    x = torch.where(gray, lum, x)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
+    """The strong view's colour augmentation (dataset.transforms.colour_augment with the method's defaults),
+    sample by sample; x in [0, 1], returns uint8."""
+    rgb = (x * 255).round().clamp(0, 255).to(torch.uint8)
+    return torch.stack([colour_augment(img, STRONG_COLOUR, g) for img in rgb])
 
 
 def soft_targets(lab: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +296,6 @@ def save_clip(visual: nn.Module, path: Path) -> None:
 def verify_teachers(folder: Path) -> None:
     """Load both files through the trainer's path (build_teachers) and check they give the saved features."""
     from model.teachers import build_teachers
-    from util.config import load_config
 
     cfg = load_config(CONFIG, [f"teachers.dino.weights={folder / 'dinov2_tiny.pth'}",
                                f"teachers.clip.weights={folder / 'clip_tiny.pt'}"])
@@ -318,9 +319,10 @@ def make_teacher(work: Path, kind: str, steps: int) -> None:
     """Pretrain one stand-in teacher on the pool, score its linear probe on held-out pool scenes, save it and
     a random-init teacher of the same architecture (the control) in the official format."""
     files = teacher_files(work)
-    record = work / "teachers_pretrained" / f"{kind}.json"
-    if record.is_file() and files[kind].is_file() and files[f"{kind}_random"].is_file():
-        print(f"teachers: {kind} exists, kept")
+    record = work / "teachers_pretrained" / f"{kind}.recipe.json"
+    wanted = {"pool_seed": POOL_SEED, "pool_scenes": POOL_SCENES, "steps": steps, "colour": "dataset.transforms"}
+    if made_with(record, wanted) and files[kind].is_file() and files[f"{kind}_random"].is_file():
+        print(f"teachers: {kind} exists, made with the same values: kept")
         return
     torch.set_num_threads(1)  # the two teachers train side by side on the 2 cores
     start = time.time()
@@ -357,7 +359,8 @@ def make_teacher(work: Path, kind: str, steps: int) -> None:
         save_clip(teacher.visual, files[kind])
         save_clip(random_teacher.visual, files[f"{kind}_random"])
     result["seconds"] = round(time.time() - start)
-    record.write_text(json.dumps(result, indent=1))
+    write_text(work / "teachers_pretrained" / f"{kind}.json", json.dumps(result, indent=1))
+    write_text(record, json.dumps(wanted) + "\n")
     print(f"teachers: {kind} done in {result['seconds']} s: {json.dumps(result)}", flush=True)
 
 
@@ -442,16 +445,23 @@ def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
 
 
 def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subprocess.Popen | None:
+    """Start training and scoring one run, unless its best.pth is scored already; a run folder of other settings
+    is refused in one line."""
     run_dir = work / "runs" / name
-    if (run_dir / "eval_test" / "metrics.json").is_file():
+    # The data of this work folder, whatever config.yaml names (its default is exp/learning_check).
+    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.splits={work / 'splits'}", *overrides,
+                 f"save_path={run_dir}"]
+    cfg = load_config(CONFIG, overrides)
+    diffs = saved_setting_differences(run_dir, cfg)
+    if diffs:
+        raise ConfigError(f"{run_dir} holds a run with other settings ({describe_differences(diffs)}); use another "
+                          f"--work, or remove the run")
+    if protocol_evaluation(run_dir, split_file(cfg.dataset.splits, "test")) is not None:
         return None
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONWARNINGS": "ignore"}
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The data of this work folder, whatever configs/learning_check.yaml names (its default is exp/learning_check).
-    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.splits={work / 'splits'}", *overrides]
-    cmd = (f"{sys.executable} train.py --config {CONFIG} --save-path {run_dir} "
-           + " ".join(f"'{o}'" for o in overrides)
+    cmd = (f"{sys.executable} train.py --config {CONFIG} " + " ".join(f"'{o}'" for o in overrides)
            + f" && {sys.executable} eval/eval.py --config {run_dir / 'config.yaml'} --checkpoint {run_dir / 'best.pth'}"
            + f" --split test --out {run_dir / 'eval_test'}")
     log = open(run_dir / "run.log", "a")
@@ -494,7 +504,6 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
     accuracy of all pixels. This is what FixMatch's L_u trains on, measured."""
     from model.convert import load_segmenter_weights
     from model.segmenter import build_segmenter
-    from util.config import load_config
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = {}
@@ -537,7 +546,6 @@ def student_probes(work: Path, runs: list[str], steps: int = 400) -> dict:
     and scored on the same held-out pool scenes as the teachers' probes."""
     from model.convert import load_segmenter_weights
     from model.segmenter import build_segmenter
-    from util.config import load_config
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     img, lab = pool_tiles(POOL_SEED, POOL_SCENES)
@@ -571,19 +579,20 @@ def student_probes(work: Path, runs: list[str], steps: int = 400) -> dict:
 
 
 def summary(work: Path) -> None:
-    """A compact table (test mIoU mean +- sd over seeds) from each run's eval_test/metrics.json."""
+    """A compact table (test mIoU mean +- sd over seeds) of every run's scored best.pth."""
     rows: dict[str, list[float]] = {}
-    for metrics in sorted((work / "runs").glob("*/eval_test/metrics.json")):
-        name = metrics.parent.parent.name
-        data = json.loads(metrics.read_text())
-        miou = data["miou"] * (1 if data.get("unit") == "percent" else 100)
-        rows.setdefault(name.rsplit("_s", 1)[0], []).append(miou)
+    for run_dir in sorted(p for p in (work / "runs").iterdir() if (p / "config.yaml").is_file()):
+        scored = protocol_evaluation(run_dir, split_file(work / "splits", "test"))
+        if scored is None:
+            continue
+        miou = json.loads((scored / "metrics.json").read_text())["miou"]
+        rows.setdefault(run_dir.name.rsplit("_s", 1)[0], []).append(miou)
     lines = ["| run | test mIoU (%) | seeds |", "|---|---:|---|"]
     for key, vals in rows.items():
         sd = f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else ""
         lines.append(f"| {key} | {np.mean(vals):.1f}{sd} | {', '.join(f'{v:.1f}' for v in vals)} |")
     text = "\n".join(lines)
-    (work / "summary.md").write_text(text + "\n")
+    write_text(work / "summary.md", text + "\n")
     print(text)
 
 
@@ -591,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=("data", "teachers", "runs", "summary", "diagnose"),
                         help="diagnose: pseudo-label quality of the 1 %% runs and linear probes of the students")
-    parser.add_argument("--work", type=Path, default=ROOT / "exp" / "learning_check")
+    parser.add_argument("--work", type=lambda text: Path(user_path(text)), default=ROOT / "exp" / "learning_check")
     parser.add_argument("--quick", action="store_true", help="1 %% only, one seed, supervised/fixmatch/rs_mtdf "
                         "and the random-teacher control")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (threads split between them)")

@@ -1,19 +1,19 @@
 #!/bin/sh
-# The learning check (docs/learning_check.md): does each method learn what it claims, in minutes on a CPU?
-#   sh scripts/learning_check.sh            # everything: 4 methods x 1/5/10 % x 2 seeds, RS-MTDF ablations at 1 %,
+# The learning check (README.md beside this file): does each method learn what it claims, in minutes on a CPU?
+#   sh experiments/learning_check/run.sh            # everything: 4 methods x 1/5/10 % x 2 seeds, RS-MTDF ablations at 1 %,
 #                                           # random-teacher controls at 1 and 5 %, supervised 100 %
-#   sh scripts/learning_check.sh --quick    # 1 % only, one seed: supervised, fixmatch, rs_mtdf, random teachers
-#   DIAGNOSE=1 sh scripts/learning_check.sh # then also pseudo-label quality and linear probes of the students
+#   sh experiments/learning_check/run.sh --quick    # 1 % only, one seed: supervised, fixmatch, rs_mtdf, random teachers
+#   DIAGNOSE=1 sh experiments/learning_check/run.sh # then also pseudo-label quality and linear probes of the students
 # Run it with the project's environment active (. .venv/bin/activate).
 # Steps (each skips what exists, so a second call reuses scenes, teachers and finished runs):
-#   1. domain-shifted synthetic scenes in LoveDA's layout -> tiles and 1/5/10/100 % lists (dataset/synthetic_shift.py)
+#   1. domain-shifted synthetic scenes in LoveDA's layout -> tiles and 1/5/10/100 % lists (scenes.py)
 #   2. stand-in DINOv2 / CLIP teachers pretrained on a disjoint pool of scenes (both at once, one core each),
 #      saved in the official formats, plus random-init teachers for the control
 #   3. the runs through train.py and eval/eval.py (test split, best.pth), two at a time, one thread each
 #   4. eval/report.py over the runs, and a short summary table
 # WORK (default exp/learning_check) holds everything generated; PARALLEL (default 2) runs at once.
 set -eu
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 WORK=${WORK:-exp/learning_check}
 PARALLEL=${PARALLEL:-2}
 QUICK=""
@@ -23,23 +23,21 @@ mkdir -p "$WORK"
 start=$(date +%s)
 stamp() { echo "[learning_check] $1: $(( $(date +%s) - start )) s since start"; }
 
-python scripts/learning_check.py data --work "$WORK"
+python experiments/learning_check/check.py data --work "$WORK"
 stamp "data ready"
-python scripts/learning_check.py teachers --work "$WORK" --kind dino > "$WORK/teacher_dino.log" 2>&1 &
+python experiments/learning_check/check.py teachers --work "$WORK" --kind dino > "$WORK/teacher_dino.log" 2>&1 &
 dino=$!
-python scripts/learning_check.py teachers --work "$WORK" --kind clip > "$WORK/teacher_clip.log" 2>&1 &
+python experiments/learning_check/check.py teachers --work "$WORK" --kind clip > "$WORK/teacher_clip.log" 2>&1 &
 clip=$!
 wait $dino || { cat "$WORK/teacher_dino.log"; exit 1; }
 wait $clip || { cat "$WORK/teacher_clip.log"; exit 1; }
-python scripts/learning_check.py teachers --work "$WORK"
+python experiments/learning_check/check.py teachers --work "$WORK"
 stamp "teachers ready"
-python scripts/learning_check.py runs --work "$WORK" --parallel "$PARALLEL" $QUICK
+python experiments/learning_check/check.py runs --work "$WORK" --parallel "$PARALLEL" $QUICK
 stamp "runs finished"
-if [ -f eval/report.py ]; then
-    python eval/report.py "$WORK/runs" --out "$WORK/report"
-fi
-python scripts/learning_check.py summary --work "$WORK"
+python eval/report.py "$WORK/runs" --out "$WORK/report"
+python experiments/learning_check/check.py summary --work "$WORK"
 if [ "${DIAGNOSE:-0}" = 1 ]; then
-    python scripts/learning_check.py diagnose --work "$WORK"
+    python experiments/learning_check/check.py diagnose --work "$WORK"
 fi
 stamp "learning check finished"

@@ -1,6 +1,6 @@
 """Synthetic LoveDA-layout scenes whose classes are told apart by texture, shape and context, not by colour.
 
-    python -m dataset.synthetic_shift --out /tmp/raw_shift --size 168 --count 50 --seed 0
+    python -m experiments.learning_check.scenes --out /tmp/raw_shift --size 168 --count 50 --seed 0
     python -m dataset.prepare loveda --raw /tmp/raw_shift --out /tmp/shift --splits /tmp/shift_splits
 
 The demo's scenes (dataset/synthetic.py) give every class its own mean colour, so colour alone labels a
@@ -27,8 +27,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root first
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 import argparse
 from dataclasses import dataclass

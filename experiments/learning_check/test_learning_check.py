@@ -1,4 +1,4 @@
-"""dataset/synthetic_shift.py (the learning check's scenes) and the teacher files of scripts/learning_check.py."""
+"""The learning check's scenes (scenes.py) and the teacher files of check.py."""
 
 import hashlib
 from pathlib import Path
@@ -8,9 +8,9 @@ import torch
 
 from dataset.prepare import prepare
 from dataset.synthetic import write_loveda
-from dataset.synthetic_shift import draw_domain, pool, shift_scene, write_loveda_shift
+from experiments.learning_check.scenes import draw_domain, pool, shift_scene, write_loveda_shift
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tree_digest(root: Path) -> str:
@@ -58,7 +58,7 @@ def test_shift_tree_prepares_like_loveda_and_leaves_the_demo_generator_alone(tmp
 
 
 def test_teacher_files_load_through_the_trainers_path(tmp_path):
-    from scripts import learning_check as lc
+    from experiments.learning_check import check as lc
 
     torch.manual_seed(0)
     dino, clip = lc.Probe("dino"), lc.Probe("clip")
@@ -83,7 +83,7 @@ def test_teacher_files_load_through_the_trainers_path(tmp_path):
 
 def test_probe_scores_are_eval_metrics_rounded():
     from eval.metrics import ConfusionMatrix
-    from scripts.learning_check import rounded_scores
+    from experiments.learning_check.check import rounded_scores
 
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([0, 0, 1, 0, 255, 1]))  # class 2 absent
