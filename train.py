@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -105,6 +106,45 @@ def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How an optimizer step's global batch is made: processes x crops per forward x forwards accumulated."""
+
+    processes: int
+    micro_batch: int
+    accumulation: int
+    # What the config asks for (train.global_batch, doubled for the reference supervised protocol); None: no target.
+    wanted: int | None
+
+    @property
+    def global_batch(self) -> int:
+        return self.processes * self.micro_batch * self.accumulation
+
+    def describe(self) -> str:
+        """'global batch 32 = 1 process(es) x 8 crops x 4 accumulated', and why where it is not the config's."""
+        text = (f"global batch {self.global_batch} = {self.processes} process(es) x {self.micro_batch} crops x "
+                f"{self.accumulation} accumulated")
+        if self.wanted is not None and self.global_batch != self.wanted:
+            text += (f", NOT train.global_batch {self.wanted}: {self.wanted} crops do not split over "
+                     f"{self.processes} processes")
+        return text
+
+
+def plan_batches(wanted: int | None, limit: int, processes: int) -> BatchPlan:
+    """Reach `wanted` crops a step with at most `limit` per forward: the fewest forwards whose equal share fits.
+
+    Where `wanted` does not split evenly over the processes it cannot be reached exactly: the closest global
+    batch of `limit`-crop forwards is taken, and BatchPlan.describe says so.
+    """
+    if wanted is None:
+        return BatchPlan(processes, limit, 1, None)
+    if wanted % processes:
+        return BatchPlan(processes, limit, max(1, round(wanted / (processes * limit))), wanted)
+    share = wanted // processes
+    accumulation = next(k for k in range(1, share + 1) if share % k == 0 and share // k <= limit)
+    return BatchPlan(processes, share // accumulation, accumulation, wanted)
+
+
 def split_path(cfg: Config, kind: str) -> str:
     """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.splits."""
     return str(split_file(cfg.dataset.splits, kind, cfg.dataset.split))
@@ -117,12 +157,14 @@ def count_lines(path: str, cfg: Config) -> int:
     return sum(1 for line in read_list(path) if line.strip())
 
 
-def train_loader(dataset: SemiDataset, length: int, batch_size: int, seed: int, cfg: Config,
+def train_loader(dataset: SemiDataset, length: int, plan: BatchPlan, seed: int, cfg: Config,
                  info: DistInfo) -> DataLoader:
-    """A loader that draws `length` items per epoch (repeating a short list), sharded over processes."""
-    sampler = SeededSampler(len(dataset), length, seed, info.rank, info.world_size)
+    """A loader of micro-batches that draws `length` items per epoch (repeating a short list), sharded over
+    processes and the forwards each accumulates (SeededSampler's virtual ranks)."""
+    sampler = SeededSampler(len(dataset), length, seed, info.rank, info.world_size, batch_size=plan.micro_batch,
+                            accumulation=plan.accumulation)
     workers = cfg.train.num_workers
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+    return DataLoader(dataset, batch_size=plan.micro_batch, sampler=sampler, num_workers=workers, drop_last=True,
                       pin_memory=info.device.type == "cuda", persistent_workers=workers > 0,
                       worker_init_fn=worker_init())
 
@@ -143,12 +185,16 @@ class Trainer:
         check_weight_files(cfg.weight_files)
         # The authors' supervised.py doubles the batch and draws a fixed number of labelled samples per epoch.
         self.reference_supervised = not self.method.unlabeled and cfg.train.supervised_protocol == "reference"
-        self.batch_size = cfg.train.batch_size * (2 if self.reference_supervised else 1)
+        double = 2 if self.reference_supervised else 1
+        wanted = cfg.train.global_batch * double if cfg.train.global_batch is not None else None
+        self.plan = plan_batches(wanted, cfg.train.batch_size * double, info.world_size)
+        self.batch_size = self.plan.micro_batch
         torch.manual_seed(cfg.train.seed)
         self.loaders = self._build_data() if with_data else ()
-        self.iters_per_epoch = len(self.loaders[0]) if with_data else 1
+        # Counted in optimizer steps: each takes `accumulation` micro-batches from every loader.
+        self.iters_per_epoch = len(self.loaders[0]) // self.plan.accumulation if with_data else 1
         if self.iters_per_epoch == 0:
-            raise ConfigError(f"train.batch_size: {self.batch_size} per process is more than the "
+            raise ConfigError(f"train.global_batch: {self.plan.global_batch} crops a step are more than the "
                               f"{self.epoch_length} items of one epoch")
         self.total_iters = cfg.train.epochs * self.iters_per_epoch
 
@@ -162,14 +208,14 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device, allow_cpu=cfg.train.cpu_autocast)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         forward: nn.Module = TrainForward(self.model)
-        self.distributed = is_distributed() and with_data
-        if self.distributed:
-            forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
-                                              else None)
+        self.ddp: DistributedDataParallel | None = None
+        if is_distributed() and self.device.type != "meta":
+            self.ddp = forward = DistributedDataParallel(
+                forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(forward) if cfg.train.compile else forward
 
         self.iteration = 0
-        self.progress = Progress(cfg.train.best_by)
+        self.progress = Progress(cfg.train.best_by, cfg.train.best_on)
         # Training wall time of earlier processes of this run (restored on resume) and this one's start.
         self.wall_before, self.started = 0.0, time.perf_counter()
         self.skipped_steps = 0
@@ -198,11 +244,12 @@ class Trainer:
         labeled = SemiDataset(cfg, "train_l", split_path(cfg, "labeled"))
         self.epoch_length = n_unlabeled or len(labeled)
         if self.reference_supervised:
-            self.epoch_length = cfg.train.supervised_epoch_samples
-        loaders = [train_loader(labeled, self.epoch_length, self.batch_size, cfg.train.seed, cfg, info)]
+            # The authors' SemiDataset repeats the labelled list to that many samples where it is shorter.
+            self.epoch_length = max(len(labeled), cfg.train.supervised_epoch_samples)
+        loaders = [train_loader(labeled, self.epoch_length, self.plan, cfg.train.seed, cfg, info)]
         if self.method.unlabeled:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)
-            loaders.append(train_loader(unlabeled, self.epoch_length, self.batch_size, cfg.train.seed + 1, cfg, info))
+            loaders.append(train_loader(unlabeled, self.epoch_length, self.plan, cfg.train.seed + 1, cfg, info))
         val = SemiDataset(cfg, "val", split_path(cfg, "val"))
         # Training on a val or test tile, or one tile both labelled and unlabelled, is a list mistake.
         check_disjoint([split_path(cfg, kind) for kind in (*PER_PERCENT, *SHARED)], cfg.dataset.root)
@@ -279,47 +326,63 @@ class Trainer:
             "dataset": cfg.dataset.name, "method": cfg.train.method, "split": cfg.dataset.split,
             "seed": cfg.train.seed, "epoch": epoch, "epochs": cfg.train.epochs, "iteration": self.iteration,
             "total_iters": self.total_iters, "finished": self.iteration >= self.total_iters,
-            "wall_seconds": round(self.wall_seconds(), 1), "unit": "percent", **self.progress.state()})
+            "wall_seconds": round(self.wall_seconds(), 1), "unit": "percent", "batch": self.plan.describe(),
+            **self.progress.state()})
 
     # ------------------------------------------------------------------------------------------------
     # The step
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimisation step at self.iteration (its FLOPs counted the first time, where MFU is logged)."""
+    def step(self, batches: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step at self.iteration on its micro-batches (one per accumulated forward; a dict for
+        one); its FLOPs are counted the first time, where MFU is logged."""
+        micro = [batches] if isinstance(batches, dict) else list(batches)
+        if len(micro) != self.plan.accumulation:
+            raise ValueError(f"a step takes {self.plan.accumulation} micro-batches, got {len(micro)}")
         if self.peak_tflops is None or self.flops_per_step is not None:
-            return self._step(batch)
+            return self._step(micro)
         with flop_counter() as counter:
-            losses = self._step(batch)
+            losses = self._step(micro)
         self.flops_per_step = counter.get_total_flops()
         return losses
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """lr, forward, losses, backward, AdamW, EMA."""
-        cfg = self.cfg
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """lr; forward, losses and backward of each micro-batch, gradients summed; AdamW; EMA."""
+        cfg, k = self.cfg, self.plan.accumulation
         set_lr(self.optimizer, poly_lr(cfg.train.lr, self.iteration, self.total_iters, cfg.train.poly_power))
-        # The step's random draws depend only on (seed, iteration, rank): resuming needs no generator state.
-        generator = torch.Generator().manual_seed(
-            (cfg.train.seed * 1_000_003 + self.iteration) * 1_009 + self.info.rank)
-        ctx = StepContext(settings=self.step_settings, student=self.forward, ema=self.ema, teachers=self.teachers,
-                          generator=generator, embed_dim=self.model.embed_dim)
+        self.optimizer.zero_grad(set_to_none=True)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                     else contextlib.nullcontext())
-        with autocast:
-            losses = self.method.step(ctx, batch)
-        loss = losses["loss"]
-        if cfg.train.skip_nonfinite and not torch.isfinite(loss).item():
+        steps: list[dict[str, torch.Tensor]] = []
+        for j, batch in enumerate(micro):
+            # The draws of a forward depend only on (seed, iteration, virtual rank): resuming needs no generator
+            # state, and forward j of a process draws what process rank * k + j would draw without accumulation.
+            virtual_rank = self.info.rank * k + j
+            generator = torch.Generator().manual_seed(
+                (cfg.train.seed * 1_000_003 + self.iteration) * 1_009 + virtual_rank)
+            ctx = StepContext(settings=self.step_settings, student=self.forward, ema=self.ema,
+                              teachers=self.teachers, generator=generator, embed_dim=self.model.embed_dim)
+            # DDP averages gradients over processes at the last forward's backward only.
+            sync = contextlib.nullcontext() if self.ddp is None or j == k - 1 else self.ddp.no_sync()
+            with sync:
+                with autocast:
+                    losses = self.method.step(ctx, batch)
+                # Each forward's loss is a mean over its own pixels, as on a process of its own: the step's
+                # gradient is the mean over forwards, as DDP's is the mean over processes.
+                self.scaler.scale(losses["loss"] / k if k > 1 else losses["loss"]).backward()
+            steps.append(losses)
+        losses = {key: torch.stack([s[key].detach() for s in steps]).mean(0) if k > 1 else steps[0][key].detach()
+                  for key in steps[0]}
+        if cfg.train.skip_nonfinite and not torch.isfinite(losses["loss"]).item():
             # Opt-in: one host sync per step buys skipping the poisoned update instead of stopping.
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
-            return {k: torch.zeros_like(v) for k, v in losses.items() if k != "loss"}
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+            return {key: torch.zeros_like(v) for key, v in losses.items() if key != "loss"}
         self.scaler.step(self.optimizer)
         self.scaler.update()
         ema_update(self.ema, self.model, ema_ratio(self.iteration, cfg.train.ema_cap))
         self.loss_names = list(losses)
-        self.nonfinite.append(torch.stack([v.detach().float() for v in losses.values()]).isfinite().logical_not())
-        return {k: v.detach() for k, v in losses.items()}
+        self.nonfinite.append(torch.stack([v.float() for v in losses.values()]).isfinite().logical_not())
+        return losses
 
     def check_finite(self) -> None:
         """Stop before anything is saved if a loss since the last check was NaN or inf (one host sync)."""
@@ -351,7 +414,7 @@ class Trainer:
         state: they agree at log points (every train.log_interval iterations, which every process reaches
         together), so that no step waits on a collective of its own.
         """
-        if not self.distributed:
+        if self.ddp is None:
             return self.stop_requested
         if self.iteration % self.cfg.train.log_interval:
             return False
@@ -381,15 +444,19 @@ class Trainer:
         for loader in self.loaders:
             sampler = cast(SeededSampler, loader.sampler)
             sampler.set_epoch(epoch)
-            sampler.set_start(start * self.batch_size)
+            sampler.set_start(start * self.plan.micro_batch * self.plan.accumulation)
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         tick, ticked_at = time.perf_counter(), self.iteration
         # A context manager, so that an error mid-epoch closes the bar before its one-line message.
         with tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                   disable=not self.info.is_main, dynamic_ncols=True) as bar:
+            micro: list[dict[str, torch.Tensor]] = []
             for items in zip(*self.loaders):
-                losses = self.step(self._batch(items))
+                micro.append(self._batch(items))
+                if len(micro) < self.plan.accumulation:
+                    continue
+                losses, micro = self.step(micro), []
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0) + v
                 self.iteration += 1
@@ -415,7 +482,7 @@ class Trainer:
         seconds_per_step = max(now - tick, 1e-9) / steps
         scalars = {f"train/{k}": float(v) / steps for k, v in sums.items()}
         scalars["train/lr"] = self.optimizer.param_groups[0]["lr"]
-        scalars["train/images_per_s"] = self.batch_size * len(self.loaders) * self.info.world_size / seconds_per_step
+        scalars["train/images_per_s"] = self.plan.global_batch * len(self.loaders) / seconds_per_step
         if self.flops_per_step is not None:
             mfu = model_flops_utilisation(self.flops_per_step, seconds_per_step, self.peak_tflops)
             if mfu is not None:
@@ -434,8 +501,11 @@ class Trainer:
         """Score student and EMA on val.txt after `epoch` (1-based); keep best.pth by train.best_by."""
         cfg, names = self.cfg, DATASETS[self.cfg.dataset.name].class_names
         scores: dict[str, float] = {}
+        # The authors choose best.pth on the val mIoU over every class (train.best_on: all_classes).
+        excluded = () if cfg.train.best_on == "all_classes" else None
         for which, model in (("student", self.model), ("ema", self.ema)):
-            result = evaluate(model, self.val_loader, cfg, self.device, self.info, max_visualize=cfg.eval.num_visualize)
+            result = evaluate(model, self.val_loader, cfg, self.device, self.info,
+                              max_visualize=cfg.eval.num_visualize, excluded=excluded)
             scores[which] = result["miou"] or 0.0
             ious = ", ".join(f"{n} {'-' if v is None else f'{v:.1f}'}" for n, v in zip(names, result["iou"]))
             self.log.info(f"epoch {epoch} {which}: mIoU {scores[which]:.2f} over classes "
@@ -505,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         # A checkpoint of another run is refused before config.yaml or logs of this one are written.
         changed = trainer.resume(run.latest, args.resume_changed) if run.latest.is_file() else None
         if info.is_main:
-            run.write_config(cfg)
+            run.write_config(cfg, f"trained with {trainer.plan.describe()}")
             trainer.writer = SummaryWriter(str(run.path / "tb"))
         trainer.log = setup_logger(run.path, info.is_main)
         opened = True
@@ -514,8 +584,8 @@ def main(argv: list[str] | None = None) -> int:
             for key, (before, now) in changed.items():
                 trainer.log.info(f"--resume-changed: {key} was {before}, is now {now}")
         trainer.log.info(f"{cfg.train.method} on {cfg.dataset.name} split {cfg.dataset.split}: "
-                         f"{trainer.iters_per_epoch} iterations/epoch x {cfg.train.epochs} epochs, "
-                         f"{info.world_size} process(es) on {info.device}, precision "
+                         f"{trainer.iters_per_epoch} steps/epoch x {cfg.train.epochs} epochs, "
+                         f"{trainer.plan.describe()}, on {info.device}, precision "
                          f"{trainer.amp_dtype or torch.float32}; writing to {run.path}")
         with sigterm_calls(trainer.request_stop):
             trainer.run()

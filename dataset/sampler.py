@@ -24,19 +24,30 @@ class SeededSampler(Sampler[tuple[int, int]]):
     """Yields (index, sample_seed) for this rank: `length` draws per epoch from `n_items`, disjoint across ranks.
 
     The epoch's global list is whole permutations of range(n_items) concatenated and cut at `length` (so a
-    small labelled list is repeated to the unlabelled length), padded by wrapping around to a multiple of
-    `world_size` as DistributedSampler does; rank r takes positions r, r + W, ...
+    small labelled list is repeated to the unlabelled length), padded by wrapping around to a multiple of the
+    number of shards as DistributedSampler does. With gradient accumulation every process stands for
+    `accumulation` shards ("virtual ranks", as if that many more processes ran): shard v = rank * accumulation + j
+    takes positions v, v + V, ... (V = world_size * accumulation), and the process yields, optimizer step by
+    optimizer step, `batch_size` items of each of its shards in turn, so that its j-th micro-batch of a step
+    holds what process v would hold without accumulation. Only whole micro-batches are yielded.
     """
 
     def __init__(self, n_items: int, length: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, batch_size: int = 1, accumulation: int = 1) -> None:
         if n_items <= 0 or length <= 0:
             raise ValueError(f"SeededSampler needs n_items > 0 and length > 0 (got {n_items}, {length})")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, {world_size})")
+        if batch_size < 1 or accumulation < 1:
+            raise ValueError(f"batch_size and accumulation must be >= 1 (got {batch_size}, {accumulation})")
         self.n_items, self.length, self.seed = n_items, length, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.num_samples = math.ceil(length / world_size)
+        self.batch_size, self.accumulation = batch_size, accumulation
+        self.shards = world_size * accumulation
+        # Draws per shard, and the whole micro-batches of them.
+        self.per_shard = math.ceil(length / self.shards)
+        self.steps = self.per_shard // batch_size
+        self.num_samples = self.steps * batch_size * accumulation
         self.epoch = 0
         self.start = 0
 
@@ -59,13 +70,15 @@ class SeededSampler(Sampler[tuple[int, int]]):
         else:
             order = torch.arange(self.n_items).repeat(repeats)
         order = order[:self.length]
-        total = self.num_samples * self.world_size
+        total = self.per_shard * self.shards
         if total > self.length:
             order = torch.cat([order, order.repeat(math.ceil(total / self.length))[:total - self.length]])
         # One seed per global position: a padded duplicate still augments differently.
         seeds = torch.randint(0, 2**63 - 1, (total,), generator=seed_gen)
-        mine = slice(self.rank, total, self.world_size)
-        return list(zip(order[mine].tolist(), seeds[mine].tolist()))
+        b, k = self.batch_size, self.accumulation
+        shards = [list(zip(order[v::self.shards].tolist(), seeds[v::self.shards].tolist()))
+                  for v in range(self.rank * k, (self.rank + 1) * k)]
+        return [item for t in range(self.steps) for shard in shards for item in shard[t * b:(t + 1) * b]]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         start, self.start = self.start, 0

@@ -44,8 +44,11 @@ def build_eval_loader(dataset: Dataset, cfg: Config, dist_info: DistInfo | None 
 
 
 def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device,
-             dist_info: DistInfo | None = None, max_visualize: int = 0, progress: bool = False) -> dict[str, Any]:
+             dist_info: DistInfo | None = None, max_visualize: int = 0, progress: bool = False,
+             excluded: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Scores of `model` on the (sharded) `loader`, summed over processes: see eval.metrics for the keys.
+
+    `excluded`: classes whose ground truth is not scored; None: the protocol's (dataset.eval_exclude).
 
     The result also holds 'confusion_matrix' (nclass x nclass list, rows ground truth) and 'samples': up
     to `max_visualize` dicts {'img', 'mask', 'pred', 'name'} of this process (CPU tensors).
@@ -73,7 +76,7 @@ def evaluate(model: Model, loader: DataLoader, cfg: Config, device: torch.device
                                 "name": batch["name"][i]})
 
     cm.all_reduce()
-    result = cm.compute(cfg.dataset.excluded_classes)
+    result = cm.compute(cfg.dataset.excluded_classes if excluded is None else excluded)
     result["confusion_matrix"] = cm.mat.cpu().tolist()
     result["samples"] = samples
     if was_training and isinstance(model, torch.nn.Module):

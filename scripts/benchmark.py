@@ -53,8 +53,10 @@ from util.io import check_output_folder, write_text
 from util.precision import autocast_dtype
 from util.schedule import ema_ratio
 
-# Weights are random: the benchmark must run without pretrained/ files.
-RANDOM_WEIGHTS = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
+# Weights are random: the benchmark must run without pretrained/ files. A step is one forward of
+# train.batch_size crops (a GPU's share), whatever global batch the config accumulates to.
+RANDOM_WEIGHTS = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null",
+                  "train.global_batch=null"]
 # The tiny architecture of the tests and the demo, for CPUs.
 TINY = ["model.backbone=tiny", "teachers.dino.arch=tiny", "teachers.clip.arch=tiny", "teachers.clip.input_size=56",
         "distill.translator_hidden=128", "dataset.crop_size=112", "train.batch_size=4"]

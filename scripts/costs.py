@@ -117,7 +117,8 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
 
     # skip_nonfinite's check reads the loss value, which fake tensors do not have.
     cfg = cfg.replace({"model.pretrained": None, "teachers.dino.weights": None, "teachers.clip.weights": None,
-                       "train.compile": False, "train.skip_nonfinite": False, "train.cpu_autocast": True})
+                       "train.compile": False, "train.skip_nonfinite": False, "train.cpu_autocast": True,
+                       "train.global_batch": None})
     meta, cpu = torch.device("meta"), torch.device("cpu")
     # A Trainer seeds the global generator and resets the run's logger: neither may change for the caller.
     loggers = [logging.getLogger(name) for name in ("rs_mtdf", "rs_mtdf.metrics")]

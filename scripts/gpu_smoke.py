@@ -94,7 +94,7 @@ class Sizes:
 
 GPU = Sizes(backbone="small", dino="base", clip="ViT-L-14", clip_input=224, translator_hidden=1024, crop=518,
             batch=8, epochs=2, iters_per_epoch=10, kill_at=15, raw_size=1024, scenes=12, val_tiles=8, window=224,
-            workers=4, log_interval=5, benchmark=("--iters", "5", "--warmup", "2"), timeout=300)
+            workers=4, log_interval=5, benchmark=("--what", "both", "--iters", "5", "--warmup", "2"), timeout=300)
 CPU = Sizes(backbone="tiny", dino="tiny", clip="tiny", clip_input=28, translator_hidden=16, crop=56, batch=2,
             epochs=1, iters_per_epoch=2, kill_at=1, raw_size=112, scenes=1, val_tiles=4, window=28, workers=0,
             log_interval=1, benchmark=("--tiny", "--what", "train", "--iters", "1", "--warmup", "0"), timeout=120)
@@ -218,6 +218,8 @@ class Smoke:
                 f"dataset.crop_size={s.crop}", f"model.backbone={s.backbone}", f"teachers.dino.arch={s.dino}",
                 f"teachers.clip.arch={s.clip}", f"teachers.clip.input_size={s.clip_input}",
                 f"distill.translator_hidden={s.translator_hidden}", f"train.batch_size={s.batch}",
+                # Every process takes train.batch_size crops a step, no accumulation: the iteration counts below.
+                "train.global_batch=null",
                 f"train.epochs={s.epochs}", f"train.num_workers={s.workers}", f"train.log_interval={s.log_interval}",
                 f"train.checkpoint_interval={s.log_interval}",
                 # The reference supervised protocol doubles the batch: the same iterations per epoch.
@@ -435,8 +437,8 @@ def nccl_stage(smoke: Smoke) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"torchrun exited with {done.returncode}: {tail(log)}")
     text = (run / "train.log").read_text()
-    if "parameters identical on all 2 processes" not in text:
-        raise RuntimeError("train.log does not report identical parameters on both processes")
+    if f"= 2 process(es) x {smoke.sizes.batch} crops" not in text:
+        raise RuntimeError("train.log does not report a global batch of both processes")
     # Each process takes batch crops of its shard: an epoch is half as many iterations.
     total = smoke.sizes.epochs * smoke.sizes.iters_per_epoch // 2
     return training_figures(run, total)

@@ -31,7 +31,8 @@ from util.config import load_config
 from util.dist import init_distributed
 from util.flops import count_flops, model_flops_utilisation, peak_bf16_tflops
 
-RANDOM = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null"]
+RANDOM = ["model.pretrained=null", "teachers.dino.weights=null", "teachers.clip.weights=null",
+          "train.global_batch=null"]
 TINY = RANDOM + ["model.backbone=tiny", "teachers.dino.arch=tiny", "teachers.clip.arch=tiny",
                  "teachers.clip.input_size=56", "distill.translator_hidden=128", "dataset.crop_size=112",
                  "train.batch_size=4"]

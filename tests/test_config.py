@@ -342,3 +342,12 @@ def test_a_dataset_config_is_its_dataset_and_the_defaults(name):
     defaults = Config().replace({"dataset.name": name, "dataset.root": f"dataset/{name}",
                                  "dataset.splits": f"splits/{name}"})
     assert cfg.to_dict() == with_absolute_paths(defaults).to_dict()
+
+
+def test_a_key_inside_a_mapping_changes_that_entry_of_the_resolved_mapping(tmp_path):
+    """The shipped configs do not spell out distill.fusion_weights: an override of one entry must change that
+    entry of the defaults, not replace the mapping by one entry (student weight missing: refused)."""
+    cfg = load_config(write(tmp_path, "{}"), ["distill.fusion_weights.clip=0.2", "distill.fusion_weights.dino=0"])
+    assert cfg.distill.fusion_weights == {"student": 0.8, "dino": 0.0, "clip": 0.2}
+    spelled = load_config(write(tmp_path, "distill: {weights: {dino: 1.0, clip: 0.0}}\n"), ["distill.weights.clip=0.5"])
+    assert spelled.distill.weights == {"dino": 1.0, "clip": 0.5}

@@ -79,7 +79,7 @@ SCRIPTED = {"student": [40.0, 50.0, 50.0], "ema": [60.0, 30.0, 20.0]}
 def test_best_checkpoint_is_the_best_student_epoch_ties_going_to_the_later_one(data, tmp_path, monkeypatch):
     calls = []
 
-    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0):
+    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0, excluded=None):
         which = "student" if len(calls) % 2 == 0 else "ema"
         miou = SCRIPTED[which][len(calls) // 2]
         calls.append(which)
@@ -102,7 +102,7 @@ def test_best_checkpoint_is_the_best_student_epoch_ties_going_to_the_later_one(d
 def test_best_by_ema_keeps_the_best_ema_epoch(data, tmp_path, monkeypatch):
     calls = []
 
-    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0):
+    def scripted_evaluate(model, loader, cfg, device, info, max_visualize=0, excluded=None):
         which = "student" if len(calls) % 2 == 0 else "ema"
         calls.append(which)
         miou = SCRIPTED[which][(len(calls) - 1) // 2]
@@ -182,6 +182,26 @@ def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, u
 
 
 @slow
+def test_a_run_accumulating_forwards_says_so_and_resumes_exactly_mid_epoch(data, tmp_path, monkeypatch):
+    """train.global_batch 4 on one process of 2 crops a forward: 2 forwards a step (a step takes 4 of the 8
+    unlabelled tiles, 2 steps an epoch); stopped after 3 of 4 steps and resumed, it ends as the whole run."""
+    accumulate = ["train.global_batch=4", "train.log_interval=1"]
+    assert run(data, tmp_path / "full", *accumulate, method="fixmatch") == 0
+    full = load_own_checkpoint(tmp_path / "full" / "latest.pth")
+    assert (full["iters_per_epoch"], full["iteration"]) == (2, 4)
+    assert "global batch 4 = 1 process(es) x 2 crops x 2 accumulated" in (tmp_path / "full" / "train.log").read_text()
+    assert (tmp_path / "full" / "config.yaml").read_text().startswith(
+        "# trained with global batch 4 = 1 process(es) x 2 crops x 2 accumulated\n")
+    original = train.Trainer.should_stop
+    monkeypatch.setattr(train.Trainer, "should_stop", lambda self: self.iteration == 3 or original(self))
+    assert run(data, tmp_path / "resumed", *accumulate, method="fixmatch") == 0
+    monkeypatch.setattr(train.Trainer, "should_stop", original)
+    assert load_own_checkpoint(tmp_path / "resumed" / "latest.pth")["iteration"] == 3
+    assert run(data, tmp_path / "resumed", *accumulate, method="fixmatch") == 0
+    assert_same_weights(full, load_own_checkpoint(tmp_path / "resumed" / "latest.pth"))
+
+
+@slow
 def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(data, tmp_path, monkeypatch):
     save = tmp_path / "nan"
     assert run(data, save, epochs=1) == 0
@@ -258,7 +278,7 @@ def test_two_processes_under_torchrun_train_and_survive_a_killed_rank(data, tmp_
     save = tmp_path / "ddp"
     done = torchrun("train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, splits, save))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 process(es)" in (save / "train.log").read_text()
+    assert "global batch 4 = 2 process(es) x 2 crops x 1 accumulated" in (save / "train.log").read_text()
     full = load_own_checkpoint(save / "latest.pth")
     # 8 unlabelled items over 2 processes with 2 per batch: 2 iterations per epoch, 4 in all.
     assert full["iters_per_epoch"] == 2 and full["iteration"] == 4

@@ -20,7 +20,7 @@ class DatasetInfo:
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §7).
+    # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §5).
     eval_exclude: tuple[int, ...] = ()
 
     @property

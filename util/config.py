@@ -208,7 +208,12 @@ class TrainConfig(Section):
     # One of METHOD_NAMES: supervised | fixmatch | unimatch_v2 | rs_mtdf.
     method: str = "rs_mtdf"
     epochs: int = Field(60, gt=0)
-    # Per process, labelled; the unlabelled batch has the same size.
+    # Labelled crops per optimizer step over all processes (the unlabelled batch is as large): the published
+    # protocol's 8 per GPU on 4 GPUs. Fewer processes reach it by accumulating gradients over several forwards,
+    # more by smaller forwards; the schedule (steps, lr, EMA) is then the same on any number of GPUs. null:
+    # train.batch_size per process, so that the number of processes sets the global batch.
+    global_batch: int | None = Field(32, gt=0)
+    # Crops per process and forward (labelled, and as many unlabelled): at most this many.
     batch_size: int = Field(8, gt=0)
     lr: float = Field(5e-6, gt=0)
     # Every trainable parameter outside the encoder uses lr * lr_multi.
@@ -230,10 +235,14 @@ class TrainConfig(Section):
     # best.pth keeps the epoch of the best val mIoU of these weights (ties: the later epoch). The reference
     # selects by the student, and its evaluation scripts load the student.
     best_by: Literal["student", "ema"] = "student"
-    # Only for method `supervised`: `reference` trains as the authors' supervised.py (batch doubled to
-    # 2 x batch_size labelled crops, an epoch of `supervised_epoch_samples` draws from the repeated labelled
-    # list); `same_iterations` uses the semi-supervised schedule (batch_size labelled crops per step, an epoch
-    # as long as the unlabelled list), so that every method makes the same number of steps.
+    # The classes of that val mIoU: all of them, as the authors' in-training validation (clutter and unknown
+    # included), or those the test scores (dataset.eval_exclude).
+    best_on: Literal["all_classes", "scored_classes"] = "all_classes"
+    # Only for method `supervised`: `reference` trains as the authors' supervised.py (batches doubled: 2 x
+    # global_batch labelled crops a step, 2 x batch_size a forward; an epoch of max(labelled tiles,
+    # supervised_epoch_samples) draws from the labelled list, repeated where shorter); `same_iterations` uses
+    # the semi-supervised schedule (an epoch as long as the unlabelled list), so that every method makes the
+    # same number of steps of the same labelled batch.
     supervised_protocol: Literal["reference", "same_iterations"] = "reference"
     supervised_epoch_samples: int = Field(3000, gt=0)
     skip_nonfinite: bool = False
@@ -530,11 +539,20 @@ def _check_override_key(path: list[str], where: str) -> None:
             raise ConfigError(f"{where}: unknown key '{'.'.join(path)}'{hint}")
 
 
-def _set(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
-    """raw[path[0]][path[1]]... = value, making sections on the way; errors start with `where`."""
+def _set(raw: dict[str, Any], path: list[str], value: Any, where: str,
+         resolved: dict[str, Any] | None = None) -> None:
+    """raw[path[0]][path[1]]... = value, making sections on the way; errors start with `where`.
+
+    A key inside a mapping value (distill.fusion_weights.clip) that `raw` does not spell out changes that
+    entry of the mapping `resolved` holds (the file's values with the defaults), not a mapping of it alone.
+    """
     _check_override_key(path, where)
-    node = raw
-    for part in path[:-1]:
+    node, resolved_node = raw, resolved
+    for depth, part in enumerate(path[:-1]):
+        resolved_node = resolved_node.get(part) if isinstance(resolved_node, dict) else None
+        is_mapping_value = not _field_names(Config, tuple(path[:depth + 1]))
+        if part not in node and is_mapping_value and isinstance(resolved_node, dict):
+            node[part] = dict(resolved_node)
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"{where}: '{part}' is a value, not a section")
@@ -542,11 +560,13 @@ def _set(raw: dict[str, Any], path: list[str], value: Any, where: str) -> None:
     node[path[-1]] = value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set every `key.sub=value` of `overrides` in `raw`, in order: a later override of a key wins."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str],
+                    resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Set every `key.sub=value` of `overrides` in `raw`, in order: a later override of a key wins. `resolved`:
+    what `raw` resolves to, for keys inside mapping values (see _set)."""
     for text in overrides:
         path, value = parse_override(text)
-        _set(raw, path, value, f"command line override '{text}'")
+        _set(raw, path, value, f"command line override '{text}'", resolved)
     return raw
 
 
@@ -594,8 +614,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute."""
     raw = read_yaml(path)
-    _validate(raw, str(path))
-    cfg = _validate(apply_overrides(raw, list(overrides or [])), f"{path} with overrides")
+    base = _validate(raw, str(path))
+    cfg = _validate(apply_overrides(raw, list(overrides or []), base.to_dict()), f"{path} with overrides")
     return with_absolute_paths(cfg)
 
 
@@ -612,9 +632,11 @@ def with_absolute_paths(cfg: Config) -> Config:
     return cfg.replace(changes) if any(flat[k] != v for k, v in changes.items()) else cfg
 
 
-def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved configuration (every value, defaults included) as YAML, atomically."""
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, path: str | os.PathLike, note: str = "") -> None:
+    """Write the resolved configuration (every value, defaults included) as YAML, atomically; `note` becomes
+    a comment above it."""
+    header = "".join(f"# {line}\n" for line in note.splitlines())
+    write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ class Progress:
     evaluation's scores, and the iteration and epoch of the weights in best.pth (chosen by `best_by`)."""
 
     best_by: str
+    # The classes of the val mIoU that chooses best.pth (train.best_on).
+    best_on: str = "all_classes"
     run_id: str = field(default_factory=new_run_id)
     best: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {w: {"miou": None, "epoch": None} for w in WEIGHT_SETS})
@@ -101,7 +103,8 @@ class Progress:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of it (the keys progress.json shows too)."""
-        return {"run_id": self.run_id, "selected_by": self.best_by, "best": copy.deepcopy(self.best),
+        return {"run_id": self.run_id, "selected_by": self.best_by, "selected_on": self.best_on,
+                "best": copy.deepcopy(self.best),
                 "history": list(self.history), "best_checkpoint": self.best_checkpoint}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
@@ -164,8 +167,9 @@ class RunFolder:
             except OSError:
                 pass
 
-    def write_config(self, cfg: Config) -> None:
-        save_config(cfg, self.path / CONFIG)
+    def write_config(self, cfg: Config, note: str) -> None:
+        """config.yaml: the resolved config, with `note` (how the run trains it) as a comment on top."""
+        save_config(cfg, self.path / CONFIG, note)
 
     def write_progress(self, progress: dict[str, Any]) -> None:
         write_text(self.path / PROGRESS, json.dumps(progress, indent=2) + "\n")

@@ -1,0 +1,147 @@
+"""The global batch (train.global_batch) on any number of processes: how it is split into forwards, and that one
+process accumulating two forwards makes the update two processes make with one forward each (gloo, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.train_fixtures import DEMO, TINY_STEP
+from train import Trainer, plan_batches
+from util.config import load_config
+from util.dist import DistInfo
+
+METHODS = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+
+
+def test_the_published_global_batch_is_reached_on_any_number_of_gpus():
+    """32 crops a step, at most 8 a forward: 1 GPU accumulates 4 forwards, 2 GPUs 2, 4 GPUs none, 8 GPUs take
+    4 crops each; 3 GPUs cannot split 32 and say so."""
+    plans = {n: plan_batches(32, 8, n) for n in (1, 2, 4, 8)}
+    assert {n: (p.micro_batch, p.accumulation, p.global_batch) for n, p in plans.items()} == {
+        1: (8, 4, 32), 2: (8, 2, 32), 4: (8, 1, 32), 8: (4, 1, 32)}
+    assert plans[1].describe() == "global batch 32 = 1 process(es) x 8 crops x 4 accumulated"
+    three = plan_batches(32, 8, 3)
+    assert three.global_batch == 24 and "NOT train.global_batch 32" in three.describe()
+    # An uneven share takes the fewest forwards that fit: 12 crops a process at most 8 a forward are 2 x 6.
+    assert (plan_batches(24, 8, 2).micro_batch, plan_batches(24, 8, 2).accumulation) == (6, 2)
+    # null: the process count sets the global batch, as before train.global_batch existed.
+    assert plan_batches(None, 8, 4).global_batch == 32 and plan_batches(None, 8, 1).global_batch == 8
+
+
+def micro_batch(seed: int, size: int = 56, b: int = 2, n_strong: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    box = torch.zeros(b, n_strong, size, size, dtype=torch.long)
+    box[0, :, 8:30, 10:40] = 1
+    return {"img_x": torch.randn(b, 3, size, size, generator=g),
+            "mask_x": torch.randint(0, 7, (b, size, size), generator=g),
+            "img_u_w": torch.randn(b, 3, size, size, generator=g),
+            "img_u_s": torch.randn(b, n_strong, 3, size, size, generator=g),
+            "ignore_mask": torch.zeros(b, size, size, dtype=torch.long), "cutmix_box": box}
+
+
+def trainer(method: str, rank: int, world: int) -> Trainer:
+    """The demo's tiny model at TINY_STEP size, a global batch of 4 crops of at most 2 a forward."""
+    fusion = "{student: 0.8, dino: 0.1, clip: 0.1}" if method == "rs_mtdf" else "{student: 1, dino: 0, clip: 0}"
+    teachers = str(method == "rs_mtdf").lower()
+    cfg = load_config(DEMO, [*TINY_STEP, f"train.method={method}", "train.global_batch=4", "train.batch_size=2",
+                             "train.precision=fp32", f"teachers.dino.enabled={teachers}",
+                             f"teachers.clip.enabled={teachers}", f"distill.fusion_weights={fusion}",
+                             "train.supervised_protocol=same_iterations"])
+    t = Trainer(cfg, DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"),
+                              is_main=rank == 0), with_data=False)
+    t.total_iters = 100
+    return t
+
+
+def updated(t: Trainer) -> dict[str, torch.Tensor]:
+    """The weights after the step, and AdamW's first moments: the gradient itself, which the first update (about
+    lr x its sign) would hide a wrong scale of."""
+    moments = {f"exp_avg.{name}": t.optimizer.state[p]["exp_avg"].clone() for name, p in t.model.named_parameters()}
+    return {**{k: v.clone() for k, v in t.model.state_dict().items()}, **moments}
+
+
+def one_step_per_process(rank: int, world: int, init: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    states = {}
+    for method in METHODS:
+        t = trainer(method, rank, world)
+        assert (t.plan.micro_batch, t.plan.accumulation) == (2, 1) and t.ddp is not None
+        t.step(micro_batch(seed=rank))
+        states[method] = updated(t)
+    if rank == 0:
+        torch.save(states, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_one_process_accumulating_two_forwards_updates_as_two_processes_do(tmp_path: Path):
+    """For every method: the same 4 crops as 2 processes x 2 (DDP averages their gradients) and as 1 process x 2
+    forwards x 2 crops (gradients of loss / 2 summed). Each forward draws what its process would draw (CutMix
+    partners and UniMatch V2's dropped pairs within its 2 crops, the channel masks from the virtual rank), so
+    the update is the same up to the order of float additions."""
+    out = tmp_path / "two_processes.pt"
+    mp.spawn(one_step_per_process, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    two = torch.load(out, weights_only=True)
+    for method in METHODS:
+        one = trainer(method, 0, 1)
+        assert (one.plan.micro_batch, one.plan.accumulation) == (2, 2)
+        one.step([micro_batch(seed=0), micro_batch(seed=1)])
+        for name, value in updated(one).items():
+            torch.testing.assert_close(value, two[method][name], atol=2e-6, rtol=0,
+                                       msg=lambda m, method=method, name=name: f"{method} {name}: {m}")
+
+
+def test_a_step_takes_as_many_micro_batches_as_the_plan_accumulates():
+    t = trainer("fixmatch", 0, 1)
+    with pytest.raises(ValueError, match="a step takes 2 micro-batches, got 1"):
+        t.step(micro_batch(seed=0))
+
+
+
+
+@pytest.mark.parametrize(("labeled", "samples", "epoch"), [(4, 12, 12), (40, 12, 40)])
+def test_the_reference_supervised_epoch_is_the_labelled_list_repeated_to_at_least_the_samples(
+        tmp_path: Path, labeled: int, samples: int, epoch: int):
+    """The authors' SemiDataset repeats the labelled list to supervised_epoch_samples (3,000) only where it is
+    shorter: at 1 % an epoch is 3,000 draws, at DeepGlobe 100 % (12,045 tiles) one pass over the list."""
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+
+    splits = write_tiny_dataset(tmp_path / "data", n_labeled=labeled, size=16)
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised"),
+                             "train.supervised_protocol=reference", f"train.supervised_epoch_samples={samples}"])
+    t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
+    # Batches doubled (2 x 2 crops) as supervised.py does, with drop_last.
+    assert (t.epoch_length, t.plan.micro_batch, t.iters_per_epoch) == (epoch, 4, epoch // 4)
+
+
+@pytest.mark.slow
+def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(monkeypatch, tmp_path: Path):
+    """The authors validate on every class (clutter, unknown) and keep best.pth by that; the test-time exclusions
+    apply at test only, or at validation too with train.best_on=scored_classes."""
+    import train
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+
+    seen = []
+
+    def scripted(model, loader, cfg, device, info, max_visualize=0, excluded=None):
+        seen.append(excluded)
+        return {"miou": 50.0, "iou": [50.0] * 7, "classes_in_mean": list(range(7)), "samples": []}
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    splits = write_tiny_dataset(tmp_path / "data", size=16)
+    for best_on, excluded in (("all_classes", ()), ("scored_classes", None)):
+        seen.clear()
+        argv = ["--config", DEMO, *tiny_overrides(tmp_path / "data", splits, tmp_path / best_on, "supervised", 1),
+                f"train.best_on={best_on}"]
+        assert train.main(argv) == 0
+        assert seen == [excluded, excluded]
+        progress = (tmp_path / best_on / "progress.json").read_text()
+        assert f'"selected_on": "{best_on}"' in progress
