@@ -320,13 +320,13 @@ def test_mode_and_blend_are_predicts_own_unless_the_command_line_says(tmp_path, 
         ("original", "uniform", 42, 21, 5)]
 
 
-def test_every_flag_is_in_help_and_in_the_readme():
+def test_every_flag_is_in_help_and_on_the_prediction_page():
     parser = predict_cli.build_parser()
     flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
     assert {"--blend", "--list", "--alpha", "--mode", "--window", "--stride", "--batch-size"} <= set(flags)
     help_text = parser.format_help()
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Evaluation and prediction"):readme.index("## Configuration")]
+    page = (REPO / "docs" / "prediction.md").read_text()
+    section = page[page.index("## eval/predict.py"):]
     for flag in flags:
         assert flag in help_text and flag in section, flag
 
