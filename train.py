@@ -133,11 +133,14 @@ class BatchPlan:
 def plan_batches(wanted: int | None, limit: int, processes: int) -> BatchPlan:
     """Reach `wanted` crops a step with at most `limit` per forward: the fewest forwards whose equal share fits.
 
-    Where `wanted` does not split evenly over the processes it cannot be reached exactly: the closest global
-    batch of `limit`-crop forwards is taken, and BatchPlan.describe says so.
+    Where `wanted` does not split evenly over the processes it cannot be reached exactly: the nearest global
+    batch of equal forwards is taken (forwards of `limit` crops, or fewer crops where even one forward of
+    `limit` on every process is too many), and BatchPlan.describe says so.
     """
     if wanted is None:
         return BatchPlan(processes, limit, 1, None)
+    if wanted % processes and processes * limit > wanted:
+        return BatchPlan(processes, max(1, round(wanted / processes)), 1, wanted)
     if wanted % processes:
         return BatchPlan(processes, limit, max(1, round(wanted / (processes * limit))), wanted)
     share = wanted // processes
@@ -188,7 +191,6 @@ class Trainer:
         double = 2 if self.reference_supervised else 1
         wanted = cfg.train.global_batch * double if cfg.train.global_batch is not None else None
         self.plan = plan_batches(wanted, cfg.train.batch_size * double, info.world_size)
-        self.batch_size = self.plan.micro_batch
         torch.manual_seed(cfg.train.seed)
         self.loaders = self._build_data() if with_data else ()
         # Counted in optimizer steps: each takes `accumulation` micro-batches from every loader.

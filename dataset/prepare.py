@@ -80,7 +80,7 @@ from dataset.splits import (
     write_lists,
 )
 from util.catalog import DATASETS, IGNORE_INDEX
-from util.cli import run_main, user_path
+from util.cli import path_arg, run_main
 from util.errors import DataError
 from util.io import FolderLock, check_output_folder, open_image, remove_stale_temporaries, save_png, write_text
 
@@ -541,19 +541,15 @@ def print_summary(summary: dict) -> None:
         print(f"  note: could not read folder {folder}")
 
 
-def _path(text: str) -> Path:
-    """A path argument, `~` expanded also after `=` (`--out=~/tiles`)."""
-    return Path(user_path(text))
-
 
 def _parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(FINDERS))
-    parser.add_argument("--raw", type=_path, required=True, help="folder of the raw download (archives unpacked)")
-    parser.add_argument("--out", type=_path, help="tile folder (default dataset/<dataset>)")
-    parser.add_argument("--splits", type=_path,
+    parser.add_argument("--raw", type=path_arg, required=True, help="folder of the raw download (archives unpacked)")
+    parser.add_argument("--out", type=path_arg, help="tile folder (default dataset/<dataset>)")
+    parser.add_argument("--splits", type=path_arg,
                         help="split lists to check the tiles against (default: the shipped splits/<dataset>); "
                              "with --resplit, the folder to write new lists into")
     parser.add_argument("--resplit", action="store_true",

@@ -31,7 +31,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from util.cli import run_main, user_path
+from util.cli import path_arg, run_main
 from util.errors import DataError, OutputError
 from util.io import atomic_paths, check_output_folder
 
@@ -211,10 +211,6 @@ def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
                   val=names(split_file(folder, "val")), test=names(split_file(folder, "test")))
 
 
-def _path(text: str) -> Path:
-    """A path argument, `~` expanded also after `=` (see util.cli.user_path)."""
-    return Path(user_path(text))
-
 
 def list_files(splits_dir: str | os.PathLike) -> list[Path]:
     """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
@@ -326,9 +322,10 @@ def published_lists(reference_dir: str | os.PathLike) -> dict[str, dict[str, str
 def main(argv: list[str] | None = None) -> int:
     """Maintainers: regenerate the shipped splits/ folder (users never need this; prepare checks against it)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--reference", type=_path, required=True,
+    parser.add_argument("--reference", type=path_arg, required=True,
                         help="folder of the authors' published lists, holding potsdam/ and deepglobe/")
-    parser.add_argument("--out", type=_path, default=SHIPPED, help="where to write (default: the repository's splits/)")
+    parser.add_argument("--out", type=path_arg, default=SHIPPED,
+                        help="where to write (default: the repository's splits/)")
     parser.add_argument("--replace-splits", action="store_true",
                         help="replace lists in --out that differ from the regenerated ones (else refused)")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from util.catalog import DATASETS
-from util.cli import run_main
+from util.cli import path_arg, run_main
 
 # Generic land covers; each dataset maps them onto its own classes below.
 NODATA, BACKGROUND, BUILDING, ROAD, WATER, BARREN, FOREST, AGRICULTURE, LOWVEG, RANGELAND, CAR, CLUTTER = range(12)
@@ -242,7 +242,7 @@ REAL_SIZE = {"loveda": 1024, "potsdam": 6000, "deepglobe": 2448}
 def main(argv: list[str] | None = None) -> int:
     """Command line: write a synthetic raw tree."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the raw tree into")
+    parser.add_argument("--out", type=path_arg, required=True, help="folder to write the raw tree into")
     parser.add_argument("--dataset", choices=sorted(WRITERS), default="loveda")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the real dataset's)")
     parser.add_argument("--count", type=int, default=4,

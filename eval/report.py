@@ -33,7 +33,7 @@ from typing import Any
 
 from dataset.splits import split_file
 from methods import METHODS
-from util.cli import run_main, user_path
+from util.cli import path_arg, run_main
 from util.config import FREE_KEYS, METHOD_NAMES, Config, flatten, method_distils, read_yaml, under
 from util.errors import UserError, short_reason
 from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
@@ -495,10 +495,10 @@ def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str,
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The folders to search and --out."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", type=lambda text: Path(user_path(text)),
+    parser.add_argument("folders", nargs="+", type=path_arg,
                         help="folders searched recursively for run folders (config.yaml beside progress.json), "
                              "e.g. exp/")
-    parser.add_argument("--out", type=lambda text: Path(user_path(text)),
+    parser.add_argument("--out", type=path_arg,
                         help="output folder for report.md, report.json, report.png (default: <first folder>/report)")
     return parser.parse_args(argv)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from util.cli import run_main
+from util.cli import run_main, user_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, action="append", help="scene side in pixels (repeatable; "
                                                                     "default 2000 and 20000)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--checkpoint", help="checkpoint to run (default: a random tiny one, see above)")
-    parser.add_argument("--work", default="/tmp/bench_predict", help="folder for scenes and outputs")
+    parser.add_argument("--config", type=user_path, default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--checkpoint", type=user_path,
+                        help="checkpoint to run (default: a random tiny one, see above)")
+    parser.add_argument("--work", type=user_path, default="/tmp/bench_predict", help="folder for scenes and outputs")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for predict.py (default: torch's)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs (default: removed after each run)")
     args = parser.parse_args(argv)

@@ -206,8 +206,8 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool,
 
     parts["optimizer_and_ema"] = timed(optimizer_and_ema, iters, 1, device)
     parts["student_forward_backward"] = max(0.0, seconds - sum(parts.values()))
-    images_per_step = trainer.batch_size * (2 if trainer.method.unlabeled else 1)
-    b = trainer.batch_size
+    images_per_step = trainer.plan.micro_batch * (2 if trainer.method.unlabeled else 1)
+    b = trainer.plan.micro_batch
     result: TrainResult = {
         "what": "train", "reference": reference, "method": cfg.train.method,
         "precision": str(amp or torch.float32), "gpu_like_on_cpu": cfg.train.cpu_autocast and device.type == "cpu",

@@ -145,7 +145,7 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
 
 def step_batch(trainer: Trainer) -> dict[str, torch.Tensor]:
     """A synthetic batch of the trainer's size (supervised's reference protocol doubles it) on its device."""
-    return synthetic_batch(trainer.cfg, trainer.method.n_strong, trainer.device, trainer.batch_size)
+    return synthetic_batch(trainer.cfg, trainer.method.n_strong, trainer.device, trainer.plan.micro_batch)
 
 
 def autocast_for(trainer: Trainer) -> contextlib.AbstractContextManager:
@@ -189,7 +189,7 @@ def step_flops(cfg: Config) -> dict[str, Any]:
                     teachers[name] = count_flops(functools.partial(model, images))
     parts = {"student_forward": forward, "student_backward": total - ema - forward - sum(teachers.values()),
              "ema_pseudo_labels": ema, **{f"teacher_{name}": v for name, v in teachers.items()}}
-    b, crop = trainer.batch_size, cfg.dataset.crop_size
+    b, crop = trainer.plan.micro_batch, cfg.dataset.crop_size
     return {"method": cfg.train.method, "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}",
             "crop": crop, "total": total, "parts": parts,
             "share": {k: v / total for k, v in parts.items()} if total else {}}
@@ -280,7 +280,7 @@ def step_memory(cfg: Config, reference: bool = False) -> dict[str, Any]:
     computed on fake tensors: ours, or with `reference` the reference way (give REFERENCE_OVERRIDES in cfg)."""
     with fake_trainer(cfg, reference) as (trainer, mode), mode:
         tracker = measure_step_memory(trainer, step_batch(trainer))
-    b = trainer.batch_size
+    b = trainer.plan.micro_batch
     gib = 2 ** 30
     return {"reference": reference, "method": cfg.train.method, "precision": str(trainer.amp_dtype or torch.float32),
             "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,

@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated stages to skip (e.g. gpu_tests,nccl)")
     args = parser.parse_args(argv)
 
-    out = check_output_folder(Path(args.out).resolve(), "OUT")
+    out = check_output_folder(Path(args.out).expanduser().resolve(), "OUT")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_smoke_"))
     if args.cpu:

@@ -27,6 +27,8 @@ def test_the_published_global_batch_is_reached_on_any_number_of_gpus():
     assert plans[1].describe() == "global batch 32 = 1 process(es) x 8 crops x 4 accumulated"
     three = plan_batches(32, 8, 3)
     assert three.global_batch == 24 and "NOT train.global_batch 32" in three.describe()
+    # The nearest where even one full forward per process is too many: 64 GPUs take one crop each.
+    assert plan_batches(32, 8, 64).global_batch == 64 and plan_batches(7, 8, 2).global_batch == 8
     # An uneven share takes the fewest forwards that fit: 12 crops a process at most 8 a forward are 2 x 6.
     assert (plan_batches(24, 8, 2).micro_batch, plan_batches(24, 8, 2).accumulation) == (6, 2)
     # null: the process count sets the global batch, as before train.global_batch existed.

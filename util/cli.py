@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from util.config import Config, load_config, parse_override
@@ -21,6 +22,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def user_path(text: str) -> str:
     """A path argument as the user meant it: `~` expanded also where no shell did it (`--out=~/maps`)."""
     return os.path.expanduser(text)
+
+
+def path_arg(text: str) -> Path:
+    """argparse `type=` for a path argument: `user_path` as a Path."""
+    return Path(user_path(text))
 
 
 def config_from_args(args: argparse.Namespace, flags: Mapping[str, Any] | None = None) -> Config:

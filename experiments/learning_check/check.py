@@ -46,7 +46,7 @@ from dataset.images import open_labels, rgb_array
 from dataset.splits import split_file
 from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
-from util.cli import run_main, user_path
+from util.cli import path_arg, run_main
 from util.config import AugmentConfig, describe_differences, load_config, method_distils
 from util.errors import ConfigError, DataError
 from util.io import check_output_folder, write_text
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=("data", "teachers", "runs", "summary", "diagnose"),
                         help="diagnose: pseudo-label quality of the 1 %% runs and linear probes of the students")
-    parser.add_argument("--work", type=lambda text: Path(user_path(text)), default=ROOT / "exp" / "learning_check")
+    parser.add_argument("--work", type=path_arg, default=ROOT / "exp" / "learning_check")
     parser.add_argument("--quick", action="store_true", help="1 %% only, one seed, supervised/fixmatch/rs_mtdf "
                         "and the random-teacher control")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (threads split between them)")

@@ -51,7 +51,7 @@ from dataset.synthetic import (
     to_labels,
     write_loveda,
 )
-from util.cli import run_main
+from util.cli import path_arg, run_main
 
 # Colours of the "reference" domain (summer, neutral sensor); every scene moves them (see Domain).
 GREEN_FOREST, GREEN_FIELD, GREEN_GRASS = (40, 88, 44), (120, 158, 78), (132, 150, 104)
@@ -193,7 +193,7 @@ def write_loveda_shift(out: Path, rng: np.random.Generator, size: int, count: in
 def main(argv: list[str] | None = None) -> int:
     """Command line: write a raw LoveDA-layout tree of domain-shifted scenes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the raw tree into")
+    parser.add_argument("--out", type=path_arg, required=True, help="folder to write the raw tree into")
     parser.add_argument("--size", type=int, default=168, help="image side in pixels (LoveDA tiles are its quadrants)")
     parser.add_argument("--count", type=int, default=50,
                         help="images per domain (Rural, Urban) of Train; Val gets half")

@@ -88,3 +88,18 @@ def test_probe_scores_are_eval_metrics_rounded():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([0, 0, 1, 0, 255, 1]))  # class 2 absent
     assert rounded_scores(cm) == {"miou": 66.67, "oa": 80.0, "iou": [66.7, 66.7, None]}
+
+
+def test_files_made_with_other_values_are_refused_not_reused(tmp_path):
+    """The check reuses its scenes and teachers only where they were made with the values it would use now."""
+    import pytest
+
+    from experiments.learning_check.check import made_with
+    from util.errors import DataError
+
+    record = tmp_path / "data.json"
+    assert not made_with(record, {"scene_size": 168, "seed": 0})  # nothing made yet
+    record.write_text('{"scene_size": 168, "seed": 0}')
+    assert made_with(record, {"scene_size": 168, "seed": 0})
+    with pytest.raises(DataError, match=r"made with other values: seed 0 \(now 1\)"):
+        made_with(record, {"scene_size": 168, "seed": 1})
