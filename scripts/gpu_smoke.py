@@ -56,7 +56,7 @@ import torch
 from dataset.splits import split_file
 from methods import METHODS as REGISTRY
 from util.cli import run_main
-from util.io import check_output_folder
+from util.io import check_output_folder, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,8 +236,8 @@ class Smoke:
     def write_reports(self) -> None:
         report = {"mode": "cpu" if self.cpu else "gpu", "ok": not any(s["status"] == "failed" for s in self.stages),
                   "stages": self.stages}
-        (self.out / "gpu_smoke.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (self.out / "gpu_smoke.md").write_text(markdown(report))
+        write_text(self.out / "gpu_smoke.json", json.dumps(report, indent=2, default=str) + "\n")
+        write_text(self.out / "gpu_smoke.md", markdown(report))
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -76,3 +76,21 @@ def test_shard_indices_split_without_padding_or_duplicates():
     shards = [shard_indices(10, r, 4) for r in range(4)]
     assert shards[0] == [0, 4, 8] and shards[3] == [3, 7]
     assert sorted(i for s in shards for i in s) == list(range(10))
+
+
+def test_accumulated_forwards_take_what_more_processes_would():
+    """One process accumulating 2 forwards of 3 yields, step by step, the micro-batches processes 0 and 1 of a
+    2-process run would yield: forward j of process r is virtual rank r * 2 + j."""
+    def micro_batches(rank, world, accumulation):
+        s = SeededSampler(20, 30, 5, rank, world, batch_size=3, accumulation=accumulation)
+        s.set_epoch(1)
+        items = list(s)
+        return [items[i:i + 3] for i in range(0, len(items), 3)]
+
+    one = micro_batches(0, 1, 2)
+    two = [micro_batches(r, 2, 1) for r in range(2)]
+    assert len(one) == 2 * len(two[0]) == 10  # 15 draws per virtual rank: 5 forwards of 3, 5 steps
+    assert one == [batch for step in zip(*two) for batch in step]
+    # A process of a 2-process run accumulating 2 forwards takes virtual ranks 2 and 3 of 4.
+    four = [micro_batches(r, 4, 1) for r in range(4)]
+    assert micro_batches(1, 2, 2) == [batch for step in zip(four[2], four[3]) for batch in step]

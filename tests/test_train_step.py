@@ -60,6 +60,10 @@ def test_cutmix_takes_the_flipped_batch_inside_the_box_only():
     assert torch.equal(mixed[1:], x[1:])               # empty boxes change nothing
     labels = torch.tensor([[[0, 1], [1, 0]], [[2, 2], [2, 2]], [[1, 1], [1, 1]]])
     assert mix(labels, box)[0].tolist() == [[1, 1], [1, 0]]
+    # Sample i takes sample B-1-i: in a batch of 4, 1 takes 2 and 3 takes 0 (a shift by one would not).
+    x4 = torch.arange(4).view(4, 1, 1, 1).expand(4, 1, 2, 2).float()
+    full = torch.ones(4, 2, 2, dtype=torch.long)
+    assert mix(x4, full)[:, 0, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0]
 
 
 def test_unsupervised_loss_divides_by_non_padded_pixels_not_by_confident_ones():
@@ -72,6 +76,16 @@ def test_unsupervised_loss_divides_by_non_padded_pixels_not_by_confident_ones():
     expected = (ce[0, 0] + ce[1, 0]) / 3                  # confident and not padded, over 3 real pixels
     torch.testing.assert_close(loss, expected)
     assert ratio.item() == pytest.approx(2 / 3)
+
+
+def test_a_pseudo_label_exactly_at_the_threshold_counts():
+    """The reference keeps conf >= threshold; a softmax can reach exactly the threshold (and 1.0 exactly)."""
+    logits = torch.randn(1, NCLASS, 1, 2)
+    pseudo = torch.tensor([[[0, 1]]])
+    conf = torch.tensor([[[0.95, 0.9]]])
+    loss, ratio = unsupervised_loss(logits, pseudo, conf, torch.zeros(1, 1, 2, dtype=torch.long), 0.95)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, pseudo, reduction="none")[0, 0, 0] / 2)
+    assert ratio.item() == 0.5
 
 
 def test_loss_weights_average_the_terms_present():

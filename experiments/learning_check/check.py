@@ -370,7 +370,7 @@ def check_teachers(work: Path) -> None:
     verify_teachers(work / "teachers_random")
     merged = {kind: json.loads((work / "teachers_pretrained" / f"{kind}.json").read_text())
               for kind in ("dino", "clip")}
-    (work / "teachers_pretrained" / "teachers.json").write_text(json.dumps(merged, indent=1))
+    write_text(work / "teachers_pretrained" / "teachers.json", json.dumps(merged, indent=1))
     for kind, r in merged.items():
         print(f"teachers: {kind} held-out linear probe mIoU {r['probe_held_out']['miou']} "
               f"(random init {r['random_init_probe_held_out']['miou']}), {r['seconds']} s")
@@ -536,7 +536,7 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
                     "all_accuracy": round(100 * float((pred == masks)[valid].float().mean()), 1)}
         out[name] = res
         print(f"pseudo-labels {name}: {res}", flush=True)
-    (work / "pseudo_labels.json").write_text(json.dumps(out, indent=1))
+    write_text(work / "pseudo_labels.json", json.dumps(out, indent=1))
     return out
 
 
@@ -570,7 +570,7 @@ def student_probes(work: Path, runs: list[str], steps: int = 400) -> dict:
         seg.eval()
         out[name] = probe_random(probe, train_img, train_lab, held_img, held_lab, steps, 0)
         print(f"student probe {name}: {out[name]}", flush=True)
-    (work / "student_probes.json").write_text(json.dumps(out, indent=1))
+    write_text(work / "student_probes.json", json.dumps(out, indent=1))
     return out
 
 

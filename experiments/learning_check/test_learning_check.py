@@ -45,13 +45,13 @@ def test_a_class_changes_colour_between_domains_but_keeps_its_label():
     assert spread > 20, spread  # the same class looks different from scene to scene
 
 
-def test_shift_tree_prepares_like_loveda_and_leaves_the_demo_generator_alone(tmp_path):
+def test_shift_tree_prepares_like_loveda_and_the_demo_generator_stays_deterministic(tmp_path):
     write_loveda_shift(tmp_path / "raw", np.random.default_rng(0), size=56, count=2)
     summary = prepare("loveda", tmp_path / "raw", tmp_path / "tiles", tmp_path / "splits", resplit=True)
     assert summary["split_counts"]["1/labeled.txt"] + summary["split_counts"]["1/unlabeled.txt"] == 16
     lines = (tmp_path / "splits" / "1" / "labeled.txt").read_text().splitlines()
     assert lines and all(len(line.split()) == 2 for line in lines)
-    # The demo's generator is unchanged by the new module (its output depends only on its own seed).
+    # The demo's generator, which the scenes share code with, still depends only on its own seed.
     write_loveda(tmp_path / "demo1", np.random.default_rng(0), size=32, count=1)
     write_loveda(tmp_path / "demo2", np.random.default_rng(0), size=32, count=1)
     assert tree_digest(tmp_path / "demo1") == tree_digest(tmp_path / "demo2")
