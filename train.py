@@ -248,6 +248,8 @@ class Trainer:
         if self.reference_supervised:
             # The authors' SemiDataset repeats the labelled list to that many samples where it is shorter.
             self.epoch_length = max(len(labeled), cfg.train.supervised_epoch_samples)
+        if cfg.train.epoch_samples is not None:
+            self.epoch_length = cfg.train.epoch_samples
         loaders = [train_loader(labeled, self.epoch_length, self.plan, cfg.train.seed, cfg, info)]
         if self.method.unlabeled:
             unlabeled = SemiDataset(cfg, "train_u", unlabeled_file, n_strong=self.method.n_strong)

@@ -181,13 +181,15 @@ def demo_scene(rng: np.random.Generator, size: int, domain: str) -> tuple[np.nda
 
 
 def write_loveda(out: Path, rng: np.random.Generator, size: int, count: int,
-                 draw: Callable[[np.random.Generator, int, str], tuple[np.ndarray, np.ndarray]] = demo_scene) -> int:
+                 draw: Callable[[np.random.Generator, int, str], tuple[np.ndarray, np.ndarray]] = demo_scene,
+                 val_count: int | None = None) -> int:
     """{Train,Val}/{Urban,Rural}/{images_png,masks_png}/<id>.png; masks hold class + 1, 0 = no-data.
 
-    `draw(rng, size, domain)` gives one (RGB image, generic class map).
+    `count` images per domain in Train and `val_count` (default: half as many) in Val; `draw(rng, size,
+    domain)` gives one (RGB image, generic class map).
     """
     next_id = 0
-    for split, n in (("Train", count), ("Val", max(1, (count + 1) // 2))):
+    for split, n in (("Train", count), ("Val", val_count or max(1, (count + 1) // 2))):
         for domain in ("Rural", "Urban"):
             (out / split / domain / "images_png").mkdir(parents=True, exist_ok=True)
             (out / split / domain / "masks_png").mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,16 @@ def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(mo
         assert seen == [excluded, excluded]
         progress = (tmp_path / best_on / "progress.json").read_text()
         assert f'"selected_on": "{best_on}"' in progress
+
+
+def test_epoch_samples_sets_the_draws_of_an_epoch_for_every_method(tmp_path: Path):
+    """train.epoch_samples: an epoch of that many draws from each list (a random part of a long unlabelled list,
+    the labelled list repeated), instead of one pass over the unlabelled list."""
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+
+    splits = write_tiny_dataset(tmp_path / "data", size=16)
+    for method, steps in (("fixmatch", 3), ("supervised", 3)):
+        cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", method),
+                                 "train.epoch_samples=6"])
+        t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
+        assert (t.epoch_length, t.iters_per_epoch) == (6, steps)

@@ -245,6 +245,9 @@ class TrainConfig(Section):
     # same number of steps of the same labelled batch.
     supervised_protocol: Literal["reference", "same_iterations"] = "reference"
     supervised_epoch_samples: int = Field(3000, gt=0)
+    # Draws per epoch from each list, for every method; null: the published rule (one pass over the unlabelled
+    # list; the reference supervised epoch above). For short experiments on large pools (the learning check).
+    epoch_samples: int | None = Field(None, gt=0)
     skip_nonfinite: bool = False
     log_interval: int = Field(20, gt=0)
     compile: bool = False

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.images import open_labels, rgb_array
-from dataset.splits import split_file
+from dataset.splits import read_list, split_file
 from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
 from util.cli import path_arg, run_main
@@ -56,12 +56,17 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 NCLASS = 7
 SCENE_SIZE = 168        # LoveDA-layout scenes; their quadrants are the 84-px tiles
-TRAIN_SCENES = 50       # per domain (Rural, Urban) of Train: 400 train tiles; Val: 25 + 25 -> 100 val + 100 test
+TRAIN_SCENES = 400      # per domain (Rural, Urban) of Train: 3,200 train tiles, so that 1 % is 32 (Potsdam's 1 %)
+VAL_SCENES = 100        # per domain of Val: 800 tiles, halved into 400 val and 400 test
+# Labelled shares: 4, 32 and 160 tiles. 0.125 % (4 tiles, 2 per domain, within 1 %) is the first design's regime.
+SPLITS = ("0.125", "1", "5")
 DATA_SEED = 0
 POOL_SEED = 1000        # the teachers' pool: another seed, so other scenes than train/val/test
 POOL_SCENES = 1000      # -> 4000 tiles; the last 10 % are held out for the linear-probe score
 CROP = 84
 CLIP_INPUT = 42
+# The student stand-in (for DINOv2-S): the DINO stand-in's pretraining, a fifth as long, so it knows less.
+STUDENT_STEPS = 300
 # The teachers learn under the colour changes the student's strong view makes (the method's defaults).
 STRONG_COLOUR = AugmentConfig()
 
@@ -87,25 +92,34 @@ def made_with(record: Path, wanted: dict) -> bool:
 
 
 def make_data(work: Path) -> None:
-    """Raw scenes -> dataset.prepare (tiles, 1/5/10 % lists) -> a 100 % split (all train tiles labelled)."""
+    """Raw scenes -> dataset.prepare (tiles, 1/5/10 % lists) -> the 0.125 % (4 tiles) and 100 % splits."""
     splits = work / "splits"
     record = work / "data.json"
-    wanted = {"scene_size": SCENE_SIZE, "train_scenes": TRAIN_SCENES, "seed": DATA_SEED}
+    wanted = {"scene_size": SCENE_SIZE, "train_scenes": TRAIN_SCENES, "val_scenes": VAL_SCENES, "seed": DATA_SEED}
     if made_with(record, wanted):
         print(f"data: {splits} exists, made with the same values: kept")
         return
     raw = work / "raw"
     run([sys.executable, "-m", "experiments.learning_check.scenes", "--out", str(raw), "--size", str(SCENE_SIZE),
-         "--count", str(TRAIN_SCENES), "--seed", str(DATA_SEED)])
+         "--count", str(TRAIN_SCENES), "--val-count", str(VAL_SCENES), "--seed", str(DATA_SEED)])
     run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
          "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
-    everything = sorted(set(split_file(splits, "labeled", "1").read_text().splitlines())
-                        | set(split_file(splits, "unlabeled", "1").read_text().splitlines()))
-    split_file(splits, "labeled", "100").parent.mkdir(exist_ok=True)
-    write_text(split_file(splits, "unlabeled", "100"), "")
-    write_text(split_file(splits, "labeled", "100"), "".join(line + "\n" for line in everything if line.strip()))
+    labelled = [line for line in read_list(split_file(splits, "labeled", "1")) if line.strip()]
+    everything = sorted(set(labelled) | {line for line in read_list(split_file(splits, "unlabeled", "1"))
+                                         if line.strip()})
+    # 4 tiles within 1 %: the first two of each domain.
+    four = [line for domain in ("rural", "urban") for line in [x for x in labelled if f"_{domain}_" in x][:2]]
+    write_split(splits, "0.125", four, [line for line in everything if line not in four])
+    write_split(splits, "100", everything, [])
     write_text(record, json.dumps(wanted) + "\n")
-    print(f"data: {len(everything)} train tiles; 100 % split written")
+    print(f"data: {len(everything)} train tiles; 0.125 % ({len(four)} tiles) and 100 % splits written")
+
+
+def write_split(splits: Path, percent: str, labeled: list[str], unlabeled: list[str]) -> None:
+    """<splits>/<percent>/labeled.txt and unlabeled.txt, written atomically."""
+    split_file(splits, "labeled", percent).parent.mkdir(exist_ok=True)
+    write_text(split_file(splits, "labeled", percent), "".join(line + "\n" for line in labeled))
+    write_text(split_file(splits, "unlabeled", percent), "".join(line + "\n" for line in unlabeled))
 
 
 def run(cmd: list[str], **kw) -> None:
@@ -364,6 +378,36 @@ def make_teacher(work: Path, kind: str, steps: int) -> None:
     print(f"teachers: {kind} done in {result['seconds']} s: {json.dumps(result)}", flush=True)
 
 
+def student_file(work: Path) -> Path:
+    return work / "student_pretrained" / "dinov2_tiny.pth"
+
+
+def make_student(work: Path, steps: int = STUDENT_STEPS) -> None:
+    """Pretrain the student stand-in as the DINO stand-in is pretrained, for fewer steps: weaker than the
+    teachers, as DINOv2-S is weaker than DINOv2-B and CLIP-L. Saved in DINOv2's format, read by the trainer's
+    model.pretrained path; its linear probe is scored like the teachers'."""
+    record = work / "student_pretrained" / "student.recipe.json"
+    wanted = {"pool_seed": POOL_SEED, "pool_scenes": POOL_SCENES, "steps": steps, "colour": "dataset.transforms"}
+    if made_with(record, wanted) and student_file(work).is_file():
+        print("student: exists, made with the same values: kept")
+        return
+    from model.teachers import DinoTeacher
+
+    torch.set_num_threads(1)
+    start = time.time()
+    img, lab = pool_tiles(POOL_SEED, POOL_SCENES)
+    n_held = len(img) // 10
+    model = train_probe("dino", img[:-n_held], lab[:-n_held], steps, seed=3)
+    result = {"steps": steps, "probe_held_out": probe_miou(model, img[-n_held:], lab[-n_held:]),
+              "seconds": round(time.time() - start)}
+    student_file(work).parent.mkdir(parents=True, exist_ok=True)
+    assert isinstance(model.teacher, DinoTeacher)
+    save_dino(model.teacher.encoder, student_file(work))
+    write_text(work / "student_pretrained" / "student.json", json.dumps(result, indent=1))
+    write_text(record, json.dumps(wanted) + "\n")
+    print(f"student: done in {result['seconds']} s: {json.dumps(result)}", flush=True)
+
+
 def check_teachers(work: Path) -> None:
     """Both folders load through build_teachers; merge the two records into teachers.json."""
     verify_teachers(work / "teachers_pretrained")
@@ -401,47 +445,30 @@ def probe_random(model: Probe, img, lab, held_img, held_lab, steps: int, seed: i
 
 
 def jobs(work: Path, quick: bool) -> list[tuple[str, list[str]]]:
-    """(run name, overrides) of every run, cheapest-first within a group so that results arrive early."""
-    real = work / "teachers_pretrained"
-    rand = work / "teachers_random"
+    """(run name, overrides) of every run of the second design, cheapest-first within a group so that results
+    arrive early. Every student starts from the pretrained stand-in (model.pretrained)."""
+    real, rand = work / "teachers_pretrained", work / "teachers_random"
     teach = [f"teachers.dino.weights={real / 'dinov2_tiny.pth'}", f"teachers.clip.weights={real / 'clip_tiny.pt'}"]
     teach_rand = [f"teachers.dino.weights={rand / 'dinov2_tiny.pth'}", f"teachers.clip.weights={rand / 'clip_tiny.pt'}"]
-    methods = ("supervised", "fixmatch", "rs_mtdf") if quick else ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
-    splits = ("1",) if quick else ("1", "5", "10")
-    seeds = (0,) if quick else (0, 1)
-    out: list[tuple[str, list[str]]] = []
-    for seed in seeds:
-        for split in splits:
-            for m in methods:
-                extra = teach if method_distils(m) else []
-                out.append((f"{m}_{split}_s{seed}", [f"train.method={m}", f"dataset.split={split}",
-                                                      f"train.seed={seed}", *extra]))
-            if split in ("5", "10") and not quick:
-                # Added after the first full run showed RS-MTDF ahead at 5 % and 10 %: is that the teachers'
-                # knowledge, or distillation as such (random teachers)? Does fusion add to it (no fusion)?
-                for name, over in (("random", teach_rand), ("nofusion", [*teach, NO_FUSION])):
-                    out.append((f"rs_mtdf-{name}_{split}_s{seed}", ["train.method=rs_mtdf", f"dataset.split={split}",
-                                                                   f"train.seed={seed}", *over]))
-        ablations = {
-            "rs_mtdf-random_1": teach_rand,
-        } if quick else {
-            "rs_mtdf-random_1": teach_rand,
-            "rs_mtdf-dino_1": [*teach, "teachers.clip.enabled=false",
-                               "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
-            "rs_mtdf-clip_1": [*teach, "teachers.dino.enabled=false",
-                               "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"],
-            "rs_mtdf-nofusion_1": [*teach, NO_FUSION],
-        }
-        # Ablations at 1 %: both seeds in the full check (seed 1 added after the first full run), seed 0 in
-        # --quick; the 100 % upper bound: seed 0, not in --quick.
-        if seed == 0 or not quick:
-            for name, over in ablations.items():
-                out.append((f"{name}_s{seed}", ["train.method=rs_mtdf", "dataset.split=1", f"train.seed={seed}",
-                                                *over]))
-            if not quick and seed == 0:
-                out.append((f"supervised_100_s{seed}", ["train.method=supervised", "dataset.split=100",
-                                                       f"train.seed={seed}"]))
-    return out
+    ablations = {"random": teach_rand, "nofusion": [*teach, NO_FUSION],
+                 "dino": [*teach, "teachers.clip.enabled=false",
+                          "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
+                 "clip": [*teach, "teachers.dino.enabled=false",
+                          "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"]}
+    methods = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+    if quick:
+        plan = [(m, "1", 0, teach if method_distils(m) else []) for m in ("supervised", "fixmatch", "rs_mtdf")]
+        plan.append(("rs_mtdf-random", "1", 0, teach_rand))
+    else:
+        plan = [(m, split, seed, teach if method_distils(m) else [])
+                for seed in (0, 1) for split in SPLITS for m in methods]
+        # The controls and ablations at 1 % (32 tiles), both seeds; the 100 % upper bound, one seed.
+        plan += [(f"rs_mtdf-{name}", "1", seed, over) for seed in (0, 1) for name, over in ablations.items()]
+        plan.append(("supervised", "100", 0, []))
+    student = f"model.pretrained={student_file(work)}"
+    return [(f"{name}_{split}_s{seed}", [f"train.method={name.split('-')[0]}", f"dataset.split={split}",
+                                         f"train.seed={seed}", student, *over])
+            for name, split, seed, over in plan]
 
 
 def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subprocess.Popen | None:
@@ -605,13 +632,16 @@ def main(argv: list[str] | None = None) -> int:
                         "and the random-teacher control")
     parser.add_argument("--parallel", type=int, default=2, help="runs at once (threads split between them)")
     parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--kind", choices=("dino", "clip"), help="teachers: pretrain only this one (else: check both)")
+    parser.add_argument("--kind", choices=("dino", "clip", "student"),
+                        help="teachers: pretrain only this one, or the student stand-in (else: check the teachers)")
     args = parser.parse_args(argv)
     work = check_output_folder(args.work.resolve(), "--work")
     if args.step == "data":
         make_data(work)
     elif args.step == "teachers":
-        if args.kind:
+        if args.kind == "student":
+            make_student(work)
+        elif args.kind:
             make_teacher(work, args.kind, args.teacher_steps)
         else:
             check_teachers(work)

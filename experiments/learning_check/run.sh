@@ -1,14 +1,14 @@
 #!/bin/sh
 # The learning check (README.md beside this file): does each method learn what it claims, in minutes on a CPU?
-#   sh experiments/learning_check/run.sh            # everything: 4 methods x 1/5/10 % x 2 seeds, RS-MTDF ablations at 1 %,
-#                                           # random-teacher controls at 1 and 5 %, supervised 100 %
-#   sh experiments/learning_check/run.sh --quick    # 1 % only, one seed: supervised, fixmatch, rs_mtdf, random teachers
+#   sh experiments/learning_check/run.sh            # everything: 4 methods x 4 / 32 / 160 labelled tiles x 2 seeds,
+#                                                   # controls and ablations at 32 tiles, supervised on all tiles
+#   sh experiments/learning_check/run.sh --quick    # 32 tiles, one seed: supervised, fixmatch, rs_mtdf, random teachers
 #   DIAGNOSE=1 sh experiments/learning_check/run.sh # then also pseudo-label quality and linear probes of the students
 # Run it with the project's environment active (. .venv/bin/activate).
-# Steps (each skips what exists, so a second call reuses scenes, teachers and finished runs):
-#   1. domain-shifted synthetic scenes in LoveDA's layout -> tiles and 1/5/10/100 % lists (scenes.py)
-#   2. stand-in DINOv2 / CLIP teachers pretrained on a disjoint pool of scenes (both at once, one core each),
-#      saved in the official formats, plus random-init teachers for the control
+# Steps (each reuses what exists where it was made with the same values, and refuses what was not):
+#   1. domain-shifted synthetic scenes in LoveDA's layout -> 3,200 train tiles and the split lists (scenes.py)
+#   2. stand-in DINOv2 / CLIP teachers and the weaker student stand-in, pretrained on a disjoint pool of scenes
+#      (three at once, one thread each), saved in the official formats, plus random-init teachers for the control
 #   3. the runs through train.py and eval/eval.py (test split, best.pth), two at a time, one thread each
 #   4. eval/report.py over the runs, and a short summary table
 # WORK (default exp/learning_check) holds everything generated; PARALLEL (default 2) runs at once.
@@ -29,8 +29,11 @@ python experiments/learning_check/check.py teachers --work "$WORK" --kind dino >
 dino=$!
 python experiments/learning_check/check.py teachers --work "$WORK" --kind clip > "$WORK/teacher_clip.log" 2>&1 &
 clip=$!
+python experiments/learning_check/check.py teachers --work "$WORK" --kind student > "$WORK/student.log" 2>&1 &
+student=$!
 wait $dino || { cat "$WORK/teacher_dino.log"; exit 1; }
 wait $clip || { cat "$WORK/teacher_clip.log"; exit 1; }
+wait $student || { cat "$WORK/student.log"; exit 1; }
 python experiments/learning_check/check.py teachers --work "$WORK"
 stamp "teachers ready"
 python experiments/learning_check/check.py runs --work "$WORK" --parallel "$PARALLEL" $QUICK

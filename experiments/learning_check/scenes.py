@@ -185,9 +185,11 @@ def pool(seed: int, size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_loveda_shift(out: Path, rng: np.random.Generator, size: int, count: int) -> int:
+def write_loveda_shift(out: Path, rng: np.random.Generator, size: int, count: int,
+                       val_count: int | None = None) -> int:
     """LoveDA's raw tree ({Train,Val}/{Rural,Urban}/{images_png,masks_png}) of domain-shifted scenes."""
-    return write_loveda(out, rng, size, count, draw=lambda g, side, domain: shift_scene(g, side, domain)[:2])
+    return write_loveda(out, rng, size, count, draw=lambda g, side, domain: shift_scene(g, side, domain)[:2],
+                        val_count=val_count)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=path_arg, required=True, help="folder to write the raw tree into")
     parser.add_argument("--size", type=int, default=168, help="image side in pixels (LoveDA tiles are its quadrants)")
     parser.add_argument("--count", type=int, default=50,
-                        help="images per domain (Rural, Urban) of Train; Val gets half")
+                        help="images per domain (Rural, Urban) of Train; Val gets half unless --val-count")
+    parser.add_argument("--val-count", type=int, help="images per domain of Val")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.size < 32 or args.count < 1:
-        parser.error("--size must be at least 32 and --count at least 1")
-    n = write_loveda_shift(args.out, np.random.default_rng(args.seed), args.size, args.count)
+    if args.size < 32 or args.count < 1 or (args.val_count is not None and args.val_count < 1):
+        parser.error("--size must be at least 32, --count and --val-count at least 1")
+    n = write_loveda_shift(args.out, np.random.default_rng(args.seed), args.size, args.count, args.val_count)
     print(f"wrote {n} domain-shifted synthetic LoveDA images of {args.size}x{args.size} under {args.out}")
     return 0
 
