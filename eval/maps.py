@@ -1,9 +1,10 @@
 """Predict's outputs: per scene the class mask, its colours in the dataset palette, the palette over the image
-and a legend, as PNGs or, for a georeferenced input, as GeoTIFFs a GIS opens in place.
+and a legend, as PNGs or, for a georeferenced input, as cloud-optimised GeoTIFFs a GIS opens in place.
 
 Files appear under their names only once complete: PNGs are written whole (util.io.save_png), GeoTIFFs by rows
-of tiles into temporary files (util.io.temporary_path) renamed over their names by `commit`; `abort` removes
-whatever a failed scene started.
+of tiles into temporary files (util.io.temporary_path), made cloud-optimised by a copy through GDAL's COG
+driver (overviews and layout are GDAL's) and renamed over their names by `commit`; `abort` removes whatever a
+failed scene started.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ from util.io import commit, save_png, temporary_path, write_bytes
 TILE = 256
 COLUMNS = 2048
 PICTURES = ("mask", "color", "overlay")
+# The COG copy (GDAL's COG driver): the same tiles and compression, overviews halving the size down to one
+# tile. Class indices must never be averaged: the mask's overviews take the nearest pixel, as do the colour
+# map's (palette colours only, the mask's overview painted); the overlay is a picture, averaged.
+COG_OPTIONS = {"BLOCKSIZE": TILE, "COMPRESS": "DEFLATE", "BIGTIFF": "IF_SAFER"}
+COG_RESAMPLING = {"mask": "NEAREST", "color": "NEAREST", "overlay": "AVERAGE"}
+COG_PREDICTOR = {"mask": "NO", "color": "YES", "overlay": "YES"}
+# The COG driver builds overviews in `<its output>.ovr.tmp` beside it, deleted when done: a kill leaves one.
+GDAL_OVERVIEW_SUFFIX = ".ovr.tmp"
 
 
 def legend_png(names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> bytes:
@@ -51,6 +60,7 @@ class Style:
     alpha: float
     tags: dict[str, str]
     legend: bytes
+    cog: bool  # GeoTIFFs cloud-optimised (--no-cog: plain tiled GeoTIFFs)
 
 
 class Outputs:
@@ -104,7 +114,8 @@ class GeoTiffOutputs(Outputs):
     """Georeferenced GeoTIFFs written by rows of 256 x 256 tiles as bands of rows arrive: <stem>_mask.tif
     (uint8 class indices, colour table, nodata 255 where the input has no data), <stem>_color.tif and
     <stem>_overlay.tif (RGB); the input's CRS, transform (or GCPs, RPCs) and size; deflate; class tags and
-    the scene's (which bands were read as RGB, what marked no data)."""
+    the scene's (which bands were read as RGB, how they were scaled, what marked no data). Once complete, each
+    is copied as a COG (`make_cog`) unless the style says not to."""
 
     def __init__(self, out: Path, scene: RasterScene, style: Style) -> None:
         super().__init__(out, scene, style)
@@ -112,8 +123,11 @@ class GeoTiffOutputs(Outputs):
         self.created_out = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         self.final = {kind: out / f"{self.stem}_{kind}.tif" for kind in PICTURES}
-        # util.io.atomic_paths' temporary names and commit: these files stay open across calls.
+        # util.io.atomic_paths' temporary names and commit: these files stay open across calls. The tiled
+        # GeoTIFFs are written where the COG copies read them from, or straight into the temporaries.
         self.tmp = {kind: temporary_path(p) for kind, p in self.final.items()}
+        self.tiled = {kind: temporary_path(p.with_suffix(".tiled.tif")) if style.cog else self.tmp[kind]
+                      for kind, p in self.final.items()}
         self.ds: dict = {}
         try:
             self._create()
@@ -137,9 +151,9 @@ class GeoTiffOutputs(Outputs):
         with warnings.catch_warnings():  # an input georeferenced by GCPs alone has no transform
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             nodata = IGNORE_INDEX if self.scene.validity_source else None
-            self.ds["mask"] = rasterio.open(self.tmp["mask"], "w", count=1, nodata=nodata, **base)
+            self.ds["mask"] = rasterio.open(self.tiled["mask"], "w", count=1, nodata=nodata, **base)
             for kind in ("color", "overlay"):
-                self.ds[kind] = rasterio.open(self.tmp[kind], "w", count=3, photometric="RGB", predictor=2, **base)
+                self.ds[kind] = rasterio.open(self.tiled[kind], "w", count=3, photometric="RGB", predictor=2, **base)
         colormap = {c: (0, 0, 0, 0) for c in range(256)}
         colormap.update({c: (*rgb, 255) for c, rgb in enumerate(self.style.palette)})
         self.ds["mask"].write_colormap(1, colormap)
@@ -188,6 +202,10 @@ class GeoTiffOutputs(Outputs):
         assert self.written == self.scene.height, (self.written, self.scene.height)
         for ds in self.ds.values():
             ds.close()
+        if self.style.cog:
+            for kind in PICTURES:
+                make_cog(self.tiled[kind], self.tmp[kind], kind)
+                self.tiled[kind].unlink()
         commit(list(self.tmp.values()), list(self.final.values()))
         return list(self.final.values()) + [self._legend()]
 
@@ -197,13 +215,23 @@ class GeoTiffOutputs(Outputs):
                 ds.close()
             except Exception:  # noqa: BLE001 - closing a half-written file may fail as well; it goes anyway
                 pass
-        for path in self.tmp.values():
+        for path in {*self.tiled.values(), *self.tmp.values()}:
             path.unlink(missing_ok=True)
+            Path(f"{path}{GDAL_OVERVIEW_SUFFIX}").unlink(missing_ok=True)
         if self.created_out:
             try:
                 self.out.rmdir()  # only if nothing else is in it
             except OSError:
                 pass
+
+
+def make_cog(tiled: Path, cog: Path, kind: str) -> None:
+    """Copy the finished tiled GeoTIFF `tiled` to `cog` through GDAL's COG driver, with overviews fit for `kind`:
+    georeference, colour table, nodata, band names and tags go along; GDAL reads it block by block."""
+    import rasterio.shutil
+
+    rasterio.shutil.copy(tiled, cog, driver="COG", OVERVIEW_RESAMPLING=COG_RESAMPLING[kind],
+                         PREDICTOR=COG_PREDICTOR[kind], **COG_OPTIONS)
 
 
 def open_outputs(out: Path, scene: Scene, style: Style) -> Outputs:

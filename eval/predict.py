@@ -2,35 +2,40 @@
 
     python eval/predict.py --config configs/potsdam.yaml --checkpoint best.pth --out pred/ INPUT...
         [--mode sliding_window|original] [--window 518] [--stride 345] [--blend gaussian|uniform]
-        [--batch-size 16] [--weights student|ema] [--alpha 0.5] [--list FILE] [key=value ...]
+        [--batch-size 16] [--weights student|ema] [--alpha 0.5] [--list FILE] [--bands R,G,B]
+        [--scale auto|percentile[:LOW,HIGH]|minmax|none|LOW,HIGH] [--no-cog] [key=value ...]
 
 INPUT is an image file (GeoTIFF or TIFF, PNG, JPEG; also GDAL's .vrt), a folder of them (not recursive), or
 a list file `@scenes.txt` (one path per line, files or folders, relative to the current folder; blank
-lines and # comments skipped; `--list FILE` is the same). Positional arguments of the form section.key=value
-(not naming an existing file) are config overrides.
+lines and # comments skipped; `--list FILE` is the same; eval/inputs.py). Positional arguments of the form
+section.key=value (not naming an existing file) are config overrides.
 
 Per scene <stem>_mask (class indices), <stem>_color (dataset palette), <stem>_overlay (the palette over the
-image, --alpha) and <stem>_legend.png (class names and colours). A georeferenced TIFF (a CRS, a geotransform
-or GCPs) gives GeoTIFFs (.tif) with its CRS, transform and size, deflate-compressed and tiled: the mask
-carries the palette as a colour table, both carry class names and colours as tags; they are read and
-written by windows, so a scene of any size runs in memory that depends on its width, not its height.
-Other inputs (PNG, JPEG, TIFFs without georeference) give PNGs, read whole.
+image, --alpha) and <stem>_legend.png (class names and colours). A georeferenced TIFF (a CRS, a geotransform,
+GCPs or RPCs) gives cloud-optimised GeoTIFFs (.tif; plain tiled ones with --no-cog) with its CRS, transform
+and size, deflate-compressed, tiled, with overviews (nearest for the mask and colours, average for the
+overlay): the mask carries the palette as a colour table, all carry class names and colours as tags; they are
+read and written by windows, so a scene of any size runs in memory that depends on its width, not its
+height. Other inputs (PNG, JPEG, TIFFs without georeference) give PNGs, read whole.
 
 Bands (eval/scenes.py): a TIFF's bands declared red, green and blue are read as such, wherever they are; bands
 declaring no colour are read as red, green, blue from bands 1-3 (with a note); another colour model is
-refused. No data (class 255, the mask's nodata) is where a nodata value, a mask band, or an alpha band or PNG
-alpha of only 0 and the maximum says; a band declared alpha that holds other values is data, with a note.
-Outputs are written by eval/maps.py; temporary files that killed runs left in --out are removed.
+refused; --bands R,G,B (1-based) chooses them instead, whatever they declare. 8-bit bands are read as they
+are; 16-bit, 32-bit and float bands are stretched to 0-255 from each band's 2nd to 98th percentile, taken
+from a bounded sample of the pixels holding data (--scale chooses another rule). No data (class 255, the
+mask's nodata) is where a nodata value, a mask band, or an alpha band or PNG alpha of only 0 and the maximum
+says; a band declared alpha that holds other values is data, with a note. Outputs are written by
+eval/maps.py; temporary files that killed runs left in --out are removed.
 
 Settings: window, stride, batch size and weights come from the config's eval section (flags override).
 Mode and blend are predict's own unless the command line gives them (--mode/--blend, or eval.mode=/
 eval.blend=): sliding_window and gaussian, whatever the config file says (its `original` and `uniform` are
 eval.py's scoring).
 
-A scene that fails (unreadable, not 8-bit, fewer than 3 bands, bands not readable as RGB) is reported and
-skipped; the others are written; the run then ends with one line naming how many failed and the first, and
-exit status 2. Files inside --out and files named like predict's outputs (*_mask, *_color, *_overlay,
-*_legend, legend) are never read as inputs.
+A scene that fails (unreadable, fewer than 3 bands without --bands, bands not readable as RGB, --bands
+beyond its bands) is reported and skipped; the others are written; the run then ends with one line naming
+how many failed and the first, and exit status 2. Files inside --out and files named like predict's outputs
+(*_mask, *_color, *_overlay, *_legend, legend) are never read as inputs.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: Python put eval
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
 
 import argparse
+import math
 import re
 from dataclasses import dataclass
 
@@ -51,12 +57,13 @@ from tqdm import tqdm
 from dataset.transforms import normalize
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
+from eval.inputs import collect_inputs
 from eval.maps import Outputs, Style, legend_png, open_outputs
-from eval.scenes import Scene, collect_inputs, open_scene, scene_size
+from eval.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
 from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
-from util.errors import DataError, UserError, short_reason
+from util.errors import ConfigError, DataError, UserError, short_reason
 from util.io import check_output_folder, remove_stale_temporaries
 from util.precision import autocast_dtype
 
@@ -65,6 +72,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 # written; a row of tiles of the input (read by several rows of windows) and of each output is what helps.
 GDAL_CACHE_MB = 64
 PREDICT_MODE, PREDICT_BLEND = "sliding_window", "gaussian"
+SCALE_CHOICES = "auto, percentile, percentile:LOW,HIGH, minmax, none, or LOW,HIGH (e.g. 0,10000)"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def predict_scene(model: Model, scene: Scene, outputs: Outputs, settings: Settin
         outputs.write(top, labels)
 
 
-def run_style(cfg: Config, settings: Settings, alpha: float, checkpoint: str) -> Style:
+def run_style(cfg: Config, settings: Settings, alpha: float, checkpoint: str, cog: bool = True) -> Style:
     """The classes, colours, opacity and provenance tags every output of this run shares."""
     info = DATASETS[cfg.dataset.name]
     tags = {"CLASS_NAMES": ",".join(info.class_names),
@@ -127,7 +135,7 @@ def run_style(cfg: Config, settings: Settings, alpha: float, checkpoint: str) ->
             "MODE": settings.mode, "BLEND": settings.blend if settings.mode == "sliding_window" else "",
             "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
             "TIFFTAG_SOFTWARE": "RS-MTDF eval/predict.py"}
-    return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette))
+    return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette), cog)
 
 
 def remove_leftovers(out: Path) -> None:
@@ -138,13 +146,14 @@ def remove_leftovers(out: Path) -> None:
 
 
 def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, device: torch.device,
-                  settings: Settings, alpha: float = 0.5, checkpoint: str = "") -> list[str]:
-    """Write the outputs of every scene into `out`; a scene that fails is reported and skipped. Returns the
-    failures' messages, in order."""
+                  settings: Settings, alpha: float = 0.5, checkpoint: str = "", reading: Reading = DEFAULT_READING,
+                  cog: bool = True) -> list[str]:
+    """Write the outputs of every scene into `out`, each read as `reading` says (COGs unless `cog` is False);
+    a scene that fails is reported and skipped. Returns the failures' messages, in order."""
     import rasterio
     from rasterio.errors import RasterioError
 
-    style = run_style(cfg, settings, alpha, checkpoint)
+    style = run_style(cfg, settings, alpha, checkpoint, cog)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     remove_leftovers(out)
     plan = [planned_windows(p, settings) for p in paths]
@@ -157,7 +166,7 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
             scene: Scene | None = None
             outputs: Outputs | None = None
             try:
-                scene = open_scene(path)
+                scene = open_scene(path, reading)
                 if scene.notes:
                     tqdm.write(scene.note(), file=sys.stderr)
                 outputs = open_outputs(out, scene, style)
@@ -186,12 +195,50 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
 # Command line
 
 
+def parse_bands(text: str) -> tuple[int, int, int]:
+    """`--bands R,G,B` as three 1-based band numbers; a ConfigError for anything else."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ConfigError(f"--bands {text}: give band numbers, 1-based as GDAL numbers them (e.g. --bands 4,3,2)")
+    if len(parts) != 3:
+        raise ConfigError(f"--bands {text}: give three bands, read as red, green, blue (e.g. --bands 4,3,2, or "
+                          f"--bands 1,1,1 for one grey band)")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def parse_pair(text: str) -> tuple[float, float] | None:
+    """'LOW,HIGH' as two finite numbers, the lower first, else None."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return (low, high) if math.isfinite(low) and math.isfinite(high) and low < high else None
+
+
+def parse_scale(text: str) -> Scale:
+    """`--scale` (SCALE_CHOICES) as a Scale; a ConfigError for anything else."""
+    rule, colon, numbers = text.strip().partition(":")
+    if rule in ("auto", "minmax", "none") and not colon:
+        return Scale(rule)
+    if rule == "percentile":
+        pair = parse_pair(numbers) if colon else DEFAULT_PERCENTILES
+        if pair is not None and 0 <= pair[0] and pair[1] <= 100:
+            return Scale("percentile", *pair)
+        raise ConfigError(f"--scale {text}: percentiles are two numbers from 0 to 100, the lower first "
+                          f"(e.g. --scale percentile:1,99)")
+    pair = parse_pair(text)
+    if pair is None:
+        raise ConfigError(f"--scale {text}: give {SCALE_CHOICES}")
+    return Scale("range", *pair)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         usage="%(prog)s --config CFG --checkpoint CKPT --out DIR [options] INPUT... [key.sub=value ...]",
         epilog="INPUT: image files (GeoTIFF/TIFF, PNG, JPEG, VRT), folders of them, or @LIST files (one path a "
-               "line). A georeferenced input gives GeoTIFFs with its CRS and transform; others give PNGs. "
+               "line). A georeferenced input gives cloud-optimised GeoTIFFs with its CRS and transform; others "
+               "give PNGs. 16-bit and float scenes are stretched to 8 bits (--scale). "
                "A scene that fails is skipped; the run then exits with status 2 naming how many failed.")
     add_config_args(parser)
     parser.add_argument("--checkpoint", required=True, type=user_path,
@@ -216,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: windows per forward (default: the config's)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the mask in the overlay, 0 to 1 (default 0.5)")
+    parser.add_argument("--bands", metavar="R,G,B",
+                        help="the bands read as red, green, blue, 1-based as GDAL numbers them (e.g. 4,3,2; 1,1,1 "
+                             "for a grey scene); default: as the bands declare themselves. TIFF and VRT scenes")
+    parser.add_argument("--scale", default="auto", metavar="RULE",
+                        help="how pixel values become the model's 8-bit input: auto (default: 8-bit as it is, "
+                             "other types percentile), percentile (2nd-98th percentile per band, of a sample of "
+                             "the pixels holding data), percentile:LOW,HIGH, minmax (the sample's extremes), "
+                             "none (values as they are, clipped to 0-255), or LOW,HIGH (this range, every band, "
+                             "e.g. 0,10000; --scale=-1,1 for a negative LOW). TIFF and VRT scenes")
+    parser.add_argument("--no-cog", dest="cog", action="store_false",
+                        help="write plain tiled GeoTIFFs, without overviews (default: cloud-optimised GeoTIFFs)")
     return parser
 
 
@@ -229,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no INPUT images, folders or lists given")
     if not 0 <= args.alpha <= 1:
         parser.error(f"--alpha {args.alpha} is outside [0, 1]")
+    reading = Reading(parse_bands(args.bands) if args.bands is not None else None, parse_scale(args.scale))
     flags = {"eval.mode": args.mode, "eval.window": args.window, "eval.stride": args.stride,
              "eval.blend": args.blend, "eval.weights": args.weights, "eval.batch_size": args.batch_size}
     cfg = config_from_args(args, flags)
@@ -240,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     check_output_folder(out, "--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
-    failures = predict_files(model, paths, out, cfg, device, settings, args.alpha, args.checkpoint)
+    failures = predict_files(model, paths, out, cfg, device, settings, args.alpha, args.checkpoint, reading,
+                             args.cog)
     written = len(paths) - len(failures)
     if failures:
         raise DataError(f"{len(failures)} of {len(paths)} scene(s) failed (first: {failures[0]}); "

@@ -1,11 +1,18 @@
-"""Predict's inputs: finding the scene files, and reading a scene's red, green and blue and which of its pixels
-hold data, as the file declares them.
+"""Predict's scenes: reading a scene's red, green and blue as the model's 8-bit input, and which of its pixels
+hold data, as the file declares them or the command line says (eval/inputs.py finds the files).
 
 Bands. A TIFF or VRT (read through GDAL) is read by what its bands declare (their colour interpretation):
 bands declared red, green and blue are read as such, in whatever positions; bands that declare no colour
 (undefined, gray) are read as red, green, blue from bands 1-3, with a note; a scene declaring another colour
-model (YCbCr, CMYK, HLS, a palette) or only part of red, green, blue is refused. A PNG or JPEG (read through
-PIL) is read as training reads it (dataset.images.rgb_array).
+model (YCbCr, CMYK, HLS, a palette) or only part of red, green, blue is refused. `--bands R,G,B` (1-based,
+as GDAL numbers them) overrides all of that, and is the way to read a 1- or 2-band scene. A PNG or JPEG
+(read through PIL) is read as training reads it (dataset.images.rgb_array).
+
+Scaling (`--scale`). The model takes 8-bit RGB. 8-bit bands are read as they are unless a rule is asked
+for; other types (16-bit, 32-bit, float) are stretched by default (`auto`) from the 2nd to the 98th
+percentile of each band (`percentile`), as GIS viewers show such scenes, from a bounded sample of the
+scene's pixels that hold data. `minmax` takes the sample's extremes, `LOW,HIGH` fixed values for every band,
+`none` the values as they are (clipped to 0-255). The rule and the numbers are in `Scene.tags`.
 
 No data. A TIFF's nodata value or mask band marks no data, as GDAL reads them. A band declared alpha marks no
 data only where the file really means it: when it holds nothing but 0 and its type's maximum (GDAL declares
@@ -16,9 +23,9 @@ any other alpha is ignored, with a note. What was read as RGB and as no data is 
 
 from __future__ import annotations
 
-import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 
 from dataset.images import rgb_array
-from util.cli import user_path
+from eval.inputs import PIL_SUFFIXES
 from util.errors import DataError, short_reason
 from util.io import open_image
 
@@ -34,11 +41,6 @@ if TYPE_CHECKING:
     from rasterio.io import DatasetReader
     from rasterio.windows import Window
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
-IMAGE_SUFFIXES = PIL_SUFFIXES + RASTER_SUFFIXES
-# What predict writes: a file named like this is an output of an earlier run, never an input.
-OUTPUT_KINDS = ("mask", "color", "overlay", "legend")
 RGB = ("red", "green", "blue")
 NO_COLOUR = ("undefined", "gray")
 # Colour models whose bands are not red, green and blue (GDAL already reads JPEG-compressed YCbCr and CMYK
@@ -49,88 +51,85 @@ ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # and never on overviews, which average an alpha's edges into values between 0 and the maximum.
 ALPHA_GRID = 8
 ALPHA_WINDOW = 64
+# A stretch is computed from at most (16 x 32)^2 = 262,144 pixels per band: the whole of a scene that small,
+# else a grid of 16 x 16 full-resolution windows of 32 pixels (a few MB read on any scene, spread over it).
+STRETCH_GRID = 16
+STRETCH_WINDOW = 32
+DEFAULT_PERCENTILES = (2.0, 98.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Finding the inputs
+# How scenes are read: --bands, --scale (parsed by eval/predict.py)
 
 
-def is_output_name(path: Path) -> bool:
-    """Named like one of predict's outputs: <stem>_mask/_color/_overlay/_legend, or legend."""
-    stem = path.stem.lower()
-    return stem == "legend" or any(stem.endswith(f"_{kind}") for kind in OUTPUT_KINDS)
+@dataclass(frozen=True)
+class Scale:
+    """How pixel values become the model's 0..255 (--scale): `rule` auto, percentile, minmax, none or range;
+    `low` and `high` are the percentiles (percentile) or the values (range)."""
+
+    rule: str = "auto"
+    low: float = 0.0
+    high: float = 0.0
 
 
-def is_inside(path: Path, folder: Path | None) -> bool:
-    """Whether `path` lies inside `folder` (False when there is no folder)."""
-    if folder is None:
-        return False
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+@dataclass(frozen=True)
+class Reading:
+    """How scenes are read: the bands read as red, green, blue (None: as the file declares) and the scaling."""
+
+    bands: tuple[int, int, int] | None = None
+    scale: Scale = Scale()
 
 
-def read_list(path: Path) -> list[str]:
-    """The entries of a list file: one path per line; blank lines and # comments skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"list file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read list file {path}: {short_reason(e)}") from None
-    entries = [line.strip() for line in lines]
-    return [e for e in entries if e and not e.startswith("#")]
+DEFAULT_READING = Reading()  # as the file declares; 8-bit as it is, other types stretched
 
 
-def collect_inputs(inputs: list[str], out: Path | None = None) -> list[Path]:
-    """Scenes named directly, found in the named folders or listed in list files (@FILE), in order, one
-    output stem each. Files inside `out` and files named like predict's outputs are left out (with a note)."""
-    paths: list[Path] = []
-    for text in inputs:
-        if text.startswith("@") and not Path(text).exists():
-            paths += collect_inputs_from_list(Path(user_path(text[1:])))
-        else:
-            paths += expand_input(Path(user_path(text)))
-    first: dict[Path, Path] = {}
-    for path in paths:
-        first.setdefault(path.resolve(), path)
-    unique = list(first.values())
-    scenes = [path for path in unique if not (is_inside(path, out) or is_output_name(path))]
-    skipped = len(unique) - len(scenes)
-    if skipped:
-        print(f"note: left out {skipped} file(s) inside --out or named like predict's outputs "
-              f"(*_{', *_'.join(OUTPUT_KINDS)}, legend)", file=sys.stderr)
-    if not scenes:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {' '.join(inputs)}"
-                        + (" (files inside --out and predict's own outputs are not inputs)" if skipped else ""))
-    check_distinct_stems(scenes)
-    return scenes
+# ----------------------------------------------------------------------------------------------------------
+# Stretching to 8 bits
 
 
-def check_distinct_stems(paths: list[Path]) -> None:
-    """A DataError naming two scenes whose outputs would have the same names."""
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise DataError(f"{path} and {stems[path.stem]} would write the same outputs ({path.stem}_*)")
-        stems[path.stem] = path
+@dataclass(frozen=True)
+class Stretch:
+    """Each band's [low, high] mapped linearly onto 0..255 (clipped, rounded; NaN to 0), and the rule's name."""
+
+    rule: str
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """(bands, rows, cols) values -> uint8."""
+        low = np.array(self.low, np.float32).reshape(-1, 1, 1)
+        gain = (255 / np.maximum(np.subtract(self.high, self.low), 1e-12)).astype(np.float32).reshape(-1, 1, 1)
+        out = (data.astype(np.float32, copy=False) - low) * gain
+        np.clip(np.rint(out, out=out), 0, 255, out=out)
+        return np.nan_to_num(out, copy=False).astype(np.uint8)
+
+    def tags(self) -> dict[str, str]:
+        """The rule and its numbers per band read (round-trip precision), for the outputs' metadata."""
+        return {"INPUT_SCALE": self.rule, "INPUT_SCALE_LOW": ",".join(repr(float(v)) for v in self.low),
+                "INPUT_SCALE_HIGH": ",".join(repr(float(v)) for v in self.high)}
+
+    def note(self, dtypes: str) -> str:
+        """One note: how pixels of `dtypes` became 8 bits."""
+        ranges = ", ".join(f"{low:g}-{high:g}" for low, high in zip(self.low, self.high))
+        return f"{dtypes} pixels stretched to 0-255 by {self.rule} ({ranges})"
 
 
-def expand_input(path: Path, listed_in: Path | None = None) -> list[Path]:
-    """A file as itself, a folder as its image files (sorted, hidden ones left out); a missing one is an error."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                      and not p.name.startswith("."))
-    if path.is_file():
-        return [path]
-    raise DataError(f"input not found: {path}" + (f" (listed in {listed_in})" if listed_in else ""))
-
-
-def collect_inputs_from_list(list_file: Path) -> list[Path]:
-    """The inputs named in a list file, one path (file or folder) per line."""
-    return [p for entry in read_list(list_file) for p in expand_input(Path(user_path(entry)), list_file)]
+def choose_stretch(scale: Scale, dtypes: set[str], sample: Callable[[], np.ndarray]) -> Stretch | None:
+    """The stretch `scale` asks for bands of `dtypes` (None: read as they are, 8-bit); `sample()` gives the
+    (3, pixels) values that percentile and minmax are computed from, NaN where no data."""
+    eight_bit = dtypes == {"uint8"}
+    if scale.rule in ("auto", "none") and eight_bit:
+        return None
+    if scale.rule == "none":
+        return Stretch("none", (0.0,) * 3, (255.0,) * 3)
+    if scale.rule == "range":
+        return Stretch(f"range {scale.low:g},{scale.high:g}", (scale.low,) * 3, (scale.high,) * 3)
+    values = sample()
+    if scale.rule == "minmax":
+        return Stretch("minmax", tuple(np.nanmin(values, 1)), tuple(np.nanmax(values, 1)))
+    low, high = (scale.low, scale.high) if scale.rule == "percentile" else DEFAULT_PERCENTILES
+    lows, highs = np.nanpercentile(values, [low, high], axis=1)
+    return Stretch(f"percentile {low:g},{high:g}", tuple(lows), tuple(highs))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ def collect_inputs_from_list(list_file: Path) -> list[Path]:
 
 class Scene:
     """An opened input: its size, rows of RGB on demand, which pixels hold data, its georeference, and what was
-    read as what (`rgb_source`, `validity_source`, `notes`)."""
+    read as what (`rgb_source`, `validity_source`, `stretch`, `notes`)."""
 
     path: Path
     height: int
@@ -148,6 +147,8 @@ class Scene:
     rgb_source = "1,2,3"
     validity_source: str | None = None  # what marks no data; None: every pixel holds data
     declared = ""
+    dtypes = "uint8"
+    stretch: Stretch | None = None  # None: 8-bit values read as they are
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -166,8 +167,10 @@ class Scene:
         return f"note: {self.path}: {'; '.join(self.notes)}" if self.notes else ""
 
     def tags(self) -> dict[str, str]:
-        """What was read as red, green, blue and as the validity mask, for the outputs' metadata."""
-        tags = {"INPUT_RGB_BANDS": self.rgb_source, "INPUT_VALIDITY": self.validity_source or "none"}
+        """What was read as red, green, blue, how it was scaled and what marks no data, for the outputs' metadata."""
+        tags = {"INPUT_RGB_BANDS": self.rgb_source, "INPUT_VALIDITY": self.validity_source or "none",
+                "INPUT_DATA_TYPE": self.dtypes}
+        tags.update(self.stretch.tags() if self.stretch else {"INPUT_SCALE": "none (8-bit, read as it is)"})
         if self.declared:
             tags["INPUT_COLOR_INTERPRETATION"] = self.declared
         if self.notes:
@@ -253,22 +256,31 @@ def rgb_bands(path: Path, declared: tuple[str, ...]) -> tuple[tuple[int, int, in
     other = [name for name in declared if name in OTHER_MODELS]
     if other:
         raise DataError(f"{path}: its bands declare {listing}: a colour model predict cannot read as red, green, "
-                        f"blue; convert the scene to RGB")
+                        f"blue; convert the scene to RGB, or choose bands with --bands")
     partial = [name for name in declared if name in RGB]
     if partial or any(name not in NO_COLOUR for name in declared[:3]):
         raise DataError(f"{path}: its bands declare {listing}: predict cannot tell red, green, blue from that "
-                        f"(it needs bands declared red, green, blue, or bands 1-3 declaring no colour)")
+                        f"(it needs bands declared red, green, blue, bands 1-3 declaring no colour, or --bands)")
     return (1, 2, 3), f"its bands declare no colours ({listing}): bands 1, 2, 3 read as red, green, blue"
 
 
-def sample_windows(height: int, width: int) -> Iterator[Window]:
-    """A grid of up to ALPHA_GRID x ALPHA_GRID windows of ALPHA_WINDOW pixels spread over the scene."""
+def sample_windows(height: int, width: int, grid: int = ALPHA_GRID, size: int = ALPHA_WINDOW) -> Iterator[Window]:
+    """A grid of up to grid x grid windows of `size` pixels spread over the scene."""
     from rasterio.windows import Window
 
-    rows, cols = min(ALPHA_WINDOW, height), min(ALPHA_WINDOW, width)
-    for top in np.unique(np.linspace(0, height - rows, ALPHA_GRID).astype(int)):
-        for left in np.unique(np.linspace(0, width - cols, ALPHA_GRID).astype(int)):
+    rows, cols = min(size, height), min(size, width)
+    for top in np.unique(np.linspace(0, height - rows, grid).astype(int)):
+        for left in np.unique(np.linspace(0, width - cols, grid).astype(int)):
             yield Window(int(left), int(top), cols, rows)
+
+
+def stretch_windows(height: int, width: int) -> Iterator[Window]:
+    """The windows a stretch is computed from: the whole scene when it is small, else a grid of windows."""
+    from rasterio.windows import Window
+
+    if height * width <= (STRETCH_GRID * STRETCH_WINDOW) ** 2:
+        return iter([Window(0, 0, width, height)])
+    return sample_windows(height, width, STRETCH_GRID, STRETCH_WINDOW)
 
 
 def alpha_is_mask(src: DatasetReader, band: int) -> bool:
@@ -293,10 +305,11 @@ def gdal_mask_source(src: DatasetReader, bands: tuple[int, ...]) -> str | None:
 
 
 class RasterScene(Scene):
-    """A (Geo)TIFF or VRT read through GDAL by windows of rows: the bands `bands` (1-based) as red, green, blue;
-    no data where its nodata value, its mask band or a true alpha band (`alpha_band`) says."""
+    """A (Geo)TIFF or VRT read through GDAL by windows of rows: the bands `bands` (1-based) as red, green, blue,
+    stretched to 8 bits by `stretch`; no data where its nodata value, its mask band or a true alpha band
+    (`alpha_band`) says."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reading: Reading = DEFAULT_READING) -> None:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
@@ -305,38 +318,55 @@ class RasterScene(Scene):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             self.src = rasterio.open(path)
         try:
-            self._inspect()
+            self._inspect(reading)
         except BaseException:
             self.src.close()
             raise
 
-    def _inspect(self) -> None:
-        """Choose the bands to read and what marks no data; refuse what cannot be read as 8-bit RGB."""
+    def _inspect(self, reading: Reading) -> None:
+        """Choose the bands to read, what marks no data and how values become 8 bits; refuse what cannot be read."""
         src, path = self.src, self.path
-        if src.count < 3:
-            raise DataError(f"{path} has {src.count} band(s); predict needs an RGB image (3 bands, or more)")
         declared = tuple(c.name for c in src.colorinterp)
         self.declared = ",".join(declared)
-        self.bands, rgb_note = rgb_bands(path, declared)
+        self.bands = self._given_bands(reading.bands) if reading.bands else self._declared_bands(declared)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
-        if dtypes != {"uint8"}:
-            raise DataError(f"{path} holds {', '.join(sorted(dtypes))} pixels; predict needs 8-bit RGB "
-                            f"(convert it, e.g. gdal_translate -ot Byte -scale)")
+        if any(dtype.startswith("complex") for dtype in dtypes):
+            raise DataError(f"{path} holds {', '.join(sorted(dtypes))} pixels; predict reads real-valued bands")
+        self.dtypes = ",".join(sorted(dtypes))
         self.height, self.width = src.height, src.width
         self.georeferenced = (src.crs is not None or not src.transform.is_identity or bool(src.gcps[0])
                               or src.rpcs is not None)
         self.rgb_source = ",".join(map(str, self.bands))
-        self.notes += [rgb_note] if rgb_note else []
         self.gdal_mask = gdal_mask_source(src, self.bands)
-        alpha = next((b for b, name in enumerate(declared, 1) if name == "alpha"), None)
+        alpha = next((b for b, name in enumerate(declared, 1) if name == "alpha" and b not in self.bands), None)
         self.alpha_band = alpha if alpha is not None and self._alpha_is_mask(alpha) else None
         sources = [self.gdal_mask] if self.gdal_mask else []
         sources += [f"alpha band {self.alpha_band}"] if self.alpha_band else []
         self.validity_source = ", ".join(sources) or None
         unread = [b for b in range(1, src.count + 1) if b not in self.bands and b != alpha]
-        if unread:
+        if unread and not reading.bands:
             self.notes.append(f"band{'s' * (len(unread) > 1)} {', '.join(map(str, unread))} "
                               f"({', '.join(declared[b - 1] for b in unread)}) not read")
+        self.stretch = choose_stretch(reading.scale, dtypes, self._sample)
+        if self.stretch:
+            self.notes.append(self.stretch.note(self.dtypes))
+
+    def _given_bands(self, bands: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The bands of --bands, checked against the scene's band count."""
+        beyond = [b for b in bands if b > self.src.count]
+        if beyond:
+            raise DataError(f"{self.path} has {self.src.count} band(s); --bands {','.join(map(str, bands))} "
+                            f"names band {beyond[0]}")
+        return bands
+
+    def _declared_bands(self, declared: tuple[str, ...]) -> tuple[int, int, int]:
+        """The bands read as red, green, blue by what they declare (`rgb_bands`), with its note."""
+        if self.src.count < 3:
+            raise DataError(f"{self.path} has {self.src.count} band(s); predict needs red, green, blue: choose "
+                            f"them with --bands (e.g. --bands 1,1,1 for one grey band)")
+        bands, note = rgb_bands(self.path, declared)
+        self.notes += [note] if note else []
+        return bands
 
     def _alpha_is_mask(self, band: int) -> bool:
         """Whether `band`, declared alpha, is a validity mask (`alpha_is_mask`); a note either way."""
@@ -350,19 +380,40 @@ class RasterScene(Scene):
                           f"not a validity mask, and is not read")
         return False
 
+    def _sample(self) -> np.ndarray:
+        """(3, pixels) float64 values of the bands read, over `stretch_windows`; NaN where no data or not finite."""
+        parts = []
+        for window in stretch_windows(self.height, self.width):
+            values = self.src.read(self.bands, window=window, out_dtype="float64").reshape(3, -1)
+            valid = self._valid(window)
+            if valid is not None:
+                values[:, ~valid.ravel()] = np.nan
+            parts.append(values)
+        values = np.concatenate(parts, axis=1)
+        values[~np.isfinite(values)] = np.nan
+        if np.isnan(values).all(axis=1).any():
+            raise DataError(f"{self.path}: no pixel holding data to stretch its {self.dtypes} values by; give "
+                            f"the range with --scale LOW,HIGH")
+        return values
+
     def read(self, top: int, bottom: int) -> torch.Tensor:
         from rasterio.windows import Window
 
-        data = self.src.read(self.bands, window=Window(0, top, self.width, bottom - top))
-        return torch.from_numpy(data)
+        window = Window(0, top, self.width, bottom - top)
+        if self.stretch is None:
+            return torch.from_numpy(self.src.read(self.bands, window=window))
+        return torch.from_numpy(self.stretch.apply(self.src.read(self.bands, window=window, out_dtype="float32")))
 
     def valid(self, top: int, bottom: int) -> np.ndarray | None:
-        if self.validity_source is None:
-            return None
         from rasterio.windows import Window
 
-        window = Window(0, top, self.width, bottom - top)
-        valid = np.ones((bottom - top, self.width), dtype=bool)
+        return self._valid(Window(0, top, self.width, bottom - top))
+
+    def _valid(self, window: Window) -> np.ndarray | None:
+        """The data mask of `window` (False: no data), or None when every pixel holds data."""
+        if self.validity_source is None:
+            return None
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
         if self.gdal_mask:
             valid &= self.src.dataset_mask(window=window) > 0
         if self.alpha_band:
@@ -373,14 +424,17 @@ class RasterScene(Scene):
         self.src.close()
 
 
-def open_scene(path: Path) -> Scene:
-    """The scene in `path`; an unreadable file is a DataError naming it."""
+def open_scene(path: Path, reading: Reading = DEFAULT_READING) -> Scene:
+    """The scene in `path`, read as `reading` says; an unreadable file is a DataError naming it."""
     if path.suffix.lower() in PIL_SUFFIXES:
+        if reading != DEFAULT_READING:
+            raise DataError(f"{path}: --bands and --scale are for TIFF and VRT scenes; a PNG or JPEG is read as "
+                            f"training reads it (predict it without them)")
         return ArrayScene(path)
     from rasterio.errors import RasterioError
 
     try:
-        return RasterScene(path)
+        return RasterScene(path, reading)
     except RasterioError as e:
         raise DataError(f"cannot read image {path}: {short_reason(e)}") from None
 

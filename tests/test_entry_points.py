@@ -24,6 +24,7 @@ ENTRY_POINTS = [
     ("dataset/synthetic.py", "dataset.synthetic"),
     ("experiments/learning_check/scenes.py", "experiments.learning_check.scenes"),
     (None, "model.check"),
+    (None, "model.fetch"),
     (None, "util.config"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).

@@ -341,7 +341,7 @@ def test_failing_scenes_are_skipped_the_others_written_and_named_in_one_final_li
     write_geotiff(tiles / "b_one_band.tif", 50, 60, bands=1)
     write_geotiff(tiles / "c_two_band.tif", 50, 60, bands=2)
     (tiles / "d_broken.png").write_bytes(b"\x89PNG not really")
-    write_geotiff(tiles / "e_uint16.tif", 50, 60, dtype="uint16")
+    write_geotiff(tiles / "e_complex.tif", 50, 60, dtype="complex64")
     Image.fromarray(scene_pixels(40, 30).transpose(1, 2, 0).copy()).save(tiles / "f_good.png")
     write_geotiff(tiles / "g_rgbir.tif", 50, 60, bands=4)  # bands 1-3 are red, green, blue: fine
     out = tmp_path / "pred"
@@ -352,9 +352,9 @@ def test_failing_scenes_are_skipped_the_others_written_and_named_in_one_final_li
     assert last.startswith("error: 4 of 7 scene(s) failed (first: ") and str(tiles / "b_one_band.tif") in last
     assert "3 written to" in last and sum("error: " in line for line in err.splitlines()) == 1
     reports = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.startswith("skipped ")]
-    for name in ("b_one_band.tif", "c_two_band.tif", "d_broken.png", "e_uint16.tif"):
+    for name in ("b_one_band.tif", "c_two_band.tif", "d_broken.png", "e_complex.tif"):
         assert sum(name in line for line in reports) == 1, (name, reports)
-    assert "1 band(s)" in err and "2 band(s)" in err and "uint16" in err
+    assert "1 band(s)" in err and "2 band(s)" in err and "complex64" in err
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"a_good_{k}.tif" for k in ("mask", "color", "overlay")] + ["a_good_legend.png"]
         + [f"f_good_{k}.png" for k in ("mask", "color", "overlay", "legend")]

@@ -75,28 +75,40 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return len(parts) >= 4 and parts[0] == "" and parts[-1] == "tmp" and parts[-2].isdigit()
 
 
-def _process_alive(pid: int) -> bool:
+def writer_pid(path: str | os.PathLike) -> int | None:
+    """The process id a temporary file names (`.<name>.<pid>.tmp`, or a file a library derived from one, such as
+    GDAL's `.<name>.<pid>.tmp.ovr.tmp` beside it); None for any other file."""
+    parts = Path(path).name.split(".")
+    if parts[0] != "":
+        return None
+    pids = [int(parts[i - 1]) for i in range(2, len(parts)) if parts[i] == "tmp" and parts[i - 1].isdigit()]
+    return pids[0] if pids else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process
+        return True
     return True
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete the temporary files in `folder` whose writer is gone (killed mid-write); returns how many.
 
-    A temporary file names its writer's process id: one of a process that still runs (a concurrent writer into
-    the same folder) is left alone.
+    A temporary file names its writer's process id (`writer_pid`): one of a process that still runs (a
+    concurrent writer into the same folder) is left alone.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed = 0
     for path in folder.iterdir():
-        if is_temporary(path) and not _process_alive(int(path.name.split(".")[-2])):
+        pid = writer_pid(path)
+        if pid is not None and path.is_file() and not process_alive(pid):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
