@@ -22,6 +22,10 @@ class DatasetInfo:
     palette: tuple[tuple[int, int, int], ...]
     # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §5).
     eval_exclude: tuple[int, ...] = ()
+    # Ground resolution of the dataset's imagery in cm per pixel, as its publishers describe it (prepare cuts
+    # tiles without resampling, so a model trained on them expects this): what model/export.py writes into an
+    # ONNX file's `resolution` for QGIS's Deepness plugin, which resamples a scene to it before tiling.
+    resolution_cm: float | None = None
 
     @property
     def nclass(self) -> int:
@@ -34,6 +38,9 @@ LOVEDA = DatasetInfo(
     # mmsegmentation's LoveDA palette, which users of the dataset know.
     palette=((255, 255, 255), (255, 0, 0), (255, 255, 0), (0, 0, 255),
              (159, 129, 183), (0, 255, 0), (255, 195, 128)),
+    # 0.3 m per pixel, as the dataset's README (github.com/Junjue-Wang/LoveDA; Wang et al., NeurIPS 2021 Datasets and
+    # Benchmarks) gives it for all its images.
+    resolution_cm=30.0,
 )
 
 POTSDAM = DatasetInfo(
@@ -42,6 +49,9 @@ POTSDAM = DatasetInfo(
     # The colours of the official ISPRS label images.
     palette=((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)),
     eval_exclude=(5,),
+    # Ground sampling distance 5 cm: the ISPRS 2D Semantic Labeling Contest's Potsdam page
+    # (isprs.org/resources/datasets/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx), for the true orthophotos.
+    resolution_cm=5.0,
 )
 
 DEEPGLOBE = DatasetInfo(
@@ -51,6 +61,9 @@ DEEPGLOBE = DatasetInfo(
     palette=((0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (0, 0, 255),
              (255, 255, 255), (0, 0, 0)),
     eval_exclude=(6,),
+    # 50 cm per pixel (DigitalGlobe satellite imagery), as the challenge's data description gives it (DeepGlobe Land
+    # Cover Classification Challenge; Demir et al., CVPR Workshops 2018, arXiv 1805.06561).
+    resolution_cm=50.0,
 )
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (LOVEDA, POTSDAM, DEEPGLOBE)}
