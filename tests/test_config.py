@@ -156,6 +156,12 @@ def test_run_dir_fills_in_dataset_method_and_split(tmp_path):
     assert cfg.run_dir == Path.cwd() / "exp/loveda/fixmatch/5"
 
 
+def test_a_numeric_split_is_the_folder_name_as_typed(tmp_path):
+    # 0.125 % of LoveDA is 4 tiles: a fractional share is as much a folder name as 5.
+    assert load_config(write(tmp_path, "{}"), ["dataset.split=0.125"]).dataset.split == "0.125"
+    assert load_config(write(tmp_path, "dataset: {split: 5}\n")).dataset.split == "5"
+
+
 def test_saved_config_reloads_to_the_same_values(tmp_path):
     cfg = load_config(write(tmp_path, "{}"), ["train.lr=3e-5", "eval.window=224"])
     save_config(cfg, tmp_path / "resolved.yaml")

@@ -25,7 +25,7 @@ ENTRY_POINTS = [
     ("experiments/learning_check/scenes.py", "experiments.learning_check.scenes"),
     (None, "model.check"),
     (None, "model.fetch"),
-    (None, "model.export"),
+    (None, "eval.export"),
     (None, "util.config"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).

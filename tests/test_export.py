@@ -1,4 +1,4 @@
-"""model/export.py: a checkpoint as an ONNX file that QGIS's Deepness plugin runs, checked the way Deepness runs
+"""eval/export.py: a checkpoint as an ONNX file that QGIS's Deepness plugin runs, checked the way Deepness runs
 it: ONNX Runtime on uint8 tiles divided by 255 (its ModelBase.preprocessing), the metadata read as its
 ModelBase.get_metadata_* read it, and a scene tiled and stitched as its map processor does, against
 eval/predict.py's map of the same scene.
@@ -24,10 +24,9 @@ from PIL import Image
 from rasterio.transform import Affine
 
 from dataset.transforms import normalize
-from eval import predict
+from eval import export, predict
 from eval.eval import load_model
 from eval.inference import default_stride
-from model import export
 from model.segmenter import build_segmenter
 from tests.train_fixtures import DEMO, assert_nothing_left, assert_one_line_error, invoke, snapshot, write_tiny_dataset
 from util.catalog import DATASETS

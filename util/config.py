@@ -92,8 +92,8 @@ class DatasetConfig(Section):
     @field_validator("split", mode="before")
     @classmethod
     def _split_as_text(cls, v: Any) -> Any:
-        # `--split 5` and `dataset.split=5` arrive as numbers; the split is a folder name.
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        # `--split 5` and `dataset.split=0.125` arrive as numbers; the split is a folder name, written as typed.
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @model_validator(mode="before")
     @classmethod

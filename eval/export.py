@@ -1,6 +1,6 @@
 """Export a checkpoint as one ONNX file that QGIS's Deepness plugin and ONNX Runtime run: the deployed student.
 
-    python -m model.export --config exp/loveda/rs_mtdf/10/config.yaml --checkpoint exp/loveda/rs_mtdf/10/best.pth \\
+    python -m eval.export --config exp/loveda/rs_mtdf/10/config.yaml --checkpoint exp/loveda/rs_mtdf/10/best.pth \\
         --out loveda_rs_mtdf.onnx [--weights student|ema] [--resolution CM] [key.sub=value ...]
 
 The graph is what eval/predict.py runs on each window, and nothing else: the student (encoder, DPT head), the
@@ -237,13 +237,13 @@ def require_exporter() -> None:
     ONNX Runtime; a one-line error naming what is missing."""
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     if version < (2, 6):
-        raise UserError(f"model.export needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
+        raise UserError(f"eval.export needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
                         f"{torch.__version__}")
     for package in ("onnx", "onnxscript", "onnxruntime"):
         try:
             __import__(package)
         except ImportError:
-            raise UserError(f"model.export needs the package {package}: pip install -r requirements.txt") from None
+            raise UserError(f"eval.export needs the package {package}: pip install -r requirements.txt") from None
 
 
 def check_out(out: Path) -> None:
