@@ -1,6 +1,6 @@
 #!/bin/sh
 # The learning check (README.md beside this file): does each method learn what it claims, in minutes on a CPU?
-#   sh experiments/learning_check/run.sh            # everything: 4 methods x 4 / 32 / 160 labelled tiles x 2 seeds,
+#   sh experiments/learning_check/run.sh            # everything: 4 methods x 4 / 32 / 160 labelled tiles x 3 seeds,
 #                                                   # controls and ablations at 32 tiles, supervised on all tiles
 #   sh experiments/learning_check/run.sh --quick    # 32 tiles, one seed: supervised, fixmatch, rs_mtdf, random teachers
 #   DIAGNOSE=1 sh experiments/learning_check/run.sh # then also pseudo-label quality and linear probes of the students

@@ -103,3 +103,20 @@ def test_files_made_with_other_values_are_refused_not_reused(tmp_path):
     assert made_with(record, {"scene_size": 168, "seed": 0})
     with pytest.raises(DataError, match=r"made with other values: seed 0 \(now 1\)"):
         made_with(record, {"scene_size": 168, "seed": 1})
+
+
+def test_the_plan_is_the_pre_registered_one_and_a_third_seed_adds_only_seed_2(tmp_path):
+    from experiments.learning_check.check import jobs
+
+    names = [name for name, _ in jobs(tmp_path, quick=False, seeds=(0, 1))]
+    # 4 methods x 3 label counts x 2 seeds, 4 controls/ablations at 1 % x 2 seeds, supervised on all tiles.
+    assert len(names) == len(set(names)) == 24 + 8 + 1 and "supervised_100_s0" in names
+    third = [name for name, _ in jobs(tmp_path, quick=False, seeds=(2,))]
+    assert len(third) == 16 and all(name.endswith("_s2") for name in third)
+    assert {name[:-3] for name in third} == {name[:-3] for name in names} - {"supervised_100"}
+    assert sorted(name for name, _ in jobs(tmp_path, quick=False)) == sorted(names + third)  # the default
+    quick = [name for name, _ in jobs(tmp_path, quick=True)]
+    assert quick == ["supervised_1_s0", "fixmatch_1_s0", "rs_mtdf_1_s0", "rs_mtdf-random_1_s0"]
+    every = dict(jobs(tmp_path, quick=False))
+    assert all(f"model.pretrained={tmp_path / 'student_pretrained' / 'dinov2_tiny.pth'}" in over
+               for over in every.values())
