@@ -43,7 +43,7 @@ from model.weights import mismatch
 from util.cli import config_from_args, one_line, path_arg, run_main
 from util.config import Config
 from util.errors import ConfigError, OutputError, WeightsError, short_reason
-from util.io import atomic_path, check_output_folder, is_temporary, remove_stale_temporaries
+from util.io import atomic_path, check_output_folder, is_temporary, process_alive, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "loveda.yaml"
@@ -265,16 +265,6 @@ def transfer_error(error: BaseException, url: str) -> str:
     return f"{type(error).__name__}: {short_reason(error)}" if str(error) else type(error).__name__
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_partials(folder: Path) -> None:
     """Delete what a killed fetch left in `folder`: its temporary files (util.io's `.<name>.<pid>.tmp`) and
     download_url_to_file's `<that>.<hex>.partial`, where the process that wrote them is gone."""
@@ -283,7 +273,7 @@ def remove_stale_partials(folder: Path) -> None:
         return
     for path in folder.iterdir():
         match = PARTIAL.match(path.name)
-        if match and is_temporary(match["dst"]) and not _alive(int(match["dst"].split(".")[-2])):
+        if match and is_temporary(match["dst"]) and not process_alive(int(match["dst"].split(".")[-2])):
             path.unlink(missing_ok=True)
 
 

@@ -28,3 +28,14 @@ def close_leaked_progress_bars():
 
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The process id of a process that has exited: what a killed writer leaves in its temporary files' names
+    (this test process's own id stands for a living writer)."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid

@@ -7,7 +7,7 @@ not what is tested).
 
 from __future__ import annotations
 
-import subprocess
+import os
 from pathlib import Path
 
 import numpy as np
@@ -185,23 +185,16 @@ def test_a_scene_declaring_another_colour_model_is_refused_in_one_line(tmp_path,
 # Paths
 
 
-def test_stale_temporaries_of_dead_writers_are_removed_from_out(tmp_path, stub, capfd):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    living = subprocess.Popen(["sleep", "60"])
-    try:
-        out = tmp_path / "pred"
-        out.mkdir()
-        (out / f".x_mask.tif.{dead.pid}.tmp").write_bytes(b"half a GeoTIFF")
-        (out / f".y_mask.tif.{living.pid}.tmp").write_bytes(b"a GeoTIFF being written")
-        code, _, err = predict(tmp_path, capfd, write_tif(tmp_path / "a.tif", scene_pixels(H, W)), out=out)
-        assert code == 0, err
-        assert not (out / f".x_mask.tif.{dead.pid}.tmp").exists()
-        assert (out / f".y_mask.tif.{living.pid}.tmp").exists()
-        assert f"removed 1 temporary file(s) left in {out}" in err
-    finally:
-        living.kill()
-        living.wait()
+def test_stale_temporaries_of_dead_writers_are_removed_from_out(tmp_path, stub, capfd, dead_pid):
+    out = tmp_path / "pred"
+    out.mkdir()
+    stale, living = out / f".x_mask.tif.{dead_pid}.tmp", out / f".y_mask.tif.{os.getpid()}.tmp"
+    stale.write_bytes(b"half a GeoTIFF")
+    living.write_bytes(b"a GeoTIFF being written")
+    code, _, err = predict(tmp_path, capfd, write_tif(tmp_path / "a.tif", scene_pixels(H, W)), out=out)
+    assert code == 0, err
+    assert not stale.exists() and living.exists()
+    assert f"removed 1 temporary file(s) left in {out}" in err
 
 
 def test_tilde_in_paths_means_the_home_folder(tmp_path, monkeypatch, capfd):

@@ -7,7 +7,7 @@ Each test runs the entry point in this process on tiny files it writes, with a t
 
 from __future__ import annotations
 
-import subprocess
+import os
 from pathlib import Path
 
 import numpy as np
@@ -135,22 +135,15 @@ def test_a_scene_whose_cog_copy_fails_leaves_nothing(tmp_path, stub, monkeypatch
     assert not (tmp_path / "pred").exists()  # made for this scene, emptied, removed
 
 
-def test_overview_files_of_killed_cog_copies_are_removed_from_out(tmp_path, stub, capfd):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    living = subprocess.Popen(["sleep", "60"])
-    try:
-        out = tmp_path / "pred"
-        out.mkdir()
-        (out / f".x_mask.tif.{dead.pid}.tmp.ovr.tmp").write_bytes(b"overviews of a killed run")
-        (out / f".y_mask.tif.{living.pid}.tmp.ovr.tmp").write_bytes(b"overviews being built")
-        write_geotiff(tmp_path / "in" / "a.tif", 30, 40)
-        code, _, err = predict(tmp_path, capfd, tmp_path / "in" / "a.tif")
-        assert code == 0, err
-        assert not (out / f".x_mask.tif.{dead.pid}.tmp.ovr.tmp").exists()
-        assert (out / f".y_mask.tif.{living.pid}.tmp.ovr.tmp").exists()
-        assert f"removed 1 temporary file(s) left in {out}" in err
-    finally:
-        living.kill()
-        living.wait()
+def test_overview_files_of_killed_cog_copies_are_removed_from_out(tmp_path, stub, capfd, dead_pid):
+    out = tmp_path / "pred"
+    out.mkdir()
+    stale, living = out / f".x_mask.tif.{dead_pid}.tmp.ovr.tmp", out / f".y_mask.tif.{os.getpid()}.tmp.ovr.tmp"
+    stale.write_bytes(b"overviews of a killed run")
+    living.write_bytes(b"overviews being built")
+    write_geotiff(tmp_path / "in" / "a.tif", 30, 40)
+    code, _, err = predict(tmp_path, capfd, tmp_path / "in" / "a.tif")
+    assert code == 0, err
+    assert not stale.exists() and living.exists()
+    assert f"removed 1 temporary file(s) left in {out}" in err
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -123,13 +122,11 @@ def test_a_changed_raw_image_is_cut_again_also_after_a_killed_run(tmp_path, capf
 # Temporary files of killed writers
 
 
-def test_a_rerun_removes_temporaries_of_dead_writers_and_keeps_those_of_living_ones(tmp_path, capfd):
+def test_a_rerun_removes_temporaries_of_dead_writers_and_keeps_those_of_living_ones(tmp_path, capfd, dead_pid):
     run(potsdam(tmp_path), capfd)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
     out = tmp_path / "out"
-    stale = [out / "images" / f".top_potsdam_2_10_1.png.{gone.pid}.tmp", out / "masks" / f".x.png.{gone.pid}.tmp",
-             out / f"..prepare_options.json.{gone.pid}.tmp"]
+    stale = [out / "images" / f".top_potsdam_2_10_1.png.{dead_pid}.tmp", out / "masks" / f".x.png.{dead_pid}.tmp",
+             out / f"..prepare_options.json.{dead_pid}.tmp"]
     living = out / "images" / f".top_potsdam_2_10_2.png.{os.getpid()}.tmp"
     for path in (*stale, living):
         path.write_bytes(b"half a png")
