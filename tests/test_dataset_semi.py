@@ -403,7 +403,6 @@ def test_masks_are_l_p_or_16_bit_below_256_else_the_mode_is_named(data, kind, ac
     assert "mode I;16" in message and "value 300" in message if kind == "I;16 300" else f"not mode {kind}" in message
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")   # PIL's notes on damaged TIFF tags
 def test_a_corrupt_file_of_any_format_is_one_data_error_naming_it(tmp_path):
     """Decoders raise OSError, SyntaxError, ValueError, TypeError... on damaged files: each becomes a DataError."""
@@ -428,3 +427,44 @@ def test_a_corrupt_file_of_any_format_is_one_data_error_naming_it(tmp_path):
                 assert read_image(path).shape[0] == 3
             except DataError as e:
                 assert str(path) in str(e) and "\n" not in str(e)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A well-formed PNG header that declares width x height RGB pixels, followed by almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_a_header_declaring_more_pixels_than_its_file_could_hold_is_refused_before_decoding(tmp_path, data):
+    """A damaged TIFF of 1.5 KB once declared 24 x 1,979,711,508 pixels: PIL took 15 GB and a minute to fail."""
+    from dataset.semi import read_image
+
+    path = tmp_path / "damaged.png"
+    path.write_bytes(png_declaring(20_000, 20_000))     # 1.1 GiB decoded from about 100 bytes
+    with pytest.raises(DataError) as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "declares 20000 x 20000 pixels" in str(err.value)
+    cfg, split = data
+    first_image = Path(cfg.dataset.root) / split.read_text().split()[0]
+    first_image.write_bytes(png_declaring(20_000, 20_000))
+    with pytest.raises(DataError, match="declares 20000 x 20000"):
+        SemiDataset(cfg, "val", split)[0]
+
+
+def test_images_compressed_as_far_as_real_codecs_go_are_read(tmp_path, monkeypatch):
+    """The header check allows deflate's ceiling with room to spare: a constant image (about 1,000:1) reads."""
+    import util.io
+    from dataset.semi import read_image
+
+    monkeypatch.setattr(util.io, "DECODED_FLOOR_BYTES", 0)   # the ratio alone decides, even for small files
+    path = tmp_path / "flat.png"
+    Image.fromarray(np.zeros((2000, 2000, 3), np.uint8)).save(path, optimize=True)
+    assert 12e6 / path.stat().st_size > 500                  # it really is compressed that far
+    assert read_image(path).shape == (3, 2000, 2000)

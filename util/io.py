@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 # is refused only when it cannot be read. Set by `open_image`, where images are opened.
 MAX_IMAGE_PIXELS = None
 
+# What stands in for that guard: a header is not believed when the pixels it declares could not come out of a
+# file that size. Lossless codecs top out near 1,000:1 on real images (deflate's ceiling is about 1,032:1) and
+# a few 10,000:1 on constant ones (zstd); a damaged TIFF of 1.5 KB that declared 24 x 1,979,711,508 pixels made
+# PIL allocate 15 GB and spend a minute before it failed. Small images are never refused: below the floor the
+# worst case is a short, bounded allocation.
+MAX_DECODED_RATIO = 100_000
+DECODED_FLOOR_BYTES = 1 << 30
+
 
 def check_output_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` as a folder that exists or can be created and written to; else one OutputError naming `what`.
@@ -209,11 +217,32 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", allow: Iterab
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """PIL's Image.open under this project's pixel limit (MAX_IMAGE_PIXELS); errors propagate as PIL's."""
+    """PIL's Image.open under this project's pixel limit (MAX_IMAGE_PIXELS), refusing a header that declares
+    more pixels than its file could hold (OSError); other errors propagate as PIL's."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    return Image.open(path)
+    im = Image.open(path)
+    try:
+        _check_declared_size(im, os.path.getsize(path))
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _check_declared_size(im: Image.Image, file_bytes: int) -> None:
+    import numpy as np
+    from PIL import ImageMode
+
+    try:
+        itemsize = np.dtype(ImageMode.getmode(im.mode).typestr).itemsize
+    except (KeyError, TypeError):  # a mode without a numpy type: PIL's own checks apply
+        return
+    decoded = im.width * im.height * len(im.getbands()) * itemsize
+    if decoded > DECODED_FLOOR_BYTES and decoded > MAX_DECODED_RATIO * max(file_bytes, 1):
+        raise OSError(f"damaged header: it declares {im.width} x {im.height} pixels ({decoded / 2**30:.0f} GiB "
+                      f"decoded) in a file of {file_bytes:,} bytes")
 
 
 # ----------------------------------------------------------------------------------------------------------
