@@ -66,6 +66,27 @@ def test_cutmix_takes_the_flipped_batch_inside_the_box_only():
     assert mix(x4, full)[:, 0, 0, 0].tolist() == [3.0, 2.0, 1.0, 0.0]
 
 
+def test_a_cutmixed_strong_view_carries_its_partners_labels_confidence_and_padding_with_its_pixels():
+    """Inside sample 0's box every target comes from sample 2, padding included: a pasted padded patch stays ignored."""
+    from methods.fixmatch import cutmixed_targets
+
+    size = 4
+    box = torch.zeros(3, 1, size, size, dtype=torch.long)
+    box[0, 0, :2, :2] = 1
+    ignore = torch.zeros(3, size, size, dtype=torch.long)
+    ignore[2] = 254                                       # sample 2 is padding only
+    batch = {"img_u_s": torch.arange(3.0).view(3, 1, 1, 1, 1).expand(3, 1, 3, size, size), "cutmix_box": box,
+             "ignore_mask": ignore}
+    conf = torch.tensor([0.1, 0.2, 0.3]).view(3, 1, 1).expand(3, size, size)
+    labels = torch.tensor([0, 1, 2]).view(3, 1, 1).expand(3, size, size)
+    img, mask_u, conf_u, ignore_u = cutmixed_targets(batch, (conf, labels))
+    inside = box[0, 0].bool()
+    for mixed, partner, own in ((img[0, 0], 2.0, 0.0), (mask_u[0], 2, 0), (conf_u[0], 0.3, 0.1),
+                                (ignore_u[0], 254, 0)):
+        assert mixed[inside].unique().tolist() == pytest.approx([partner])
+        assert mixed[~inside].unique().tolist() == pytest.approx([own])
+    assert torch.equal(ignore_u[1:], ignore[1:])          # empty boxes change nothing
+
 def test_unsupervised_loss_divides_by_non_padded_pixels_not_by_confident_ones():
     logits = torch.randn(1, NCLASS, 2, 2)
     pseudo = torch.tensor([[[0, 1], [2, 0]]])
