@@ -307,7 +307,7 @@ def gdal_mask_source(src: DatasetReader, bands: tuple[int, ...]) -> str | None:
 class RasterScene(Scene):
     """A (Geo)TIFF or VRT read through GDAL by windows of rows: the bands `bands` (1-based) as red, green, blue,
     stretched to 8 bits by `stretch`; no data where its nodata value, its mask band or a true alpha band
-    (`alpha_band`) says."""
+    (`alpha_band`) says, and where a float band read is not finite."""
 
     def __init__(self, path: Path, reading: Reading = DEFAULT_READING) -> None:
         import rasterio
@@ -342,6 +342,10 @@ class RasterScene(Scene):
         self.alpha_band = alpha if alpha is not None and self._alpha_is_mask(alpha) else None
         sources = [self.gdal_mask] if self.gdal_mask else []
         sources += [f"alpha band {self.alpha_band}"] if self.alpha_band else []
+        # NaN (and inf) is how float rasters leave pixels without a measurement, declared nodata or not: it
+        # has no 8-bit value, so it is no data rather than whatever the stretch would make of it.
+        self.float_bands = any(np.dtype(dtype).kind == "f" for dtype in dtypes)
+        sources += ["non-finite values"] if self.float_bands else []
         self.validity_source = ", ".join(sources) or None
         unread = [b for b in range(1, src.count + 1) if b not in self.bands and b != alpha]
         if unread and not reading.bands:
@@ -418,6 +422,8 @@ class RasterScene(Scene):
             valid &= self.src.dataset_mask(window=window) > 0
         if self.alpha_band:
             valid &= self.src.read(self.alpha_band, window=window) > 0
+        if self.float_bands:
+            valid &= np.isfinite(self.src.read(self.bands, window=window)).all(axis=0)
         return valid
 
     def close(self) -> None:

@@ -111,6 +111,25 @@ def test_float32_reflectance_is_stretched_by_default(tmp_path, stub, capfd):
     assert same_fraction(mask, expected) >= 0.999
 
 
+def test_nan_in_a_float_scene_is_no_data_even_where_no_nodata_value_is_declared(tmp_path, stub, capfd):
+    data = (scene_pixels(H, W) / 255 * 0.4 + 0.02).astype(np.float32)
+    data[:, :BORDER] = np.nan                       # rows without a measurement
+    data[1, -BORDER:, :BORDER] = np.inf             # one band not finite is enough
+    code, _, err = predict(tmp_path, capfd, write_tif(tmp_path / "refl.tif", data))
+    assert code == 0, err
+    mask, tags = read_mask(tmp_path / "pred" / "refl_mask.tif")
+    assert tags["INPUT_VALIDITY"] == "non-finite values"
+    with rasterio.open(tmp_path / "pred" / "refl_mask.tif") as ds:
+        assert ds.nodata == 255
+    assert (mask[:BORDER] == 255).all() and (mask[-BORDER:, :BORDER] == 255).all()
+    assert (mask[BORDER:-BORDER] < 7).all()
+    finite = np.nan_to_num(data, nan=0.0, posinf=0.0)  # the stretch ignores them (its numbers are NaN-free)
+    assert all(np.isfinite(float(v)) for v in tags["INPUT_SCALE_LOW"].split(","))
+    expected = expected_mask(stretched(finite, tags), 28, 18, "gaussian")
+    inside = (slice(BORDER, -BORDER), slice(None))
+    assert same_fraction(mask[inside], expected[inside]) >= 0.99
+
+
 @pytest.mark.parametrize(("scale", "rule", "low", "high"), [
     ("0,4000", "range 0,4000", [0.0] * 3, [4000.0] * 3),
     ("none", "none", [0.0] * 3, [255.0] * 3),
