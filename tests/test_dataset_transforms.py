@@ -45,6 +45,19 @@ def test_labels_stay_on_their_pixels_under_rescale_crop_and_flip():
         assert agree.sum() >= 0.6 * labelled.sum(), seed
 
 
+def test_labels_are_rescaled_as_the_references_pil_nearest_pixel_centres_not_corners():
+    """A 20-px square rescaled to the 28-px crop (no padding, crop at 0, no flip): each label pixel is the
+    source pixel under its centre, as PIL's NEAREST gives it; torch's plain nearest shifts them by up to one."""
+    import numpy as np
+    from PIL import Image
+
+    mask = torch.randint(0, 7, (20, 20), generator=gen(0), dtype=torch.uint8)
+    img = mask.expand(3, 20, 20).clone()
+    aug = AugmentConfig(scale_range=(1.4, 1.4), hflip_p=0.0)
+    _, out_mask = weak_augment(img, mask, CROP, aug, gen(0))
+    reference = np.asarray(Image.fromarray(mask.numpy()).resize((CROP, CROP), Image.NEAREST))
+    assert np.array_equal(out_mask.numpy(), reference)
+
 def test_padding_is_zero_in_the_image_and_the_given_value_in_the_mask():
     img = torch.full((3, 20, 16), 200, dtype=torch.uint8)
     mask = torch.ones(20, 16, dtype=torch.uint8)

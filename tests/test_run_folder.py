@@ -20,6 +20,7 @@ def test_best_pth_follows_the_selected_weights_and_a_tie_goes_to_the_later_epoch
     by_ema = Progress(best_by="ema")
     by_ema.record(1, 10, {"student": 50.0, "ema": 40.0})
     assert not by_ema.record(2, 20, {"student": 60.0, "ema": 39.0})
+    assert by_ema.best_checkpoint == {"iteration": 10, "epoch": 1}   # what best.pth holds: the EMA's best
 
 
 def test_a_score_belongs_to_the_run_only_for_its_current_best_pth_on_its_current_test_list(tmp_path: Path):
