@@ -172,7 +172,9 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
                 outputs = open_outputs(out, scene, style)
                 predict_scene(model, scene, outputs, settings, device, amp_dtype, bar)
                 outputs.commit()
-            except (UserError, OSError, ValueError, RasterioError) as e:
+            # MemoryError: a header declaring more pixels than can be held (whole-image PNG outputs are kept in
+            # memory); the scene is named and skipped like any unreadable one.
+            except (UserError, OSError, ValueError, RasterioError, MemoryError) as e:
                 if outputs is not None:
                     outputs.abort()
                 message = str(e).splitlines()[0] if isinstance(e, UserError) else f"{path}: {short_reason(e)}"

@@ -225,3 +225,27 @@ def test_scenes_that_cannot_be_read_as_asked_are_each_refused_in_one_line(tmp_pa
     last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
     assert last.startswith("error: 3 of 3 scene(s) failed (first: ")
     assert sum("error: " in line for line in err.splitlines()) == 1
+
+
+def test_a_scene_too_large_for_memory_is_skipped_in_one_line_and_the_others_are_written(tmp_path, stub, capfd,
+                                                                                      monkeypatch):
+    """A damaged TIFF declaring 24 x 1,979,711,508 pixels once ended predict with a traceback (MemoryError)."""
+    import eval.maps
+
+    folder = tmp_path / "in"
+    write_tif(folder / "good.tif", scene_pixels(H, W))
+    Image.fromarray(scene_pixels(H, W).transpose(1, 2, 0).copy()).save(folder / "huge.png")
+    original = eval.maps.PngOutputs.__init__
+
+    def allocate(self, out, scene, style):
+        if scene.path.name == "huge.png":
+            raise MemoryError("Unable to allocate 44.3 GiB for an array with shape (1979711508, 24)")
+        original(self, out, scene, style)
+
+    monkeypatch.setattr(eval.maps.PngOutputs, "__init__", allocate)
+    code, _, err = predict(tmp_path, capfd, folder)
+    assert code == 2
+    skipped = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("skipped ")]
+    assert skipped == [f"skipped {folder / 'huge.png'}: Unable to allocate 44.3 GiB for an array with shape "
+                       f"(1979711508, 24)"]
+    assert (tmp_path / "pred" / "good_mask.tif").exists() and not list((tmp_path / "pred").glob("huge*"))
