@@ -46,12 +46,12 @@ def micro_batch(seed: int, size: int = 56, b: int = 2, n_strong: int = 2) -> dic
             "ignore_mask": torch.zeros(b, size, size, dtype=torch.long), "cutmix_box": box}
 
 
-def trainer(method: str, rank: int, world: int) -> Trainer:
-    """The demo's tiny model at TINY_STEP size, a global batch of 4 crops of at most 2 a forward."""
+def trainer(method: str, rank: int, world: int, global_batch: int = 4) -> Trainer:
+    """The demo's tiny model at TINY_STEP size, a global batch of 4 crops (or `global_batch`), at most 2 a forward."""
     fusion = "{student: 0.8, dino: 0.1, clip: 0.1}" if method == "rs_mtdf" else "{student: 1, dino: 0, clip: 0}"
     teachers = str(method == "rs_mtdf").lower()
-    cfg = load_config(DEMO, [*TINY_STEP, f"train.method={method}", "train.global_batch=4", "train.batch_size=2",
-                             "train.precision=fp32", f"teachers.dino.enabled={teachers}",
+    cfg = load_config(DEMO, [*TINY_STEP, f"train.method={method}", f"train.global_batch={global_batch}",
+                             "train.batch_size=2", "train.precision=fp32", f"teachers.dino.enabled={teachers}",
                              f"teachers.clip.enabled={teachers}", f"distill.fusion_weights={fusion}",
                              "train.supervised_protocol=same_iterations"])
     t = Trainer(cfg, DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"),
@@ -101,12 +101,35 @@ def test_one_process_accumulating_two_forwards_updates_as_two_processes_do(tmp_p
                                        msg=lambda m, method=method, name=name: f"{method} {name}: {m}")
 
 
+@pytest.mark.parametrize("method", ["supervised", "unimatch_v2"])
+@pytest.mark.usefixtures("one_thread")
+def test_accumulated_forwards_average_what_each_forward_would_compute_as_a_process_of_its_own(method: str):
+    """In-process and fast, beside the two-process test above: forward j of an accumulating step is the forward
+    of virtual process j (its own draws: UniMatch V2's channel masks), and the step's gradient is their mean.
+    The same crops twice: the mean of the two single-forward gradients, not their sum, not one of them twice."""
+    batch = micro_batch(seed=0)
+    accumulating = trainer(method, 0, 1)
+    start = {k: v.clone() for k, v in accumulating.model.state_dict().items()}
+    accumulating.step([batch, batch])
+    singles = []
+    for virtual_rank in (0, 1):
+        single = trainer(method, virtual_rank, 1, global_batch=2)
+        assert single.plan.accumulation == 1
+        single.model.load_state_dict(start)
+        single.step(batch)
+        singles.append(updated(single))
+    for name, value in updated(accumulating).items():
+        if name.startswith("exp_avg."):   # AdamW's first moment after one step: (1 - beta1) x the gradient
+            torch.testing.assert_close(value, (singles[0][name] + singles[1][name]) / 2, atol=1e-7, rtol=1e-5,
+                                       msg=lambda m, name=name: f"{method} {name}: {m}")
+    if method == "unimatch_v2":   # the premise: the two forwards drew differently
+        assert any(not torch.equal(singles[0][n], singles[1][n]) for n in singles[0] if n.startswith("exp_avg."))
+
+
 def test_a_step_takes_as_many_micro_batches_as_the_plan_accumulates():
     t = trainer("fixmatch", 0, 1)
     with pytest.raises(ValueError, match="a step takes 2 micro-batches, got 1"):
         t.step(micro_batch(seed=0))
-
-
 
 
 @pytest.mark.parametrize(("labeled", "samples", "epoch"), [(4, 12, 12), (40, 12, 40)])
