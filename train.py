@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from dataset.sampler import SeededSampler
 from dataset.semi import SemiDataset, check_disjoint
-from dataset.splits import PER_PERCENT, SHARED, read_list, split_file
+from dataset.splits import PER_PERCENT, SHARED, read_list, split_file, training_list_digests
 from eval.evaluate import build_eval_loader, evaluate
 from eval.visualize import sample_panel
 from methods import METHODS, Method
@@ -57,7 +57,7 @@ from util.errors import ConfigError, DataError, UserError, WeightsError
 from util.flops import device_peak_tflops, flop_counter, model_flops_utilisation
 from util.logging import code_version, setup_logger
 from util.precision import autocast_dtype
-from util.run import Progress, RunFolder, resume_differences
+from util.run import Progress, RunFolder, resume_differences, split_list_differences
 from util.schedule import ema_ratio, poly_lr, set_lr
 
 
@@ -192,6 +192,8 @@ class Trainer:
         wanted = cfg.train.global_batch * double if cfg.train.global_batch is not None else None
         self.plan = plan_batches(wanted, cfg.train.batch_size * double, info.world_size)
         torch.manual_seed(cfg.train.seed)
+        # {kind: SHA-256} of the lists it trains and validates on (none without data): kept in every checkpoint.
+        self.split_lists: dict[str, str] = {}
         self.loaders = self._build_data() if with_data else ()
         # Counted in optimizer steps: each takes `accumulation` micro-batches from every loader.
         self.iters_per_epoch = len(self.loaders[0]) // self.plan.accumulation if with_data else 1
@@ -257,6 +259,7 @@ class Trainer:
         val = SemiDataset(cfg, "val", split_path(cfg, "val"))
         # Training on a val or test tile, or one tile both labelled and unlabelled, is a list mistake.
         check_disjoint([split_path(cfg, kind) for kind in (*PER_PERCENT, *SHARED)], cfg.dataset.root)
+        self.split_lists = training_list_digests(cfg.dataset.splits, cfg.dataset.split)
         self.val_loader = build_eval_loader(val, cfg, info)
         return tuple(loaders)
 
@@ -283,7 +286,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "iteration": self.iteration, "iters_per_epoch": self.iters_per_epoch,
                 **self.progress.state(), "wall_seconds": self.wall_seconds(), "skipped_steps": self.skipped_steps,
-                "rng": rng, "config": self.cfg.to_dict(), "version": code_version()}
+                "rng": rng, "config": self.cfg.to_dict(), "split_lists": self.split_lists, "version": code_version()}
 
     def resume(self, path: Any, allow_changed: bool = False) -> dict[str, tuple]:
         """Continue from checkpoint `path`; returns the settings that changed since (see resume_differences)."""
@@ -292,6 +295,13 @@ class Trainer:
             raise WeightsError(f"{path} is not a checkpoint of this trainer (no training state: the authors' "
                                f"release?); evaluate it with eval/eval.py, and use another save_path for a new run")
         changed = resume_differences(ckpt["config"], self.cfg, path, allow_changed)
+        lists = split_list_differences(ckpt.get("split_lists"), self.split_lists)
+        if lists and not allow_changed:
+            raise WeightsError(f"{path} was trained on other split lists ({', '.join(lists)} of split "
+                               f"{self.cfg.dataset.split} under {self.cfg.dataset.splits} changed since); restore "
+                               f"them, pass --resume-changed to go on with the lists as they are now, or use another "
+                               f"save_path for a new run")
+        changed.update(lists)
         if ckpt["iters_per_epoch"] != self.iters_per_epoch:
             raise WeightsError(f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this "
                                f"run has {self.iters_per_epoch} (batch size, split or process count changed)")
@@ -331,7 +341,7 @@ class Trainer:
             "seed": cfg.train.seed, "epoch": epoch, "epochs": cfg.train.epochs, "iteration": self.iteration,
             "total_iters": self.total_iters, "finished": self.iteration >= self.total_iters,
             "wall_seconds": round(self.wall_seconds(), 1), "unit": "percent", "batch": self.plan.describe(),
-            **self.progress.state()})
+            "split_lists": self.split_lists, **self.progress.state()})
 
     # ------------------------------------------------------------------------------------------------
     # The step

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from util.cli import path_arg, run_main
 from util.errors import DataError, OutputError
-from util.io import atomic_paths, check_output_folder
+from util.io import atomic_paths, check_output_folder, file_sha256
 
 PERCENTS = ("1", "5", "10")
 # The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
@@ -50,6 +50,17 @@ def split_file(splits_dir: str | os.PathLike, kind: str, percent: str | None = N
     if kind not in SHARED:
         raise ValueError(f"unknown split list {kind!r}; one of {', '.join(PER_PERCENT + SHARED)}")
     return Path(splits_dir) / f"{kind}.txt"
+
+
+# The lists a training run reads (the test list is scored only after, and is checked then).
+TRAINING_LISTS = ("labeled", "unlabeled", "val")
+
+
+def training_list_digests(splits_dir: str | os.PathLike, percent: str) -> dict[str, str]:
+    """{kind: SHA-256} of the labelled, unlabelled and val lists of a run (those that exist): what a checkpoint
+    records, so that a resume or a rerun can tell that the lists it would train on have changed since."""
+    paths = {kind: split_file(splits_dir, kind, percent) for kind in TRAINING_LISTS}
+    return {kind: file_sha256(path) for kind, path in paths.items() if path.is_file()}
 
 
 @dataclass(frozen=True)

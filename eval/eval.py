@@ -36,8 +36,7 @@ from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
 from util.dist import cleanup, init_distributed
 from util.errors import DataError, WeightsError
-from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
-from util.run import file_sha256
+from util.io import atomic_paths, check_output_folder, file_sha256, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from model.convert import LoadedWeights

@@ -40,8 +40,7 @@ from util.catalog import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from util.cli import add_config_args, config_from_args, path_arg, run_main
 from util.config import Config
 from util.errors import ConfigError, OutputError, UserError
-from util.io import atomic_path, check_output_folder, is_temporary
-from util.run import file_sha256
+from util.io import atomic_path, check_output_folder, file_sha256, is_temporary
 
 if TYPE_CHECKING:
     import onnx

@@ -21,7 +21,6 @@ refused unless --replace is given.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import os
 import re
@@ -43,7 +42,7 @@ from model.weights import mismatch
 from util.cli import config_from_args, one_line, path_arg, run_main
 from util.config import Config
 from util.errors import ConfigError, OutputError, WeightsError, short_reason
-from util.io import atomic_path, check_output_folder, is_temporary, process_alive, remove_stale_temporaries
+from util.io import atomic_path, check_output_folder, file_sha256, is_temporary, process_alive, remove_stale_temporaries
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "loveda.yaml"
@@ -95,7 +94,6 @@ CLIP: dict[str, Source] = {
 PARTS = {"student": "model.pretrained", "dino": "teachers.dino.weights", "clip": "teachers.clip.weights"}
 USER_AGENT = "torch.hub"  # what download_url_to_file sends; the size query sends the same
 HEAD_TIMEOUT_S = 60
-CHUNK = 1 << 20
 # download_url_to_file's own temporary, beside the one it is given: "<dst>.<32 hex>.partial".
 PARTIAL = re.compile(r"^(?P<dst>.+)\.[0-9a-f]{32}\.partial$")
 
@@ -189,14 +187,6 @@ def plan(cfg: Config, only: list[str] | None, dest: Path | None) -> tuple[list[E
 # Checking a file
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_problem(path: Path, source: Source, label: str) -> str | None:
     """Why `path` does not load as the model `source` is for (through the project's readers), or None."""
     try:
@@ -219,7 +209,7 @@ def load_problem(path: Path, source: Source, label: str) -> str | None:
 def file_problem(path: Path, source: Source, label: str) -> str | None:
     """Why the file at `path` is not the official file of `source`, or None (`label`: the config keys)."""
     if source.sha256 is not None:
-        digest = sha256_of(path)
+        digest = file_sha256(path)
         if digest != source.sha256:
             return f"its SHA-256 is {digest[:16]}..., the published one {source.sha256[:16]}..."
     problem = load_problem(path, source, label)

@@ -35,7 +35,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from dataset.splits import split_file
+from dataset.splits import split_file, training_list_digests
 from util.cli import run_main, user_path
 from util.config import METHOD_NAMES, Config, describe_differences, load_config, parse_override
 from util.errors import ConfigError
@@ -141,9 +141,11 @@ def plan(args: argparse.Namespace, overrides: list[str], config: Path, exp: Path
 
 
 def refuse_other_settings(runs: list[Run]) -> None:
-    """A run folder that holds a run trained with other settings: one line naming it and the difference."""
+    """A run folder that holds a run trained with other settings or on other split lists: one line naming it and
+    the difference."""
     for run in runs:
-        diffs = saved_setting_differences(run.folder, run.cfg)
+        lists = training_list_digests(run.cfg.dataset.splits, run.cfg.dataset.split)
+        diffs = saved_setting_differences(run.folder, run.cfg, lists)
         if diffs:
             raise ConfigError(f"{run.folder} holds a run with other settings ({describe_differences(diffs)}); it "
                               f"would not be retrained and its scores would enter the table: remove or move it, or "

@@ -16,7 +16,7 @@ import eval.predict as predict_cli
 from model.convert import LoadedWeights
 from util.catalog import DATASETS
 from util.errors import DataError, WeightsError
-from util.run import file_sha256
+from util.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array(DATASETS["loveda"].palette, dtype=np.uint8)

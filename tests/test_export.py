@@ -31,7 +31,7 @@ from model.segmenter import build_segmenter
 from tests.train_fixtures import DEMO, assert_nothing_left, assert_one_line_error, invoke, snapshot, write_tiny_dataset
 from util.catalog import DATASETS
 from util.config import load_config
-from util.run import file_sha256
+from util.io import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread", "close_leaked_progress_bars")
 

@@ -10,7 +10,7 @@ import pytest
 from eval import report
 from util.cli import run_main
 from util.config import Config, save_config
-from util.run import file_sha256
+from util.io import file_sha256
 
 NO_TEACHERS = {"teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
                "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}}

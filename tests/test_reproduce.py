@@ -88,7 +88,8 @@ def test_reproduce_refuses_a_seed_that_is_not_a_number_before_any_run(tmp_path):
 
 
 def test_a_rerun_with_another_setting_is_refused_before_anything_runs(tmp_path):
-    """A finished run with train.epochs=3 and the same command with train.epochs=4: not 'finished before'."""
+    """A finished run with train.epochs=1 and the same command with train.epochs=2, or on a labelled list that
+    changed since: not 'finished before'."""
     root = tmp_path / "data"
     splits = write_tiny_dataset(root)
     overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=1)
@@ -106,6 +107,12 @@ def test_a_rerun_with_another_setting_is_refused_before_anything_runs(tmp_path):
     assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=1 (this config: 2)); "
                                    f"it would not be retrained and its scores would enter the table: remove or move "
                                    f"it, or set EXP to another folder for runs with these settings")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    # The same settings on a labelled list rewritten since (a resplit with another seed): refused as well.
+    labeled = splits / "10" / "labeled.txt"
+    labeled.write_text("".join(labeled.read_text().splitlines(keepends=True)[:-1]))
+    done = subprocess.run(cmd + overrides, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and f"error: {run} holds a run with other settings (labeled.txt=" in done.stderr
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 

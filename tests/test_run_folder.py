@@ -2,7 +2,12 @@
 
 from pathlib import Path
 
-from util.run import Progress, evaluation_problem, file_sha256
+import pytest
+import torch
+
+from tests.train_fixtures import DEMO, tiny_overrides, write_tiny_dataset
+from util.io import file_sha256
+from util.run import Progress, evaluation_problem
 
 
 def test_best_pth_follows_the_selected_weights_and_a_tie_goes_to_the_later_epoch():
@@ -36,3 +41,27 @@ def test_a_score_belongs_to_the_run_only_for_its_current_best_pth_on_its_current
     assert "which checkpoint" in evaluation_problem(progress, {"split": "test"}, test_list)
     test_list.write_text("b.png b_mask.png\n")
     assert "another test.txt" in evaluation_problem(progress, metrics, test_list)
+
+
+def test_a_run_resumed_after_its_split_lists_changed_is_refused_unless_told(tmp_path: Path):
+    """Every checkpoint keeps the digests of the labelled, unlabelled and val lists it was trained on: resuming
+    after a resample of the lists would otherwise train on other tiles without a word."""
+    from train import Trainer
+    from util.checkpoint import atomic_save
+    from util.config import load_config
+    from util.dist import DistInfo
+    from util.errors import WeightsError
+
+    splits = write_tiny_dataset(tmp_path / "data")
+    cfg = load_config(DEMO, tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised", 1))
+    info = DistInfo(0, 1, 0, torch.device("cpu"), True)
+    first = Trainer(cfg, info)
+    assert set(first.split_lists) == {"labeled", "unlabeled", "val"}
+    latest = tmp_path / "latest.pth"
+    atomic_save(first.state(1), latest)
+    assert Trainer(cfg, info).resume(latest) == {}                     # the same lists: resumes
+    labeled = splits / "10" / "labeled.txt"
+    labeled.write_text("".join(labeled.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(WeightsError, match=r"trained on other split lists \(labeled.txt of split 10 under "):
+        Trainer(cfg, info).resume(latest)
+    assert list(Trainer(cfg, info).resume(latest, allow_changed=True)) == ["labeled.txt"]

@@ -216,6 +216,17 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", allow: Iterab
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a checkpoint, a split list, a downloaded weight file), read in 1 MB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def open_image(path: str | os.PathLike) -> Image.Image:
     """PIL's Image.open under this project's pixel limit (MAX_IMAGE_PIXELS), refusing a header that declares
     more pixels than its file could hold (OSError); other errors propagate as PIL's."""

@@ -17,7 +17,6 @@ list it scored into metrics.json, so a score can always be matched to what produ
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import uuid
@@ -38,7 +37,7 @@ from util.config import (
     under,
 )
 from util.errors import WeightsError
-from util.io import FolderLock, check_output_folder, remove_stale_temporaries, write_text
+from util.io import FolderLock, check_output_folder, file_sha256, remove_stale_temporaries, write_text
 
 CONFIG, PROGRESS, LATEST, BEST, LOCK = "config.yaml", "progress.json", "latest.pth", "best.pth", ".lock"
 # Resuming under other values of these is refused outright: the saved weights or optimizer state would not
@@ -50,15 +49,6 @@ WEIGHT_SETS = ("student", "ema")
 def new_run_id() -> str:
     """A run's id: random, so that two runs (or a run and its re-creation in the same folder) never share one."""
     return uuid.uuid4().hex[:12]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (a checkpoint, a split list), read in 1 MB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,12 +226,31 @@ def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_l
     return None
 
 
-def saved_setting_differences(folder: str | os.PathLike, cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """How the run saved in `folder` (its config.yaml) differs from `cfg` in what it trains (FREE_KEYS aside):
-    {dotted key: (saved, cfg's)}, empty where they agree or where no run is saved there. Tools that skip
-    finished work ask this first: a run of other settings is neither reused nor silently trained over."""
+def split_list_differences(recorded: Any, current: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{"<kind>.txt": (recorded SHA-256, current one), 12 hex digits each} for each training list whose content
+    differs from the one a run recorded (dataset.splits.training_list_digests); empty where they agree or
+    nothing was recorded."""
+    if not isinstance(recorded, dict):
+        return {}
+    kinds = sorted(set(recorded) | set(current))
+    return {f"{kind}.txt": (str(recorded.get(kind, "none"))[:12], str(current.get(kind, "none"))[:12])
+            for kind in kinds if recorded.get(kind) != current.get(kind)}
+
+
+def saved_setting_differences(folder: str | os.PathLike, cfg: Config,
+                              split_lists: dict[str, str] | None = None) -> dict[str, tuple[Any, Any]]:
+    """How the run saved in `folder` differs from `cfg` in what it trains (FREE_KEYS aside): {dotted key: (saved,
+    cfg's)} from its config.yaml, and, given the digests of the lists `cfg` would train on (`split_lists`),
+    {"<kind>.txt": (recorded, current)} for each list whose content changed since the run recorded it
+    (progress.json). Empty where they agree or where no run is saved there. Tools that skip finished work ask
+    this first: a run of other settings or other lists is neither reused nor silently trained over."""
     path = Path(folder) / CONFIG
-    return setting_differences(read_yaml(path), cfg.to_dict()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    diffs: dict[str, tuple[Any, Any]] = setting_differences(read_yaml(path), cfg.to_dict())
+    if split_lists is not None:
+        diffs.update(split_list_differences((read_progress(folder) or {}).get("split_lists"), split_lists))
+    return diffs
 
 
 def protocol_evaluation(folder: str | os.PathLike, test_list: Path, mode: str = "original") -> Path | None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.images import open_labels, rgb_array
-from dataset.splits import read_list, split_file
+from dataset.splits import read_list, split_file, training_list_digests
 from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
 from util.cli import path_arg, run_main
@@ -482,7 +482,7 @@ def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subpro
     overrides = [f"dataset.root={work / 'loveda'}", f"dataset.splits={work / 'splits'}", *overrides,
                  f"save_path={run_dir}"]
     cfg = load_config(CONFIG, overrides)
-    diffs = saved_setting_differences(run_dir, cfg)
+    diffs = saved_setting_differences(run_dir, cfg, training_list_digests(cfg.dataset.splits, cfg.dataset.split))
     if diffs:
         raise ConfigError(f"{run_dir} holds a run with other settings ({describe_differences(diffs)}); use another "
                           f"--work, or remove the run")
