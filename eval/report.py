@@ -10,8 +10,9 @@ Every number says where it came from. A test score counts only if its metrics.js
 best.pth (the run id and iteration that progress.json names) on the test list the run's config names, with
 the same content; any other evaluation (of latest.pth, of an earlier best.pth, of another list) is listed
 under "Ignored evaluations" with the reason. The table shows each test score's mode and weights. Seeds are
-pooled into one row only where every other setting is the same; runs that differ in more (FREE_KEYS aside:
-paths, workers, logging) get rows of their own, labelled with what differs. Folders that look like runs but
+pooled into one row only where every other setting is the same and they trained on lists of the same content
+(progress.json's split_lists); runs that differ in more (FREE_KEYS aside: paths, workers, logging) get rows of
+their own, labelled with what differs. Folders that look like runs but
 cannot be read are listed, never fatal.
 """
 
@@ -247,8 +248,13 @@ def read_run(folder: Path) -> tuple[Run, list[tuple[str, str]]]:
     raw = state.pop("raw")
     state["selected_by"] = state["selected_by"] or cfg["best_by"]
     evals, ignored = read_evals(folder, raw, cfg["test_list"])
+    settings = dict(cfg["settings"])
+    lists = raw.get("split_lists")
+    if isinstance(lists, dict) and lists:
+        # Seeds pool only where they trained on the same lists, not merely on lists at the same path.
+        settings["split_lists"] = {kind: str(digest)[:12] for kind, digest in sorted(lists.items())}
     run = Run(folder=str(folder), dataset=cfg["dataset"], method=cfg["method"], split=cfg["split"], seed=cfg["seed"],
-              ablation=cfg["ablation"], settings=cfg["settings"], **state, evals=evals)
+              ablation=cfg["ablation"], settings=settings, **state, evals=evals)
     run.test = pick_test(evals, run.selected_by)
     return run, ignored
 

@@ -229,6 +229,24 @@ def test_seeds_are_pooled_only_where_every_other_setting_is_the_same(tmp_path, s
     assert "| fixmatch | - [train.epochs=6] | 10 | 1 (3) |" in (out / "report.md").read_text()
 
 
+def test_seeds_trained_on_lists_of_other_content_are_not_pooled(tmp_path, splits) -> None:
+    """The same settings and split folder, but the labelled list was resampled between two seeds' runs."""
+    lists = {1: {"labeled": "a" * 64, "val": "c" * 64}, 2: {"labeled": "a" * 64, "val": "c" * 64},
+             3: {"labeled": "b" * 64, "val": "c" * 64}}
+    for seed, recorded in lists.items():
+        run = tmp_path / "exp" / f"seed{seed}"
+        make_config(run, "fixmatch", "10", seed, splits)
+        make_progress(run, 50.0, 3, 49.0, 3)
+        progress = json.loads((run / "progress.json").read_text())
+        (run / "progress.json").write_text(json.dumps({**progress, "split_lists": recorded}))
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    rows = sorted(rows_of(out).values(), key=lambda r: r["seeds"])
+    assert [r["seeds"] for r in rows] == [[1, 2], [3]]
+    assert rows[0]["differs"].startswith('split_lists={"labeled": "aaaaaaaaaaaa"')
+    assert rows[1]["differs"].startswith('split_lists={"labeled": "bbbbbbbbbbbb"')
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The command
 
