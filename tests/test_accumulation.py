@@ -147,6 +147,20 @@ def test_the_reference_supervised_epoch_is_the_labelled_list_repeated_to_at_leas
     assert (t.epoch_length, t.plan.micro_batch, t.iters_per_epoch) == (epoch, 4, epoch // 4)
 
 
+def scripted_evaluation(monkeypatch: pytest.MonkeyPatch) -> list:
+    """train.evaluate replaced by a fixed score of 50 %; returns the list of the `excluded` it is called with."""
+    import train
+
+    seen: list = []
+
+    def scripted(model, loader, cfg, device, info, max_visualize=0, excluded=None):
+        seen.append(excluded)
+        return {"miou": 50.0, "iou": [50.0] * 7, "classes_in_mean": list(range(7)), "samples": []}
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    return seen
+
+
 @pytest.mark.slow
 def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(monkeypatch, tmp_path: Path):
     """The authors validate on every class (clutter, unknown) and keep best.pth by that; the test-time exclusions
@@ -154,13 +168,7 @@ def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(mo
     import train
     from tests.train_fixtures import tiny_overrides, write_tiny_dataset
 
-    seen = []
-
-    def scripted(model, loader, cfg, device, info, max_visualize=0, excluded=None):
-        seen.append(excluded)
-        return {"miou": 50.0, "iou": [50.0] * 7, "classes_in_mean": list(range(7)), "samples": []}
-
-    monkeypatch.setattr(train, "evaluate", scripted)
+    seen = scripted_evaluation(monkeypatch)
     splits = write_tiny_dataset(tmp_path / "data", size=16)
     for best_on, excluded in (("all_classes", ()), ("scored_classes", None)):
         seen.clear()
@@ -175,23 +183,15 @@ def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(mo
 @pytest.mark.parametrize(("best_on", "excluded"), [("all_classes", ()), ("scored_classes", None)])
 def test_validation_scores_every_class_or_the_scored_ones_as_best_on_says(best_on, excluded, monkeypatch, tmp_path):
     """Fast, in-process: what Trainer.evaluate asks the scorer to exclude (the end-to-end run is above)."""
-    import train
     from tests.train_fixtures import tiny_overrides, write_tiny_dataset
 
-    seen = []
-
-    def scripted(model, loader, cfg, device, info, max_visualize=0, excluded=None):
-        seen.append(excluded)
-        return {"miou": 50.0, "iou": [50.0] * 7, "classes_in_mean": list(range(7)), "samples": []}
-
-    monkeypatch.setattr(train, "evaluate", scripted)
+    seen = scripted_evaluation(monkeypatch)
     splits = write_tiny_dataset(tmp_path / "data", size=16)
     cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised"),
                              f"train.best_on={best_on}"])
     t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
     t.evaluate(1)
     assert seen == [excluded, excluded]   # student and EMA alike
-
 
 def test_epoch_samples_sets_the_draws_of_an_epoch_for_every_method(tmp_path: Path):
     """train.epoch_samples: an epoch of that many draws from each list (a random part of a long unlabelled list,
