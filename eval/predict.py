@@ -60,11 +60,12 @@ from eval.inference import Model, count_windows, predict_logits, predict_rows, r
 from eval.inputs import collect_inputs
 from eval.maps import Outputs, Style, legend_png, open_outputs
 from eval.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
+from model.convert import LoadedWeights
 from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
 from util.errors import ConfigError, DataError, UserError, short_reason
-from util.io import check_output_folder, remove_stale_temporaries
+from util.io import check_output_folder, file_sha256, remove_stale_temporaries
 from util.precision import autocast_dtype
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -125,13 +126,28 @@ def predict_scene(model: Model, scene: Scene, outputs: Outputs, settings: Settin
         outputs.write(top, labels)
 
 
-def run_style(cfg: Config, settings: Settings, alpha: float, checkpoint: str, cog: bool = True) -> Style:
-    """The classes, colours, opacity and provenance tags every output of this run shares."""
+def provenance_tags(checkpoint: str | Path, loaded: LoadedWeights) -> dict[str, str]:
+    """Which weights made a map: the checkpoint's absolute path and SHA-256, the run id, iteration and epoch it
+    was saved at (where it says; not the authors' files), and student or EMA. The same identity eval.py writes
+    into metrics.json, so that a map can be matched to a run and a score."""
+    path = Path(checkpoint).absolute()
+    tags = {"CHECKPOINT": str(path), "WEIGHTS": loaded.which}
+    if path.is_file():
+        tags["CHECKPOINT_SHA256"] = file_sha256(path)
+    for key in ("run_id", "iteration", "epoch"):
+        if loaded.source.get(key) is not None:
+            tags[f"CHECKPOINT_{key.upper()}"] = str(loaded.source[key])
+    return tags
+
+
+def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[str, str],
+              cog: bool = True) -> Style:
+    """The classes, colours, opacity and provenance tags (`provenance_tags`) every output of this run shares."""
     info = DATASETS[cfg.dataset.name]
     tags = {"CLASS_NAMES": ",".join(info.class_names),
             **{f"CLASS_{c}": name for c, name in enumerate(info.class_names)},
             "CLASS_COLORS": ";".join(",".join(map(str, rgb)) for rgb in info.palette),
-            "NODATA_CLASS": str(IGNORE_INDEX), "DATASET": info.name, "CHECKPOINT": Path(checkpoint).name,
+            "NODATA_CLASS": str(IGNORE_INDEX), "DATASET": info.name, **provenance,
             "MODE": settings.mode, "BLEND": settings.blend if settings.mode == "sliding_window" else "",
             "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
             "TIFFTAG_SOFTWARE": "RS-MTDF eval/predict.py"}
@@ -146,14 +162,14 @@ def remove_leftovers(out: Path) -> None:
 
 
 def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, device: torch.device,
-                  settings: Settings, alpha: float = 0.5, checkpoint: str = "", reading: Reading = DEFAULT_READING,
-                  cog: bool = True) -> list[str]:
+                  settings: Settings, alpha: float = 0.5, provenance: dict[str, str] | None = None,
+                  reading: Reading = DEFAULT_READING, cog: bool = True) -> list[str]:
     """Write the outputs of every scene into `out`, each read as `reading` says (COGs unless `cog` is False);
     a scene that fails is reported and skipped. Returns the failures' messages, in order."""
     import rasterio
     from rasterio.errors import RasterioError
 
-    style = run_style(cfg, settings, alpha, checkpoint, cog)
+    style = run_style(cfg, settings, alpha, provenance or {}, cog)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     remove_leftovers(out)
     plan = [planned_windows(p, settings) for p in paths]
@@ -300,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = collect_inputs(inputs, out)
     check_output_folder(out, "--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
-    failures = predict_files(model, paths, out, cfg, device, settings, args.alpha, args.checkpoint, reading,
-                             args.cog)
+    model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
+    failures = predict_files(model, paths, out, cfg, device, settings, args.alpha,
+                             provenance_tags(args.checkpoint, loaded), reading, args.cog)
     written = len(paths) - len(failures)
     if failures:
         raise DataError(f"{len(failures)} of {len(paths)} scene(s) failed (first: {failures[0]}); "

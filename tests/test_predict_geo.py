@@ -23,6 +23,7 @@ from rasterio.transform import Affine
 import eval.predict as predict_cli
 from dataset.transforms import normalize
 from eval.inference import importance_map, predict_logits, predict_rows
+from model.convert import LoadedWeights
 from util.catalog import DATASETS
 from util.cli import run_main
 from util.errors import DataError
@@ -37,9 +38,9 @@ TRANSFORM = Affine(0.5, 0.0, 389_000.0, 0.0, -0.5, 5_819_000.0)  # 0.5 m pixels,
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, str]:
+def tiny_model(cfg=None, checkpoint=None, which=None, device=None) -> tuple[torch.nn.Module, LoadedWeights]:
     torch.manual_seed(0)
-    return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), which or "student"
+    return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), LoadedWeights(which or "student", {})
 
 
 @pytest.fixture
@@ -134,6 +135,32 @@ def test_geotiff_in_gives_georeferenced_compressed_tiled_masks_with_colour_table
         assert legend.format == "PNG" and legend.height > 7 * 15
 
 
+def test_a_map_says_which_checkpoint_made_it_as_eval_does(tmp_path, monkeypatch, capfd):
+    """Path, SHA-256, the run id and iteration the checkpoint was saved at, and student or EMA: a map from best.pth
+    of one run can be told from one of latest.pth or of another run."""
+    from util.io import file_sha256
+
+    def loaded_ema(cfg=None, checkpoint=None, which=None, device=None):
+        model, _ = tiny_model()
+        return model, LoadedWeights("ema", {"run_id": "5f1e2d3c4b5a", "iteration": 40, "epoch": 2,
+                                            "selected_by": "ema"})
+
+    monkeypatch.setattr(predict_cli, "load_model", loaded_ema)
+    checkpoint = tmp_path / "run" / "best.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    write_geotiff(tmp_path / "scene.tif", 40, 30)
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", str(checkpoint),
+                        str(tmp_path / "scene.tif"), "--out", str(tmp_path / "pred")], capfd)
+    assert code == 0, err
+    with rasterio.open(tmp_path / "pred" / "scene_mask.tif") as ds:
+        tags = ds.tags()
+    assert tags["CHECKPOINT"] == str(checkpoint) and tags["CHECKPOINT_SHA256"] == file_sha256(checkpoint)
+    assert (tags["CHECKPOINT_RUN_ID"], tags["CHECKPOINT_ITERATION"], tags["CHECKPOINT_EPOCH"]) == (
+        "5f1e2d3c4b5a", "40", "2")
+    assert tags["WEIGHTS"] == "ema"
+
+
 def test_nodata_of_the_input_is_class_255_and_nodata_of_the_mask(tmp_path, stub, capfd):
     path = tmp_path / "scene.tif"
     data = write_geotiff(path, 80, 90, nodata=0)
@@ -191,10 +218,11 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import torch
     import eval.predict as predict
+    from model.convert import LoadedWeights
 
     def tiny(cfg, checkpoint, which, device):
         torch.manual_seed(0)
-        return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), "student"
+        return torch.nn.Conv2d(3, 7, 3, padding=1).eval(), LoadedWeights("student", {})
 
     predict.load_model = tiny
     code = predict.main(sys.argv[2:])
@@ -281,7 +309,7 @@ def test_gaussian_blending_leaves_no_seams_where_uniform_does():
 
 
 def test_predict_blends_gaussian_by_default_and_uniform_on_request(tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr(predict_cli, "load_model", lambda *a: (border_artefact, "student"))
+    monkeypatch.setattr(predict_cli, "load_model", lambda *a: (border_artefact, LoadedWeights("student", {})))
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.full((100, 130, 3), 128, np.uint8)).save(tmp_path / "imgs" / "a.png")
     cfg = write_config(tmp_path)
