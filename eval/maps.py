@@ -104,9 +104,10 @@ class PngOutputs(Outputs):
         # Created only once there is something to put in it: a failure on the first image leaves nothing.
         self.out.mkdir(parents=True, exist_ok=True)
         paths = [self.out / f"{self.stem}_{kind}.png" for kind in PICTURES]
-        save_png(self.mask, paths[0])
-        save_png(color, paths[1])
-        save_png(overlay(rgb, color, self.style.alpha), paths[2])
+        tags = {**self.style.tags, **self.scene.tags()}  # the GeoTIFFs' tags, as PNG text
+        save_png(self.mask, paths[0], tags)
+        save_png(color, paths[1], tags)
+        save_png(overlay(rgb, color, self.style.alpha), paths[2], tags)
         return paths + [self._legend()]
 
 

@@ -159,6 +159,16 @@ def test_a_map_says_which_checkpoint_made_it_as_eval_does(tmp_path, monkeypatch,
     assert (tags["CHECKPOINT_RUN_ID"], tags["CHECKPOINT_ITERATION"], tags["CHECKPOINT_EPOCH"]) == (
         "5f1e2d3c4b5a", "40", "2")
     assert tags["WEIGHTS"] == "ema"
+    # PNG in, PNG out: the same tags as the PNGs' text.
+    Image.fromarray(scene_pixels(30, 40).transpose(1, 2, 0).copy()).save(tmp_path / "plain.png")
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", str(checkpoint),
+                        str(tmp_path / "plain.png"), "--out", str(tmp_path / "pred")], capfd)
+    assert code == 0, err
+    for kind in ("mask", "color", "overlay"):
+        with Image.open(tmp_path / "pred" / f"plain_{kind}.png") as png:
+            assert {k: png.text[k] for k in tags if k.startswith(("CHECKPOINT", "WEIGHTS"))} == {
+                k: v for k, v in tags.items() if k.startswith(("CHECKPOINT", "WEIGHTS"))}
+            assert png.text["CLASS_NAMES"] == tags["CLASS_NAMES"]
 
 
 def test_nodata_of_the_input_is_class_255_and_nodata_of_the_mask(tmp_path, stub, capfd):
