@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     set_metadata(proto, {**deepness_metadata(cfg, tile, percent, resolution),
                          "rs_mtdf_dataset": info.name, "rs_mtdf_checkpoint": checkpoint.name,
                          "rs_mtdf_checkpoint_sha256": file_sha256(checkpoint), "rs_mtdf_weights": loaded.which,
+                         **{f"rs_mtdf_checkpoint_{key}": loaded.source[key] for key in ("run_id", "iteration", "epoch")
+                            if loaded.source.get(key) is not None},
                          "rs_mtdf_window": tile, "rs_mtdf_stride": stride,
                          "rs_mtdf_input": "RGB float32 in 0..1, (batch, 3, tile, tile); ImageNet normalisation inside",
                          "rs_mtdf_output": "class probabilities (softmax inside), (batch, classes, tile, tile)"})

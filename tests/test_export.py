@@ -139,6 +139,8 @@ def test_metadata_holds_what_deepness_reads(exported):
     # The normalisation is inside the graph: Deepness must not standardize again.
     assert "standardization_mean" not in meta and "standardization_std" not in meta
     assert meta["rs_mtdf_weights"] == "student" and meta["rs_mtdf_checkpoint_sha256"] == file_sha256(ckpt)
+    assert (meta["rs_mtdf_checkpoint_run_id"], meta["rs_mtdf_checkpoint_iteration"],
+            meta["rs_mtdf_checkpoint_epoch"]) == ("test", 10, 1)   # as write_checkpoint saved them
 
     # One input (batch, 3, tile, tile), batch dynamic; one square output (batch, classes, tile, tile).
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
