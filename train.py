@@ -57,7 +57,7 @@ from util.errors import ConfigError, DataError, UserError, WeightsError
 from util.flops import device_peak_tflops, flop_counter, model_flops_utilisation
 from util.logging import code_version, setup_logger
 from util.precision import autocast_dtype
-from util.run import Progress, RunFolder, resume_differences, split_list_differences
+from util.run import Progress, RunFolder, resume_differences
 from util.schedule import ema_ratio, poly_lr, set_lr
 
 
@@ -294,14 +294,8 @@ class Trainer:
         if not {"config", "iteration", "optimizer", "run_id"} <= set(ckpt):
             raise WeightsError(f"{path} is not a checkpoint of this trainer (no training state: the authors' "
                                f"release?); evaluate it with eval/eval.py, and use another save_path for a new run")
-        changed = resume_differences(ckpt["config"], self.cfg, path, allow_changed)
-        lists = split_list_differences(ckpt.get("split_lists"), self.split_lists)
-        if lists and not allow_changed:
-            raise WeightsError(f"{path} was trained on other split lists ({', '.join(lists)} of split "
-                               f"{self.cfg.dataset.split} under {self.cfg.dataset.splits} changed since); restore "
-                               f"them, pass --resume-changed to go on with the lists as they are now, or use another "
-                               f"save_path for a new run")
-        changed.update(lists)
+        changed = resume_differences(ckpt["config"], self.cfg, path, allow_changed, ckpt.get("split_lists"),
+                                     self.split_lists)
         if ckpt["iters_per_epoch"] != self.iters_per_epoch:
             raise WeightsError(f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this "
                                f"run has {self.iters_per_epoch} (batch size, split or process count changed)")

@@ -165,17 +165,31 @@ class RunFolder:
         write_text(self.path / PROGRESS, json.dumps(progress, indent=2) + "\n")
 
 
-def resume_differences(saved: dict[str, Any], cfg: Config, path: Path, allow_changed: bool) -> dict[str, tuple]:
-    """The settings that changed since the checkpoint at `path` was written (FREE_KEYS aside).
+def split_list_differences(recorded: Any, current: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """{"<kind>.txt": (recorded SHA-256, current one), 12 hex digits each} for each training list whose content
+    differs from the one a run recorded (dataset.splits.training_list_digests); empty where they agree or
+    nothing was recorded."""
+    if not isinstance(recorded, dict):
+        return {}
+    kinds = sorted(set(recorded) | set(current))
+    return {f"{kind}.txt": (str(recorded.get(kind, "none"))[:12], str(current.get(kind, "none"))[:12])
+            for kind in kinds if recorded.get(kind) != current.get(kind)}
 
-    Another model is refused; other settings need `allow_changed` (--resume-changed), and are then returned
-    so that the caller logs them.
+
+def resume_differences(saved: dict[str, Any], cfg: Config, path: Path, allow_changed: bool,
+                       saved_lists: Any = None, lists: dict[str, str] | None = None) -> dict[str, tuple]:
+    """The settings that changed since the checkpoint at `path` was written (FREE_KEYS aside), and the training
+    lists whose content changed (`split_list_differences` of the checkpoint's `saved_lists` and `lists`).
+
+    Another model is refused; other settings or lists need `allow_changed` (--resume-changed), and are then
+    returned so that the caller logs them.
     """
     model = model_differences(saved, cfg.to_dict(), ARCHITECTURE_KEYS)
     if model:
         raise WeightsError(f"{path} belongs to a run of another model ({describe_differences(model)}); use another "
                            f"save_path (or --save-path) for a new run")
     diffs = {k: v for k, v in setting_differences(saved, cfg.to_dict()).items() if not under(k, ARCHITECTURE_KEYS)}
+    diffs.update(split_list_differences(saved_lists, lists or {}))
     if diffs and not allow_changed:
         raise WeightsError(f"{path} was written with other settings ({describe_differences(diffs)}); to go on with "
                            f"the new values pass --resume-changed, or use another save_path for a new run")
@@ -224,17 +238,6 @@ def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_l
         if recorded != file_sha256(test_list):
             return f"scored another {test_list.name} than the run's {test_list} holds now"
     return None
-
-
-def split_list_differences(recorded: Any, current: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """{"<kind>.txt": (recorded SHA-256, current one), 12 hex digits each} for each training list whose content
-    differs from the one a run recorded (dataset.splits.training_list_digests); empty where they agree or
-    nothing was recorded."""
-    if not isinstance(recorded, dict):
-        return {}
-    kinds = sorted(set(recorded) | set(current))
-    return {f"{kind}.txt": (str(recorded.get(kind, "none"))[:12], str(current.get(kind, "none"))[:12])
-            for kind in kinds if recorded.get(kind) != current.get(kind)}
 
 
 def saved_setting_differences(folder: str | os.PathLike, cfg: Config,
