@@ -1,6 +1,6 @@
 """Model FLOPs utilisation: FLOPs counted on a real step, over the GPU's dense bf16 peak.
 
-The trainer counts the FLOPs of its first step with `count_flops` (PyTorch's FlopCounterMode: 2 FLOPs per
+The trainer counts the FLOPs of its first step with `flop_counter` (PyTorch's FlopCounterMode: 2 FLOPs per
 multiply-add of every matmul, convolution and attention; elementwise work is memory-bound and not counted)
 and logs MFU = FLOPs per step / seconds per step / peak, where the peak is known (`peak_bf16_tflops`).
 """

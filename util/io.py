@@ -172,16 +172,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def save_png(array: Any, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
     """Write a uint8 (H, W) or (H, W, 3) numpy array as a PNG file, atomically (failures as in write_bytes), with
     `text` as its metadata (UTF-8 iTXt chunks: what `Image.open(path).text` and `exiftool` show)."""
+    import io
+
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
-    try:
-        with atomic_path(path) as tmp:
-            Image.fromarray(array).save(tmp, format="PNG", pnginfo=info)
-    except OSError as e:
-        raise OutputError(f"could not write {path}: {e.strerror or e}; the previous file is unchanged") from None
+    encoded = io.BytesIO()
+    Image.fromarray(array).save(encoded, format="PNG", pnginfo=info)
+    write_bytes(path, encoded.getvalue())
 
 
 def _fsync(path: Path) -> None:
