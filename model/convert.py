@@ -16,7 +16,7 @@ from model.segmenter import Segmenter
 from model.weights import mismatch, require_file
 from util.config import Config, describe_differences, model_differences
 from util.errors import WeightsError, short_reason
-from util.io import torch_load
+from util.io import torch_file_damage, torch_load
 from util.run import checkpoint_identity
 
 # The authors keep their frozen teachers inside every checkpoint; ours are rebuilt from pretrained/.
@@ -78,6 +78,9 @@ def read_checkpoint(path: Path) -> dict:
     try:
         obj = torch_load(path, allow=_numpy_globals())
     except Exception as e:  # noqa: BLE001 - every failure here is a file the user handed us
+        damage = torch_file_damage(path, e)
+        if damage:
+            raise WeightsError(f"checkpoint {path} is {damage}") from None
         try:
             needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from util.errors import WeightsError, short_reason
-from util.io import torch_load
+from util.io import torch_file_damage, torch_load
 
 SHOWN = 3  # mismatching keys named in an error message
 
@@ -49,6 +49,9 @@ def load_tensors(path: Path, config_key: str) -> dict:
     try:
         obj = torch_load(path)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means the file is not ours to read
+        damage = torch_file_damage(path, e)
+        if damage:
+            raise WeightsError(f"{config_key}: weight file {path} is {damage}; fetch or copy it again") from None
         raise WeightsError(f"{config_key}: cannot read {path} as a weight file ({short_reason(e)})") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{config_key}: {path} holds a {type(obj).__name__}, not a state dict")

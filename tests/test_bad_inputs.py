@@ -416,7 +416,7 @@ def _(env: Env):
 def _(env: Env):
     ckpt = env.checkpoint()
     truncate(ckpt)
-    return env.eval(checkpoint=ckpt), [str(ckpt)]
+    return env.eval(checkpoint=ckpt), [str(ckpt), "damaged or incomplete"]
 
 
 @case("eval-checkpoint-missing", "eval")

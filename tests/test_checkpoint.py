@@ -31,13 +31,34 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]
 
 
-def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize("keep", [0, 10, 300, -1])
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_truncated_checkpoint_is_called_damaged_by_every_loader(tmp_path, keep, legacy):
+    # Every loader of .pth files: ours (resume, run folders), eval/predict/export's, and the weight files'.
+    from model.convert import read_checkpoint
+    from model.weights import load_tensors
+
     path = tmp_path / "latest.pth"
-    atomic_save({"model": {"w": torch.zeros(1000)}}, path)
-    path.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(WeightsError, match="truncated or not a checkpoint") as e:
-        load_own_checkpoint(path)
-    assert "\n" not in str(e.value)
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, path, _use_new_zipfile_serialization=not legacy)
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+    for load in (load_own_checkpoint, read_checkpoint, lambda p: load_tensors(p, "model.pretrained")):
+        with pytest.raises(WeightsError) as e:
+            load(path)
+        message = str(e.value)
+        assert "damaged or incomplete" in message and str(path) in message, message
+        assert "not a checkpoint" not in message and "\n" not in message
+
+
+def test_a_whole_file_of_another_kind_is_not_called_damaged(tmp_path):
+    from model.convert import read_checkpoint
+
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    for load in (load_own_checkpoint, read_checkpoint):
+        with pytest.raises(WeightsError) as e:
+            load(path)
+        assert "damaged" not in str(e.value) and "not a checkpoint" in str(e.value)
 
 
 class Foreign:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from util.errors import WeightsError, short_reason
-from util.io import atomic_path, torch_load
+from util.io import atomic_path, torch_file_damage, torch_load
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -39,7 +39,10 @@ def load_own_checkpoint(path: str | os.PathLike, map_location: str | torch.devic
     try:
         ckpt = torch_load(path, map_location)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
-        raise WeightsError(f"cannot read checkpoint {path}: truncated or not a checkpoint of this code "
+        damage = torch_file_damage(path, e)
+        if damage:
+            raise WeightsError(f"checkpoint {path} is {damage}") from None
+        raise WeightsError(f"cannot read checkpoint {path}: not a checkpoint of this code "
                            f"({short_reason(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a checkpoint of this code (no 'model' entry)")

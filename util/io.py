@@ -220,6 +220,52 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", allow: Iterab
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# torch.save writes a zip archive; its older format (before torch 1.6, or _use_new_zipfile_serialization=False)
+# opens with this pickle of its magic number, then four more pickles (protocol, system info, the object, the
+# storage keys) and the storages' bytes.
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def torch_file_damage(path: str | os.PathLike, error: BaseException) -> str | None:
+    """Why a torch file that `torch_load` could not read is damaged or incomplete ('damaged or incomplete (...)',
+    for the caller's 'checkpoint X is ...'); None where the file looks whole, so that the failure is its
+    content (another project's pickle, another format)."""
+    import zipfile
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_TORCH_MAGIC))
+            cut_pickles = head == LEGACY_TORCH_MAGIC and _pickles_end_early(f, 4)
+    except OSError:
+        return None
+    why = None
+    if size == 0:
+        why = "the file is empty"
+    elif size < len(LEGACY_TORCH_MAGIC) and (ZIP_MAGIC.startswith(head[:4]) or LEGACY_TORCH_MAGIC.startswith(head)):
+        why = f"only the first {size} bytes of a torch file"
+    elif head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive whose directory is its last bytes: a cut file has none.
+        why = f"a zip archive of {size:,} bytes whose end is missing"
+    elif head == LEGACY_TORCH_MAGIC and (cut_pickles or "unexpected EOF" in str(error)):
+        why = f"torch's older format, ending early at {size:,} bytes"
+    return f"damaged or incomplete ({why}: an interrupted copy, download or save?)" if why else None
+
+
+def _pickles_end_early(f: Any, count: int) -> bool:
+    """Whether the file ends before `count` more whole pickles (read as opcodes: nothing is unpickled)."""
+    import pickletools
+
+    try:
+        for _ in range(count):
+            for _ in pickletools.genops(f):
+                pass
+    except ValueError:  # pickletools' word for bytes that end inside an opcode or before STOP
+        return True
+    return False
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (a checkpoint, a split list, a downloaded weight file), read in 1 MB chunks."""
     import hashlib
