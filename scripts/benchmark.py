@@ -47,9 +47,8 @@ from util.cli import add_config_args, run_main, user_path
 from util.config import Config, load_config
 from util.dist import init_distributed
 from util.ema import ema_update
-from util.errors import OutputError
 from util.flops import model_flops_utilisation, peak_bf16_tflops
-from util.io import check_output_folder, write_text
+from util.io import check_output_file, write_text
 from util.precision import autocast_dtype
 from util.schedule import ema_ratio
 
@@ -354,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if args.out:
         # Checked before minutes of measuring, not after.
-        check_output_folder(Path(args.out).absolute().parent, "--out")
-        if Path(args.out).is_dir():
-            raise OutputError(f"--out {args.out} is a folder; give a file name such as bench.json")
+        check_output_file(args.out, "--out")
 
     extra = RANDOM_WEIGHTS + (TINY if args.tiny else [])
     extra += [f"train.precision={args.precision}"] * (args.precision is not None)

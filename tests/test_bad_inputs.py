@@ -173,6 +173,7 @@ class Env:
         return path
 
 
+LONG_NAME = "run_" + "x" * 260  # a folder name over NAME_MAX (255 bytes on the usual file systems)
 # Index of the tiny dataset's files: labelled 0-3, unlabelled 4-11, val (and test) 12-13.
 LABELED, VAL = 0, 12
 
@@ -498,6 +499,11 @@ def _(env: Env):
     return env.train(f"save_path={inner}"), ["save_path", str(inner), "cannot be created", "is a file"]
 
 
+@case("train-save-path-name-too-long", "train")
+def _(env: Env):
+    return env.train(f"save_path={env.tmp / LONG_NAME / 'run'}"), ["save_path", "264 bytes", "255"]
+
+
 @case("train-save-path-unknown-placeholder", "train")
 def _(env: Env):
     return env.train(f"save_path={env.tmp / 'exp' / '{seed}'}"), ["save_path", "{seed}", "{dataset}"]
@@ -541,6 +547,11 @@ def _(env: Env):
     return env.eval("--out", str(out)), ["--out", str(out), "is a file"]
 
 
+@case("eval-out-name-too-long", "eval")
+def _(env: Env):
+    return env.eval("--out", str(env.tmp / LONG_NAME)), ["--out", "264 bytes", "255"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # predict
 
@@ -567,6 +578,13 @@ def _(env: Env):
     return env.predict(str(missing), checkpoint=env.tmp / "absent.pth"), [str(missing)]
 
 
+@case("predict-out-name-too-long", "predict")
+def _(env: Env):
+    argv = env.predict(str(env.image(VAL)))
+    argv[argv.index("--out") + 1] = str(env.tmp / LONG_NAME / "pred")
+    return argv, ["--out", "264 bytes", "255"]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # prepare
 
@@ -574,6 +592,15 @@ def _(env: Env):
 def prepare_argv(env: Env, raw: Path) -> list[str]:
     return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--splits", str(env.tmp / "splits_out"),
             "--resplit", "--workers", "1"]
+
+
+@case("prepare-out-name-too-long", "prepare")
+def _(env: Env):
+    raw = env.tmp / "raw"
+    write_loveda(raw, np.random.default_rng(0), size=32, count=1)
+    argv = prepare_argv(env, raw)
+    argv[argv.index("--out") + 1] = str(env.tmp / LONG_NAME)
+    return argv, ["--out", "264 bytes", "255"]
 
 
 @case("prepare-raw-folder-missing", "prepare")

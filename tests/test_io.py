@@ -11,6 +11,8 @@ from util.errors import OutputError
 from util.io import (
     atomic_path,
     atomic_paths,
+    check_output_file,
+    check_output_folder,
     is_temporary,
     save_png,
     temporary_path,
@@ -104,3 +106,23 @@ def test_stale_temporaries_of_dead_writers_go_and_those_of_living_ones_stay(tmp_
     (tmp_path / "latest.pth").write_bytes(b"whole")
     assert remove_stale_temporaries(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "latest.pth"])
+
+
+def test_a_name_over_the_file_systems_limit_is_one_output_error_for_folders_and_files(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits = "a" * limit
+    assert check_output_folder(tmp_path / fits / "b", "--out") == tmp_path / fits / "b"
+    for path in (tmp_path / ("a" * (limit + 1)) / "b", tmp_path / "b" / ("é" * (limit // 2 + 1))):
+        with pytest.raises(OutputError, match=rf"^--out: the name '.*' is \d+ bytes, more than the {limit} "):
+            check_output_folder(path, "--out")
+    # A file is first written under its temporary name, which is longer: the room left is what counts.
+    room = limit - (len(temporary_path("x").name) - 1)
+    assert check_output_file(tmp_path / ("f" * room), "--out") == tmp_path / ("f" * room)
+    with pytest.raises(OutputError, match=rf"is {room + 1} bytes, more than the {room} .*temporary name"):
+        check_output_file(tmp_path / ("f" * (room + 1)), "--out")
+
+
+def test_a_path_over_the_file_systems_limit_is_one_output_error(tmp_path):
+    deep = tmp_path.joinpath(*["d" * 200] * (os.pathconf(tmp_path, "PC_PATH_MAX") // 200 + 1))
+    with pytest.raises(OutputError, match=r"^save_path: the path is \d+ bytes long, more than the"):
+        check_output_folder(deep, "save_path")

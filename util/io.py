@@ -49,6 +49,7 @@ def check_output_folder(path: str | os.PathLike, what: str) -> Path:
     Nothing is created here: a command refused later for another reason leaves no folder behind.
     """
     path = Path(path).expanduser()
+    check_name_lengths(path, what)
     if path.is_symlink() and not path.exists():
         raise OutputError(f"{what} {path} is a broken symbolic link")
     if path.exists():
@@ -57,14 +58,66 @@ def check_output_folder(path: str | os.PathLike, what: str) -> Path:
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"{what} {path} is not writable")
         return path
-    ancestor = path.absolute().parent
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = existing_ancestor(path)
     if not ancestor.is_dir():
         raise OutputError(f"{what} {path} cannot be created: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path} cannot be created: {ancestor} is not writable")
     return path
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a file that can be written (atomically, through `temporary_path`): its folder as
+    `check_output_folder` checks it, the path no folder, and the name short enough for its temporary name too."""
+    path = Path(path).expanduser()
+    check_name_lengths(path, what, file=True)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; name the file to write in it")
+    check_output_folder(path.parent, f"{what}'s folder")
+    return path
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest of `path` and its parents (made absolute) that exists."""
+    ancestor = path.absolute()
+    # lexists is False for a name too long to look up as for a missing one: the walk goes on to its parent.
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError, AttributeError):  # not POSIX, or the file system does not say
+        return default
+
+
+def check_name_lengths(path: str | os.PathLike, what: str, file: bool = False) -> None:
+    """One OutputError where a part of `path` is longer than its file system allows (NAME_MAX bytes, usually
+    255), or the whole path longer than PATH_MAX; with `file`, the last part must leave room for its temporary
+    name (`temporary_path`), which is written first.
+
+    Without this the first write fails with ENAMETOOLONG, after the work, or as a traceback from a lookup.
+    """
+    path = Path(path)
+    ancestor = existing_ancestor(path)
+    name_max = _limit(ancestor if ancestor.is_dir() else ancestor.parent, "PC_NAME_MAX", 255)
+    parts = path.parts
+    for i, part in enumerate(parts):
+        size, room, why = len(os.fsencode(part)), name_max, ""
+        if file and i == len(parts) - 1:
+            extra = len(os.fsencode(temporary_path(part).name)) - size
+            room, why = name_max - extra, f" (its limit {name_max}, less {extra} for the temporary name written first)"
+        if size > room:
+            shown = part if len(part) <= 40 else f"{part[:20]}...{part[-12:]}"
+            raise OutputError(f"{what}: the name '{shown}' is {size} bytes, more than the {room} this file system "
+                              f"allows{why}; give a shorter name")
+    path_max = _limit(ancestor if ancestor.is_dir() else ancestor.parent, "PC_PATH_MAX", 4096)
+    size = len(os.fsencode(str(path.absolute())))
+    if size >= path_max:
+        raise OutputError(f"{what}: the path is {size} bytes long, more than the {path_max - 1} this file system "
+                          f"allows; give a shorter one")
 
 
 # ----------------------------------------------------------------------------------------------------------
