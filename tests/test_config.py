@@ -1,5 +1,6 @@
 """The configuration schema: defaults, overrides, and one clear error per kind of mistake."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -357,3 +358,48 @@ def test_a_key_inside_a_mapping_changes_that_entry_of_the_resolved_mapping(tmp_p
     assert cfg.distill.fusion_weights == {"student": 0.8, "dino": 0.0, "clip": 0.2}
     spelled = load_config(write(tmp_path, "distill: {weights: {dino: 1.0, clip: 0.0}}\n"), ["distill.weights.clip=0.5"])
     assert spelled.distill.weights == {"dino": 1.0, "clip": 0.5}
+
+
+def numeric_fields(schema: dict, node: dict | None = None, key: str = "") -> dict[str, object]:
+    """{dotted key: a value of YAML booleans in that field's shape} for every field of the schema holding numbers
+    (read from the JSON schema, not from the validator under test)."""
+    node = schema if node is None else node
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    if "properties" in node:
+        found: dict[str, object] = {}
+        for name, child in node["properties"].items():
+            found.update(numeric_fields(schema, child, f"{key}.{name}".lstrip(".")))
+        return found
+    shapes = node.get("anyOf", [node])
+    for shape in shapes:
+        if shape.get("type") in ("integer", "number"):
+            return {key: True}
+        if shape.get("type") == "array" and any(s.get("type") in ("integer", "number")
+                                                for s in shape.get("prefixItems", [shape.get("items", {})])):
+            return {key: [True] * len(shape.get("prefixItems", [None]))}
+        if shape.get("type") == "object" and shape.get("additionalProperties", {}).get("type") == "number":
+            return {key: dict.fromkeys(shape["propertyNames"]["enum"][:1], True)}
+    return {}
+
+
+def test_a_yaml_boolean_is_refused_by_every_numeric_field(tmp_path):
+    # YAML reads yes/no/on/off/true/false as booleans; pydantic's lax mode would take them as 1 and 0.
+    fields = numeric_fields(Config.model_json_schema())
+    assert len(fields) > 40 and {"train.lr", "train.epochs", "train.betas", "distill.fusion_weights"} <= set(fields)
+    for key, value in fields.items():
+        section, *inner, name = key.split(".")
+        raw: dict = {}
+        node = raw.setdefault(section, {})
+        for part in inner:
+            node = node.setdefault(part, {})
+        node[name] = value
+        path = write(tmp_path, json.dumps(raw))
+        message = error_of(path)
+        assert f"'{key}'" in message and "YAML boolean" in message, (key, message)
+
+
+@pytest.mark.parametrize("override", ["train.epochs=yes", "train.lr=true", "distill.fusion_weights.clip=on"])
+def test_a_boolean_override_of_a_number_is_refused(tmp_path, override):
+    message = error_of(write(tmp_path, "{}"), [override])
+    assert override.split("=")[0].rsplit(".", 1)[0] in message and "YAML boolean" in message

@@ -2,8 +2,9 @@
 
 A config file holds the sections below; anything left out takes the default written here (the method's
 values, docs/method.md), so the shipped files state only what differs per dataset and what users edit most.
-Unknown keys, wrong types and out-of-range values are errors that name the key and the file. Command-line
-overrides `section.key=value` are applied on top, in order (a later one wins), and validated the same way.
+Unknown keys, wrong types (a YAML boolean where a number belongs too) and out-of-range values are errors that
+name the key and the file. Command-line overrides `section.key=value` are applied on top, in order (a later
+one wins), and validated the same way.
 A loaded config is frozen, and its paths are absolute (`~` expanded, relative ones taken from the current
 folder), so a run's saved config.yaml means the same files from any folder.
 
@@ -17,10 +18,19 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from util.catalog import DATASETS
@@ -62,6 +72,43 @@ def method_distils(name: str | None) -> bool:
 class Section(BaseModel):
     # Frozen: a loaded config never changes; Config.replace derives a changed copy, validated as a file is.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML reads true/false/yes/no/on/off as booleans, and pydantic's lax mode takes a boolean as 1 or 0:
+        # `train.lr: true` or `train.epochs=yes` would train with 1. Every numeric field, here in one place.
+        annotation = cls.model_fields[info.field_name or ""].annotation
+        if _holds_boolean(value) and _wants_number(annotation) and not _admits_boolean(annotation):
+            raise ValueError("a YAML boolean (true/false/yes/no/on/off) where a number is expected; write the number")
+        return value
+
+
+def _holds_boolean(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_boolean(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_boolean(v) for v in value)
+    return isinstance(value, bool)
+
+
+def _type_arguments(annotation: Any) -> tuple[Any, ...]:
+    # Literal's arguments are values, not types; Annotated's first one is the type.
+    if get_origin(annotation) is Literal:
+        return ()
+    args = get_args(annotation)
+    return args[:1] if get_origin(annotation) is Annotated else args
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether an annotation holds an int or a float, alone or inside an Optional, a tuple or a mapping's values."""
+    if annotation in (int, float):
+        return True
+    return any(_wants_number(a) for a in _type_arguments(annotation))
+
+
+def _admits_boolean(annotation: Any) -> bool:
+    return annotation is bool or any(_admits_boolean(a) for a in _type_arguments(annotation))
 
 
 def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[float, float]:
