@@ -403,3 +403,29 @@ def test_a_yaml_boolean_is_refused_by_every_numeric_field(tmp_path):
 def test_a_boolean_override_of_a_number_is_refused(tmp_path, override):
     message = error_of(write(tmp_path, "{}"), [override])
     assert override.split("=")[0].rsplit(".", 1)[0] in message and "YAML boolean" in message
+
+
+@pytest.mark.parametrize(("key", "printed"), [
+    ("distill.fusion_weights.clip", "0.1"),                       # an entry of a mapping
+    ("distill.fusion_weights", "student: 0.8\ndino: 0.1\nclip: 0.1"),  # a mapping
+    ("teachers.dino", "enabled: true\narch: tiny\nweights: null\nprecision: fp32"),  # a section
+    ("teachers.dino.weights", "null"),                            # as YAML writes it, not Python's None
+    ("train.compile", "false"),
+    ("train.betas", "[0.9, 0.999]"),
+    ("dataset.split", "10"),
+])
+def test_get_prints_any_key_of_the_resolved_config_as_yaml(capsys, key, printed):
+    from util.config import main
+
+    assert main(["--config", str(REPO / "configs" / "demo.yaml"), "--get", key]) == 0
+    assert capsys.readouterr().out == printed + "\n"
+
+
+def test_get_of_an_entry_a_mapping_lacks_names_the_entries_it_has(capsys):
+    from util.config import main
+
+    argv = ["--config", str(REPO / "configs" / "demo.yaml"), "--get", "distill.fusion_weights.clip",
+            "teachers.clip.enabled=false", "distill.fusion_weights={student: 0.8, dino: 0.2}"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ("error: --get distill.fusion_weights.clip: distill.fusion_weights has no "
+                                       "'clip' (it holds student, dino)\n")

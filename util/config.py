@@ -693,6 +693,40 @@ def save_config(cfg: Config, path: str | os.PathLike, note: str = "") -> None:
 # Command line: what a config resolves to
 
 
+def lookup(tree: dict[str, Any], key: str) -> Any:
+    """The value at dotted `key` of a resolved config: a leaf, a section or a mapping, or an entry of a mapping
+    (distill.fusion_weights.clip); a ConfigError naming the closest key where there is none."""
+    node: Any = tree
+    for depth, part in enumerate(parts := key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:depth])
+            if isinstance(node, dict) and where:
+                raise ConfigError(f"--get {key}: {where} has no '{part}' (it holds {', '.join(map(str, node))})")
+            names = [*flatten(tree), *_section_keys(tree), "run_dir"]
+            close = difflib.get_close_matches(key, names, n=1)
+            raise ConfigError(f"--get {key}: no such key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        node = node[part]
+    return node
+
+
+def _section_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            keys += [f"{prefix}{name}", *_section_keys(value, f"{prefix}{name}.")]
+    return keys
+
+
+def shown_value(value: Any) -> str:
+    """A value as YAML writes it (null, true, [0.9, 0.999]; a mapping as a block), a string as it is (a path a
+    shell script reads)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, sort_keys=False).rstrip("\n")
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print a config as train.py resolves it (every key, paths absolute), or one value of it (--get)."""
     import argparse
@@ -700,8 +734,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m util.config", description=main.__doc__)
     parser.add_argument("--config", required=True, help="YAML config file (configs/*.yaml)")
-    parser.add_argument("--get", metavar="KEY", help="print only this value: a dotted key, or run_dir (the run "
-                                                     "folder save_path names)")
+    parser.add_argument("--get", metavar="KEY", help="print only this value: a dotted key (a section or a mapping "
+                                                     "prints as YAML), or run_dir (the run folder save_path names)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, as train.py takes them")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -710,11 +744,8 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         elif args.get == "run_dir":
             print(cfg.run_dir)
-        elif args.get in (flat := flatten(cfg.to_dict())):
-            print(flat[args.get])
         else:
-            close = difflib.get_close_matches(args.get, [*flat, "run_dir"], n=1)
-            raise ConfigError(f"--get {args.get}: no such key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            print(shown_value(lookup(cfg.to_dict(), args.get)))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
