@@ -1,12 +1,15 @@
 """util.io: atomic writes of one or several files, the temporary names, and torch_load's refusals."""
 
+import errno
 import os
 import pickle
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
+import util.io
 from util.errors import OutputError
 from util.io import (
     atomic_path,
@@ -18,6 +21,7 @@ from util.io import (
     temporary_path,
     torch_load,
     write_bytes,
+    write_files,
     write_text,
 )
 
@@ -126,3 +130,24 @@ def test_a_path_over_the_file_systems_limit_is_one_output_error(tmp_path):
     deep = tmp_path.joinpath(*["d" * 200] * (os.pathconf(tmp_path, "PC_PATH_MAX") // 200 + 1))
     with pytest.raises(OutputError, match=r"^save_path: the path is \d+ bytes long, more than the"):
         check_output_folder(deep, "save_path")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_files_written_together_fail_as_one_line_and_leave_the_old_ones(tmp_path, monkeypatch, code):
+    assert write_files(tmp_path / "old", {"a.md": b"new", "b.json": b"{}"}) == [tmp_path / "old" / "a.md",
+                                                                                tmp_path / "old" / "b.json"]
+
+    @contextmanager
+    def failing(targets):
+        raise OSError(code, os.strerror(code))
+        yield  # a generator: what contextmanager takes
+
+    monkeypatch.setattr(util.io, "atomic_paths", failing)
+    with pytest.raises(OutputError) as e:
+        write_files(tmp_path / "old", {"a.md": b"newer", "b.json": b"[]"})
+    assert str(e.value) == (f"could not write a.md, b.json into {tmp_path / 'old'}: {os.strerror(code)}; none of "
+                            f"them was written")
+    assert (tmp_path / "old" / "a.md").read_bytes() == b"new" and (tmp_path / "old" / "b.json").read_bytes() == b"{}"
+    with pytest.raises(OutputError):
+        write_files(tmp_path / "new" / "folder", {"a.md": b""})
+    assert not (tmp_path / "new" / "folder").exists()  # a folder made for the files goes with them

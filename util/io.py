@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +215,28 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             tmp.write_bytes(data)
     except OSError as e:
         raise OutputError(f"could not write {path}: {e.strerror or e}; the previous file is unchanged") from None
+
+
+def write_files(folder: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+    """Write `files` ({name: contents}) into `folder`, made if needed, together: all of them appear complete or
+    none does (what a failure started is removed, files already there stay as they were). A failure (a full disk,
+    a quota, a read-only folder) is one OutputError naming the folder, the files and the reason."""
+    folder = Path(folder)
+    paths = [folder / name for name in files]
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
+        with atomic_paths(paths) as temporary:
+            for tmp, data in zip(temporary, files.values()):
+                tmp.write_bytes(data)
+    except OSError as e:
+        if created:
+            with suppress(OSError):
+                folder.rmdir()
+        raise OutputError(f"could not write {', '.join(files)} into {folder}: {e.strerror or e}; none of them was "
+                          f"written") from None
+    return paths
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
