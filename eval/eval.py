@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.splits import split_file
 from eval.evaluate import build_eval_loader, evaluate, metrics_table
 from eval.inference import resolve_window

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from eval.inference import resolve_window
 from util.catalog import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from util.cli import add_config_args, config_from_args, path_arg, run_main

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.transforms import normalize
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window

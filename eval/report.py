@@ -35,7 +35,7 @@ from typing import Any
 from dataset.splits import split_file
 from methods import METHODS
 from util.cli import path_arg, run_main
-from util.config import FREE_KEYS, METHOD_NAMES, Config, flatten, method_distils, read_yaml, under
+from util.config import FREE_KEYS, Config, flatten, method_distils, method_names, read_yaml, under
 from util.errors import UserError, short_reason
 from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
 from util.run import CONFIG, PROGRESS, evaluation_problem
@@ -273,7 +273,8 @@ def _split_key(split: str) -> tuple[int, float, str]:
 def row_key(row: dict[str, Any]) -> tuple:
     """Sort order: dataset, split (numeric), method (baselines first), full method before its ablations."""
     method = row["method"]
-    rank = METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
+    names = method_names()
+    rank = names.index(method) if method in names else len(names)
     return (row["dataset"], _split_key(row["split"]), rank, method,
             row["ablation"] not in ("-", "dino+clip"), row["ablation"])
 

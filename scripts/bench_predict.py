@@ -27,6 +27,7 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from util.cli import run_main, user_path
 
 REPO = Path(__file__).resolve().parents[1]

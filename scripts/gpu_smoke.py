@@ -486,6 +486,7 @@ def markdown(report: dict[str, Any]) -> str:
 def train_and_die(kill_after: int, argv: list[str]) -> int:
     """train.py's main, with a SIGKILL of this process right after latest.pth of iteration `kill_after` is on disk."""
     import train
+    import util.run
     from util.checkpoint import atomic_save
 
     def save_then_maybe_die(obj: Any, path: str | os.PathLike) -> None:
@@ -495,7 +496,7 @@ def train_and_die(kill_after: int, argv: list[str]) -> int:
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train.atomic_save = save_then_maybe_die
+    util.run.atomic_save = save_then_maybe_die  # the trainer saves through it
     return train.main(argv)
 
 

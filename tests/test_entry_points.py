@@ -26,7 +26,6 @@ ENTRY_POINTS = [
     (None, "model.check"),
     (None, "model.fetch"),
     (None, "eval.export"),
-    (None, "util.config"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).
 NO_PATH_EDIT = [m for f, m in ENTRY_POINTS if f is not None]
@@ -57,6 +56,14 @@ def test_importing_an_entry_point_leaves_sys_path_alone():
             "    assert sys.path == before, (name, sys.path[:3])\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_the_command_that_printed_a_resolved_config_says_where_it_went():
+    done = subprocess.run([sys.executable, "-m", "util.config", "--config", "configs/demo.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "python train.py --config configs/demo.yaml --get all" in done.stderr
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.train_fixtures import DEMO, tiny_overrides, write_tiny_dataset
 from util.io import file_sha256
@@ -46,23 +45,27 @@ def test_a_score_belongs_to_the_run_only_for_its_current_best_pth_on_its_current
 def test_a_run_resumed_after_its_split_lists_changed_is_refused_unless_told(tmp_path: Path):
     """Every checkpoint keeps the digests of the labelled, unlabelled and val lists it was trained on: resuming
     after a resample of the lists would otherwise train on other tiles without a word."""
-    from train import Trainer
-    from util.checkpoint import atomic_save
+    from dataset.splits import training_list_digests
+    from scripts.costs import step_of
     from util.config import load_config
-    from util.dist import DistInfo
     from util.errors import WeightsError
+    from util.run import Progress, resume_training, save_checkpoint
 
     splits = write_tiny_dataset(tmp_path / "data")
     cfg = load_config(DEMO, tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised", 1))
-    info = DistInfo(0, 1, 0, torch.device("cpu"), True)
-    first = Trainer(cfg, info)
-    assert set(first.split_lists) == {"labeled", "unlabeled", "val"}
+    lists = training_list_digests(splits, "10")
+    assert set(lists) == {"labeled", "unlabeled", "val"}
     latest = tmp_path / "latest.pth"
-    atomic_save(first.state(1), latest)
-    assert Trainer(cfg, info).resume(latest) == {}                     # the same lists: resumes
+    save_checkpoint(latest, step_of(cfg, "cpu").state, 1, 1, Progress("student"), 0.0, cfg, lists)
+
+    def resume(allow_changed: bool = False) -> dict:
+        now = training_list_digests(splits, "10")
+        return resume_training(latest, step_of(cfg, "cpu").state, cfg, 1, Progress("student"), now, allow_changed)[0]
+
+    assert resume() == {}                     # the same lists: resumes
     labeled = splits / "10" / "labeled.txt"
     labeled.write_text("".join(labeled.read_text().splitlines(keepends=True)[:-1]))
     with pytest.raises(WeightsError, match=r"written with other settings \(labeled.txt=[0-9a-f]{12} \(this config: "
                                             r"[0-9a-f]{12}\)\); to go on with the new values pass --resume-changed"):
-        Trainer(cfg, info).resume(latest)
-    assert list(Trainer(cfg, info).resume(latest, allow_changed=True)) == ["labeled.txt"]
+        resume()
+    assert list(resume(allow_changed=True)) == ["labeled.txt"]

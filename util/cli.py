@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from util.config import Config, load_config, parse_override
+import yaml
+
+from util.config import PATH_KEYS, Config, load_config, parse_override
 from util.errors import ConfigError, UserError
 
 
@@ -29,15 +32,18 @@ def path_arg(text: str) -> Path:
     return Path(user_path(text))
 
 
-def config_from_args(args: argparse.Namespace, flags: Mapping[str, Any] | None = None) -> Config:
+def config_from_args(args: argparse.Namespace, flags: Mapping[str, Any] | None = None,
+                     relative_to: str | None = None) -> Config:
     """Load --config with the positional `key.sub=value` overrides (in order: a later one wins) and the keys that
     command-line flags stand for (`flags`: {key: value}, None for a flag not given).
 
     A flag and an override that set one key to different values contradict each other: a ConfigError naming
-    both, rather than one silently winning.
+    both, rather than one silently winning. `relative_to`: the folder that relative paths in --config, in the
+    overrides and in the flags are taken from (a launcher that changes folder passes the user's); default: the
+    current folder.
     """
-    given = {key: value for key, value in (flags or {}).items() if value is not None}
-    overrides = list(args.overrides)
+    given = {key: from_folder(key, value, relative_to) for key, value in (flags or {}).items() if value is not None}
+    overrides = [from_folder_override(text, relative_to) for text in args.overrides]
     set_by_overrides = {}
     for text in overrides:
         path, value = parse_override(text)
@@ -48,7 +54,47 @@ def config_from_args(args: argparse.Namespace, flags: Mapping[str, Any] | None =
             if theirs != parse_override(f"{key}={value}")[1]:
                 raise ConfigError(f"command line: the flag for {key} says {value!r}, the override '{text}' says "
                                   f"otherwise; give one of them")
-    return load_config(user_path(args.config), overrides + [f"{key}={value}" for key, value in given.items()])
+    config = user_path(args.config)
+    if relative_to is not None:
+        config = os.path.join(relative_to, config)
+    return load_config(config, overrides + [f"{key}={value}" for key, value in given.items()])
+
+
+def from_folder(key: str, value: Any, folder: str | None) -> Any:
+    """`value` of config key `key` with a relative path taken from `folder` (unchanged where no folder is given,
+    the key holds no path, or the path is absolute)."""
+    if folder is None or key not in PATH_KEYS or not isinstance(value, str) or value == "null":
+        return value
+    return os.path.join(folder, user_path(value))
+
+
+def from_folder_override(text: str, folder: str | None) -> str:
+    """A `key.sub=value` override whose relative path, if it holds one, is taken from `folder`."""
+    if folder is None:
+        return text
+    key, sep, value = text.partition("=")
+    return f"{key}{sep}{from_folder(key, value, folder)}" if sep and value else text
+
+
+def print_config_value(cfg: Config, key: str) -> None:
+    """Print what `cfg` resolves `key` to: a dotted key (a section or a mapping as YAML), `run_dir` (the folder
+    save_path names), or `all` (every value, as YAML). An unknown key is a ConfigError with the closest one."""
+    if key == "all":
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return
+    if key == "run_dir":
+        print(cfg.run_dir)
+        return
+    node: Any = cfg.to_dict()
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            here = list(node) if isinstance(node, dict) else []
+            prefix = ".".join(key.split(".")[:depth])
+            close = difflib.get_close_matches(part, here, n=1)
+            hint = f" (did you mean '{'.'.join(filter(None, [prefix, close[0]]))}'?)" if close else ""
+            raise ConfigError(f"--get {key}: no such key{hint}")
+        node = node[part]
+    print(yaml.safe_dump(node, sort_keys=False).rstrip("\n") if isinstance(node, dict) else node)
 
 
 def one_line(error: Exception) -> str:

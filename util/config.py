@@ -7,9 +7,9 @@ overrides `section.key=value` are applied on top, in order (a later one wins), a
 A loaded config is frozen, and its paths are absolute (`~` expanded, relative ones taken from the current
 folder), so a run's saved config.yaml means the same files from any folder.
 
-The config also owns the vocabulary it validates: the dataset catalogue (util/catalog.py), the method
-names (methods/__init__.py registers a step for each and checks its registry against them), and which keys
-change the model, which may change freely on resume.
+The config also owns the vocabulary it validates: the dataset catalogue (util/catalog.py), the method names
+(registered by methods/__init__.py, each method declared in its own file), and which keys change the model,
+which may change freely on resume.
 """
 
 from __future__ import annotations
@@ -48,15 +48,32 @@ def _not_empty(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_not_empty)]
 
 
-# The training methods, in the order tables list them (methods/__init__.py registers one step for each), and
-# those that distil towards the frozen teachers (they get teachers, and the student translators for them).
-METHOD_NAMES = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
-DISTILLING_METHODS = ("rs_mtdf",)
+# ----------------------------------------------------------------------------------------------------------
+# The training methods. Each declares itself in its own file under methods/ (its step, whether it distils towards
+# the teachers, its batch rule), and methods/__init__.py registers it here, in the order tables list them. The
+# config sits below methods/ and never imports it; every program that loads a config imports methods first, and
+# validating a method name before that is a loud internal error, not a silent pass.
+
+_DISTILS: dict[str, bool] = {}
+
+
+def register_method(name: str, distils: bool) -> None:
+    """Make `name` a valid train.method; `distils`: its model carries translators for the enabled teachers."""
+    if name in _DISTILS:
+        raise RuntimeError(f"method '{name}' is registered twice")
+    _DISTILS[name] = distils
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods, in the order tables list them."""
+    if not _DISTILS:
+        raise RuntimeError("no training method is registered: import methods before loading a config")
+    return tuple(_DISTILS)
 
 
 def method_distils(name: str | None) -> bool:
     """Whether method `name` distils towards the frozen teachers (False for names that are no method)."""
-    return name in DISTILLING_METHODS
+    return name in method_names() and _DISTILS[name or ""]
 
 
 class Section(BaseModel):
@@ -205,7 +222,7 @@ class LossWeights(Section):
 
 
 class TrainConfig(Section):
-    # One of METHOD_NAMES: supervised | fixmatch | unimatch_v2 | rs_mtdf.
+    # A registered method (methods/): supervised | fixmatch | unimatch_v2 | rs_mtdf.
     method: str = "rs_mtdf"
     epochs: int = Field(60, gt=0)
     # Labelled crops per optimizer step over all processes (the unlabelled batch is as large): the published
@@ -259,8 +276,9 @@ class TrainConfig(Section):
     @field_validator("method")
     @classmethod
     def _registered(cls, v: str) -> str:
-        if v not in METHOD_NAMES:
-            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(METHOD_NAMES)}")
+        names = method_names()
+        if v not in names:
+            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(names)}")
         return v
 
     @field_validator("betas")
@@ -643,35 +661,17 @@ def save_config(cfg: Config, path: str | os.PathLike, note: str = "") -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line: what a config resolves to
+# The command that printed a resolved config moved to train.py (it needs the registered methods)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print a config as train.py resolves it (every key, paths absolute), or one value of it (--get)."""
-    import argparse
+    """`python -m util.config` was the way to see a resolved config: say where it went."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m util.config", description=main.__doc__)
-    parser.add_argument("--config", required=True, help="YAML config file (configs/*.yaml)")
-    parser.add_argument("--get", metavar="KEY", help="print only this value: a dotted key, or run_dir (the run "
-                                                     "folder save_path names)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, as train.py takes them")
-    args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.get is None:
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        elif args.get == "run_dir":
-            print(cfg.run_dir)
-        elif args.get in (flat := flatten(cfg.to_dict())):
-            print(flat[args.get])
-        else:
-            close = difflib.get_close_matches(args.get, [*flat, "run_dir"], n=1)
-            raise ConfigError(f"--get {args.get}: no such key" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"error: python -m util.config moved: run python train.py {args} --get all (or --get KEY, --get run_dir)",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

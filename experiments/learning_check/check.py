@@ -46,6 +46,7 @@ from dataset.images import open_labels, rgb_array
 from dataset.splits import read_list, split_file, training_list_digests
 from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
+from methods import METHODS
 from util.cli import path_arg, run_main
 from util.config import AugmentConfig, describe_differences, load_config, method_distils
 from util.errors import ConfigError, DataError
@@ -457,7 +458,7 @@ def jobs(work: Path, quick: bool, seeds: tuple[int, ...] = (0, 1, 2)) -> list[tu
                           "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
                  "clip": [*teach, "teachers.dino.enabled=false",
                           "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"]}
-    methods = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+    methods = tuple(METHODS)
     if quick:
         plan = [(m, "1", 0, teach if method_distils(m) else []) for m in ("supervised", "fixmatch", "rs_mtdf")]
         plan.append(("rs_mtdf-random", "1", 0, teach_rand))
