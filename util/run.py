@@ -78,8 +78,8 @@ class Progress:
     def record(self, epoch: int, iteration: int, scores: dict[str, float]) -> bool:
         """Add the evaluation after `epoch` (1-based); True when best.pth must now hold these weights.
 
-        Each weight set's best is the maximum over epochs, ties going to the later epoch as in the reference
-        (is_best = mIoU >= previous best).
+        Each weight set's best is the maximum over epochs, ties going to the later epoch as in the reference's
+        semi-supervised scripts (is_best = mIoU >= previous best; its supervised.py keeps the earlier one).
         """
         self.history.append({"epoch": epoch, **scores})
         improved = {w: self.best[w]["miou"] is None or scores[w] >= self.best[w]["miou"] for w in scores}
