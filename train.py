@@ -41,10 +41,10 @@ from model.teachers import build_teachers
 from model.weights import check_weight_files
 from util.catalog import DATASETS
 from util.cli import add_config_args, config_from_args, print_config_value, run_main
-from util.config import Config
+from util.config import Config, describe_differences
 from util.dist import DistInfo, StopAgreement, barrier, cleanup, init_distributed, is_distributed, mean_over_processes
 from util.ema import make_ema
-from util.errors import UserError
+from util.errors import ConfigError, UserError
 from util.flops import device_peak_tflops, flop_counter, model_flops_utilisation
 from util.logging import setup_logger
 from util.precision import autocast_dtype, gpu_paths
@@ -293,9 +293,16 @@ def train(cfg: Config, info: DistInfo, run: RunFolder, resume_changed: bool = Fa
     if run.latest.is_file():
         changed, wall_before = resume_training(run.latest, state, cfg, data.steps_per_epoch, progress,
                                                data.split_lists, resume_changed)
+        if changed and state.iteration >= state.total_iters:
+            # config.yaml describes the weights beside it: settings no step would train under are not written.
+            raise ConfigError(f"{run.latest} has made {state.iteration} steps, all that train.epochs="
+                              f"{cfg.train.epochs} makes: the changed settings ({describe_differences(changed)}) "
+                              f"would train nothing; raise train.epochs, or use another save_path")
+        progress.record_changes(state.iteration, changed)
     writer = None
     if info.is_main:
-        run.write_config(cfg, f"trained with {plan.describe()}")
+        run.write_config(cfg, "\n".join(filter(None, [f"trained with {plan.describe()}",
+                                                       progress.describe_changes()])))
         writer = SummaryWriter(str(run.path / "tb"))
     log = setup_logger(run.path, info.is_main)
     if changed is not None:

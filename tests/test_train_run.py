@@ -372,3 +372,20 @@ def test_the_logged_mfu_is_model_flops_utilisation_of_the_first_steps_counted_fl
     logged = [line for line in (save / "train.log").read_text().splitlines() if ", mfu " in line]
     assert [float(line.split(", mfu ")[1].split(",")[0]) for line in logged] == \
         [pytest.approx(value, rel=1e-3) for _, _, value in calls]
+
+
+@slow
+def test_config_yaml_keeps_describing_the_weights_beside_it_after_a_resume_with_other_settings(data, tmp_path):
+    """--resume-changed records when the new settings began (config.yaml's header, progress.json, checkpoints);
+    a finished run cannot take settings that no step would train under."""
+    save = tmp_path / "run"
+    assert run(data, save, method="supervised", epochs=1) == 0
+    with pytest.raises(train.ConfigError, match="would train nothing; raise train.epochs"):
+        run(data, save, "train.lr=1e-3", "--resume-changed", method="supervised", epochs=1)
+    assert "train.lr" not in (save / "config.yaml").read_text().split("\n", 1)[0]
+    assert run(data, save, "--resume-changed", method="supervised", epochs=2) == 0
+    header = (save / "config.yaml").read_text().splitlines()[:2]
+    assert header[1] == "# settings changed at iteration 4: train.epochs 1 -> 2"
+    changes = json.loads((save / "progress.json").read_text())["settings_changes"]
+    assert changes == [{"iteration": 4, "changes": {"train.epochs": [1, 2]}}]
+    assert load_own_checkpoint(save / "latest.pth")["settings_changes"] == changes

@@ -124,7 +124,9 @@ def run_main(main: Callable[[], int | None]) -> None:
         code = main()
     except UserError as e:
         close_progress_bars()
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        # An error every process of a launch finds alike (util.dist.LaunchError) is printed by the first only.
+        if getattr(e, "rank", 0) == 0:
+            print(f"error: {one_line(e)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

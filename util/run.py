@@ -74,6 +74,9 @@ class Progress:
         default_factory=lambda: {w: {"miou": None, "epoch": None} for w in WEIGHT_SETS})
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: dict[str, int] | None = None
+    # Settings changed on a resume (--resume-changed): [{"iteration": the first step under them, "changes":
+    # {key: [before, after]}}], so that config.yaml (the current settings) never hides what earlier steps used.
+    settings_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, epoch: int, iteration: int, scores: dict[str, float]) -> bool:
         """Add the evaluation after `epoch` (1-based); True when best.pth must now hold these weights.
@@ -100,12 +103,25 @@ class Progress:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of it (the keys progress.json shows too)."""
         return {"run_id": self.run_id, "selected_by": self.best_by, "selected_on": self.best_on,
-                "best": copy.deepcopy(self.best),
-                "history": list(self.history), "best_checkpoint": self.best_checkpoint}
+                "best": copy.deepcopy(self.best), "history": list(self.history),
+                "best_checkpoint": self.best_checkpoint, "settings_changes": copy.deepcopy(self.settings_changes)}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.run_id, self.best, self.history = ckpt["run_id"], ckpt["best"], ckpt["history"]
         self.best_checkpoint = ckpt["best_checkpoint"]
+        self.settings_changes = list(ckpt.get("settings_changes", []))
+
+    def record_changes(self, iteration: int, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Settings that change from step `iteration` on (a resume under --resume-changed)."""
+        if changes:
+            self.settings_changes.append({"iteration": iteration,
+                                          "changes": {key: list(pair) for key, pair in changes.items()}})
+
+    def describe_changes(self) -> str:
+        """'settings changed at iteration 3000: train.epochs 60 -> 80' per resume that changed them."""
+        return "\n".join(f"settings changed at iteration {entry['iteration']}: "
+                         + ", ".join(f"{key} {before} -> {after}" for key, (before, after) in entry["changes"].items())
+                         for entry in self.settings_changes)
 
 
 # ----------------------------------------------------------------------------------------------------------
