@@ -149,13 +149,13 @@ def plan_batches(wanted: int | None, limit: int, processes: int) -> BatchPlan:
 
 
 def split_path(cfg: Config, kind: str) -> str:
-    """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.splits."""
-    return str(split_file(cfg.dataset.splits, kind, cfg.dataset.split))
+    """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.lists."""
+    return str(split_file(cfg.dataset.lists, kind, cfg.dataset.split))
 
 
 def count_lines(path: str, cfg: Config) -> int:
     if not Path(path).is_file():
-        raise DataError(f"split file not found: {path} (dataset.splits={cfg.dataset.splits}, "
+        raise DataError(f"split file not found: {path} (dataset.lists={cfg.dataset.lists}, "
                         f"dataset.split={cfg.dataset.split}); run python -m dataset.prepare first")
     return sum(1 for line in read_list(path) if line.strip())
 
@@ -259,7 +259,7 @@ class Trainer:
         val = SemiDataset(cfg, "val", split_path(cfg, "val"))
         # Training on a val or test tile, or one tile both labelled and unlabelled, is a list mistake.
         check_disjoint([split_path(cfg, kind) for kind in (*PER_PERCENT, *SHARED)], cfg.dataset.root)
-        self.split_lists = training_list_digests(cfg.dataset.splits, cfg.dataset.split)
+        self.split_lists = training_list_digests(cfg.dataset.lists, cfg.dataset.split)
         self.val_loader = build_eval_loader(val, cfg, info)
         return tuple(loaders)
 
