@@ -106,5 +106,5 @@ def shipped_lists(reference: Path) -> dict[str, str]:
 
 
 SPEC = DatasetSpec(info=LOVEDA, find=find, read_labels=read_labels, convert=loveda_labels, crops=quadrants,
-                   split_lists=split_lists, shipped_lists=shipped_lists, tiled=False,
+                   split_lists=split_lists, shipped_lists=shipped_lists, folders=("train", "val"), tiled=False,
                    cutting="each image is cut into its four quadrants")

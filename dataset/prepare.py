@@ -77,8 +77,9 @@ OPTIONS_FILE = ".prepare_options.json"
 SOURCES_FILE = ".prepare_sources.json"
 SUMMARY_FILE = "prepare_summary.json"
 LOCK_FILE = ".prepare.lock"
-# Where crops go: <out>/images (Potsdam, DeepGlobe) or <out>/{train,val}/images (LoveDA), masks beside.
-TILE_FOLDERS = ("", "train", "val")
+# Where crops of any dataset go: <out>/<folder>/images, masks beside (DatasetSpec.folders), so that tiles of
+# another dataset in --out are found too.
+TILE_FOLDERS = tuple(dict.fromkeys(folder for spec in SPECS.values() for folder in ("", *spec.folders)))
 # The crop size of the shipped lists of the datasets cut into a grid: their tile names mean these crops only.
 SHIPPED_TILE = 512
 # Flags renamed since: the old spelling is refused, naming the new one.

@@ -39,7 +39,8 @@ def reference_crop_name(dataset: str, image_path: str) -> str:
 
 def published_lists(reference_dir: str | Path) -> dict[str, dict[str, str]]:
     """{dataset: the texts of its lists in splits/<dataset>}, each made as its spec says (`shipped_lists`)."""
-    return {name: spec.shipped_lists(Path(reference_dir)) for name, spec in SPECS.items()}
+    return {name: spec.shipped_lists(Path(reference_dir)) for name, spec in SPECS.items()
+            if spec.shipped_lists is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

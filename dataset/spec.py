@@ -60,8 +60,11 @@ class DatasetSpec:
     # {split group: crop names}, seed -> the split lists (dataset/splits.py's procedure; docs/method.md §4).
     split_lists: Callable[[Mapping[str, list[str]], int], Splits]
     # The texts of the lists shipped in splits/<name>, keyed by path there ('val.txt', '1/labeled.txt'), made
-    # again from the authors' published lists under <reference>/<name> (or, without those, from the rule alone).
-    shipped_lists: Callable[[Path], dict[str, str]]
+    # again from the authors' published lists under <reference>/<name> (or, without those, from the rule
+    # alone); None: no lists are shipped (prepare then needs --resplit --lists DIR).
+    shipped_lists: Callable[[Path], dict[str, str]] | None = None
+    # The folders under --out that `find` sends crops to (Job.folder): '' is --out itself.
+    folders: tuple[str, ...] = ("",)
     # A tile name of the authors' published lists -> the crop name prepare gives it; None: none were published.
     reference_name: Callable[[str], str] | None = None
     # True: `crops` is a grid of --tile crops. False: it takes no --tile, and every raw image gives as many crops
