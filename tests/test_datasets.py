@@ -14,14 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_spec_carries_its_catalogue_entry():
-    assert set(SPECS) == {"loveda", "potsdam", "deepglobe"}
+    assert {"loveda", "potsdam", "deepglobe"} <= set(SPECS)
     for name, spec in SPECS.items():
         assert spec.name == name and spec.info is DATASETS[name]
 
 
 def test_a_dataset_without_a_spec_is_refused_naming_those_there_are():
-    with pytest.raises(ValueError, match="no dataset spec for 'toy': dataset.prepare knows deepglobe, loveda, potsdam"):
-        spec_of("toy")
+    with pytest.raises(ValueError) as info:
+        spec_of("no_such_dataset")
+    assert str(info.value).startswith(f"no dataset spec for 'no_such_dataset': dataset.prepare knows "
+                                      f"{', '.join(sorted(SPECS))}")
 
 
 def name_comparisons(path: Path) -> list[str]:
