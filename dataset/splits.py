@@ -31,30 +31,30 @@ from util.errors import DataError, OutputError
 from util.io import atomic_paths, file_sha256
 
 PERCENTS = ("1", "5", "10")
-# The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
+# The layout of a lists folder: the lists of a labelled share under <lists>/<percent>/, the shared ones beside.
 PER_PERCENT = ("labeled", "unlabeled")
 SHARED = ("val", "test")
 
 
-def split_file(splits_dir: str | os.PathLike, kind: str, percent: str | None = None) -> Path:
-    """The list of `kind` (labeled, unlabeled, val, test): <splits>/<percent>/<kind>.txt or <splits>/<kind>.txt."""
+def split_file(lists_dir: str | os.PathLike, kind: str, percent: str | None = None) -> Path:
+    """The list of `kind` (labeled, unlabeled, val, test): <lists>/<percent>/<kind>.txt or <lists>/<kind>.txt."""
     if kind in PER_PERCENT:
         if percent is None:
             raise ValueError(f"the {kind} list belongs to a labelled share: give its percent")
-        return Path(splits_dir) / str(percent) / f"{kind}.txt"
+        return Path(lists_dir) / str(percent) / f"{kind}.txt"
     if kind not in SHARED:
         raise ValueError(f"unknown split list {kind!r}; one of {', '.join(PER_PERCENT + SHARED)}")
-    return Path(splits_dir) / f"{kind}.txt"
+    return Path(lists_dir) / f"{kind}.txt"
 
 
 # The lists a training run reads (the test list is scored only after, and is checked then).
 TRAINING_LISTS = ("labeled", "unlabeled", "val")
 
 
-def training_list_digests(splits_dir: str | os.PathLike, percent: str) -> dict[str, str]:
+def training_list_digests(lists_dir: str | os.PathLike, percent: str) -> dict[str, str]:
     """{kind: SHA-256} of the labelled, unlabelled and val lists of a run (those that exist): what a checkpoint
     records, so that a resume or a rerun can tell that the lists it would train on have changed since."""
-    paths = {kind: split_file(splits_dir, kind, percent) for kind in TRAINING_LISTS}
+    paths = {kind: split_file(lists_dir, kind, percent) for kind in TRAINING_LISTS}
     return {kind: file_sha256(path) for kind, path in paths.items() if path.is_file()}
 
 
@@ -169,19 +169,19 @@ def published_texts(folder: str | os.PathLike, rename: Callable[[str], str]) -> 
     return list_texts(read_reference_splits(folder, rename), lambda crop: crop_line("", crop))
 
 
-def list_files(splits_dir: str | os.PathLike) -> list[Path]:
-    """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
-    splits_dir = Path(splits_dir)
-    per_percent = [path for kind in PER_PERCENT for path in splits_dir.glob(f"*/{kind}.txt")]
-    shared = [split_file(splits_dir, kind) for kind in SHARED]
+def list_files(lists_dir: str | os.PathLike) -> list[Path]:
+    """Every split list under `lists_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
+    lists_dir = Path(lists_dir)
+    per_percent = [path for kind in PER_PERCENT for path in lists_dir.glob(f"*/{kind}.txt")]
+    shared = [split_file(lists_dir, kind) for kind in SHARED]
     return sorted([*per_percent, *(path for path in shared if path.is_file())])
 
 
-def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
-    """How many files named by the lists under `splits_dir` are absent from `root`, and the first one (file:line)."""
+def missing_tiles(lists_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
+    """How many files named by the lists under `lists_dir` are absent from `root`, and the first one (file:line)."""
     root, count, first = Path(root), 0, None
     seen: set[str] = set()
-    for path in list_files(splits_dir):
+    for path in list_files(lists_dir):
         for number, line in enumerate(read_list(path), start=1):
             for rel in line.split():
                 if rel in seen:
