@@ -22,13 +22,13 @@ from util.errors import ConfigError, DataError
 
 
 def split_path(cfg: Config, kind: str) -> str:
-    """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.splits."""
-    return str(split_file(cfg.dataset.splits, kind, cfg.dataset.split))
+    """The run's list of `kind` (labeled, unlabeled, val, test) under dataset.lists."""
+    return str(split_file(cfg.dataset.lists, kind, cfg.dataset.split))
 
 
 def count_lines(path: str, cfg: Config) -> int:
     if not Path(path).is_file():
-        raise DataError(f"split file not found: {path} (dataset.splits={cfg.dataset.splits}, "
+        raise DataError(f"split file not found: {path} (dataset.lists={cfg.dataset.lists}, "
                         f"dataset.split={cfg.dataset.split}); run python -m dataset.prepare first")
     return sum(1 for line in read_list(path) if line.strip())
 
@@ -110,4 +110,4 @@ def build_train_data(cfg: Config, method: Method, plan: BatchPlan, info: DistInf
         raise ConfigError(f"{epoch_key}: an epoch of {length} draws is less than one optimizer step of "
                           f"{plan.global_batch} crops ({step_key}: {plan.describe()}); draw more or take fewer")
     return TrainData(tuple(loaders), val, plan, length, steps,
-                     training_list_digests(cfg.dataset.splits, cfg.dataset.split))
+                     training_list_digests(cfg.dataset.lists, cfg.dataset.split))

@@ -104,9 +104,9 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, flag_overrides(args))
-    list_path = split_file(cfg.dataset.splits, args.split)
+    list_path = split_file(cfg.dataset.lists, args.split)
     if not list_path.is_file():
-        raise DataError(f"split file not found: {list_path} (dataset.splits={cfg.dataset.splits})")
+        raise DataError(f"split file not found: {list_path} (dataset.lists={cfg.dataset.lists})")
     window, stride = resolve_window(cfg) if cfg.eval.mode == "sliding_window" else (None, None)
 
     dist_info = init_distributed()

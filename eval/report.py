@@ -35,7 +35,7 @@ from typing import Any
 from dataset.splits import split_file
 from methods import METHODS
 from util.cli import path_arg, run_main
-from util.config import FREE_KEYS, Config, flatten, method_distils, method_names, read_yaml, under
+from util.config import FREE_KEYS, Config, flatten, method_distils, method_names, read_run_config, under
 from util.errors import UserError, short_reason
 from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
 from util.run import CONFIG, PROGRESS, evaluation_problem
@@ -142,7 +142,7 @@ def ablation_label(raw: dict[str, Any]) -> str:
 def read_config(folder: Path) -> dict[str, Any]:
     """The fields of config.yaml the report needs: dataset, method, split, seed, ablation, best_by, settings."""
     try:
-        raw = read_yaml(folder / CONFIG)
+        raw = read_run_config(folder / CONFIG)
     except UserError as e:
         # The message names the file by its full path; the skipped list names the folder already.
         raise SkipRun(short_reason(e).replace(str(folder / CONFIG), CONFIG)) from None
@@ -153,12 +153,12 @@ def read_config(folder: Path) -> dict[str, Any]:
     if isinstance(split, bool) or not isinstance(split, (str, int)):
         raise SkipRun(f"{CONFIG}: 'dataset.split' is {split!r}, not a labelled percent")
     seed = _lookup(raw, "train.seed", None)
-    splits = _lookup(raw, "dataset.splits", None)
+    lists = _lookup(raw, "dataset.lists", None)
     return {"dataset": dataset, "method": method, "split": str(split),
             "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             "ablation": ablation_label(raw), "best_by": str(_lookup(raw, "train.best_by", Config().train.best_by)),
             "settings": {k: v for k, v in flatten(raw).items() if not under(k, FREE_KEYS + ("train.seed",))},
-            "test_list": split_file(splits, "test") if isinstance(splits, str) else None}
+            "test_list": split_file(lists, "test") if isinstance(lists, str) else None}
 
 
 def _number(value: Any, what: str) -> float | None:

@@ -125,9 +125,9 @@ def check_splits(text: str | None, base: Config) -> list[str]:
         if split in tuple(METHODS):
             raise ConfigError(f"'{split}' is a method, not a labelled split: methods are one comma-separated "
                               f"argument (e.g. fixmatch,rs_mtdf)")
-        if not split_file(base.dataset.splits, "labeled", split).is_file():
-            raise ConfigError(f"split '{split}': no {split_file(base.dataset.splits, 'labeled', split)} "
-                              f"(dataset.splits={base.dataset.splits})")
+        if not split_file(base.dataset.lists, "labeled", split).is_file():
+            raise ConfigError(f"split '{split}': no {split_file(base.dataset.lists, 'labeled', split)} "
+                              f"(dataset.lists={base.dataset.lists})")
     return splits
 
 
@@ -164,7 +164,7 @@ def refuse_other_settings(runs: list[Run]) -> None:
     """A run folder that holds a run trained with other settings or on other split lists: one line naming it and
     the difference."""
     for run in runs:
-        lists = training_list_digests(run.cfg.dataset.splits, run.cfg.dataset.split)
+        lists = training_list_digests(run.cfg.dataset.lists, run.cfg.dataset.split)
         diffs = saved_setting_differences(run.folder, run.cfg, lists)
         if diffs:
             raise ConfigError(f"{run.folder} holds a run with other settings ({describe_differences(diffs)}); it "
@@ -201,7 +201,7 @@ class Launcher:
 
 def score(run: Run, launch: Launcher) -> bool:
     """The protocol's test score of a finished run's best.pth, unless it is there already; False if it failed."""
-    scored = protocol_evaluation(run.folder, split_file(run.cfg.dataset.splits, "test"), PROTOCOL_MODE)
+    scored = protocol_evaluation(run.folder, split_file(run.cfg.dataset.lists, "test"), PROTOCOL_MODE)
     if scored is not None:
         print(f"test score of this best.pth already there: {scored}", flush=True)
         return True

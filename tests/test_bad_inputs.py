@@ -260,7 +260,7 @@ def _(env: Env):
 @case("data-train-split-not-prepared", "train")
 def _(env: Env):
     # --split 5 on a dataset prepared only for 10 %.
-    return env.train("--split", "5"), [str(env.splits / "5" / "unlabeled.txt"), f"!dataset.splits={env.splits / '5'}"]
+    return env.train("--split", "5"), [str(env.splits / "5" / "unlabeled.txt"), f"!dataset.lists={env.splits / '5'}"]
 
 
 @case("data-eval-test-split-missing", "eval")
@@ -572,7 +572,7 @@ def _(env: Env):
 
 
 def prepare_argv(env: Env, raw: Path) -> list[str]:
-    return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--splits", str(env.tmp / "splits_out"),
+    return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--lists", str(env.tmp / "splits_out"),
             "--resplit", "--workers", "1"]
 
 

@@ -16,6 +16,7 @@ from util.config import (
     model_differences,
     parse_override,
     save_config,
+    upgrade_saved,
     with_absolute_paths,
 )
 from util.errors import ConfigError, OutputError
@@ -172,7 +173,7 @@ def test_an_empty_override_value_is_an_error_and_null_means_none(tmp_path):
     assert load_config(write(tmp_path, "{}"), ["model.pretrained=null"]).model.pretrained is None
 
 
-@pytest.mark.parametrize("key", ["dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights",
+@pytest.mark.parametrize("key", ["dataset.root", "dataset.lists", "model.pretrained", "teachers.dino.weights",
                                  "teachers.clip.weights", "save_path"])
 def test_an_empty_path_in_yaml_is_an_error_naming_the_key(tmp_path, key):
     section, _, field = key.rpartition(".")
@@ -266,11 +267,11 @@ def test_the_class_count_and_the_data_folders_follow_the_dataset_name(tmp_path, 
     for name, info in DATASETS.items():
         dataset = load_config(write(tmp_path, "{}"), [f"dataset.name={name}"]).dataset
         assert dataset.nclass == info.nclass
-        assert (dataset.root, dataset.splits) == (str(tmp_path / "dataset" / name), str(tmp_path / "splits" / name))
+        assert (dataset.root, dataset.lists) == (str(tmp_path / "data" / name), str(tmp_path / "splits" / name))
     assert "nclass" not in Config().to_dict()["dataset"]
     assert "'dataset.nclass'" in error_of(write(tmp_path, "{}"), ["dataset.nclass=7"])
     given = load_config(write(tmp_path, "dataset: {name: potsdam, root: /data/tiles}\n")).dataset
-    assert given.root == "/data/tiles" and given.splits.endswith("splits/potsdam")
+    assert given.root == "/data/tiles" and given.lists.endswith("splits/potsdam")
 
 
 def test_no_fusion_is_every_teacher_weight_zero_with_the_student_weight_one(tmp_path):
@@ -300,14 +301,48 @@ def test_loaded_paths_are_absolute_and_a_tilde_is_the_home_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = load_config(write(tmp_path, "{}"), ["save_path=~/runs/{method}", "model.pretrained=null"])
-    assert cfg.dataset.root == str(tmp_path / "dataset" / "loveda")
-    assert cfg.dataset.splits == str(tmp_path / "splits" / "loveda")
+    assert cfg.dataset.root == str(tmp_path / "data" / "loveda")
+    assert cfg.dataset.lists == str(tmp_path / "splits" / "loveda")
     assert cfg.run_dir == tmp_path / "home" / "runs" / "rs_mtdf" and cfg.model.pretrained is None
     assert cfg.teachers.clip.weights == str(tmp_path / "pretrained" / "ViT-L-14.pt")
     # Saved and read again from elsewhere, it names the same files.
     save_config(cfg, tmp_path / "saved.yaml")
     monkeypatch.chdir(REPO)
     assert load_config(tmp_path / "saved.yaml").to_dict() == cfg.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Renamed keys: refused in a config file or override, naming the new key; read in a run's saved config.
+
+
+def saved_before_the_rename(folder: Path, lists: str) -> Path:
+    """config.yaml of a run folder as train.py wrote it while dataset.lists was still dataset.splits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    save_config(Config().replace({"dataset.lists": lists}), path)
+    path.write_text(path.read_text().replace("  lists: ", "  splits: "))
+    (folder / "progress.json").write_text("{}")
+    return path
+
+
+def test_the_old_key_of_the_lists_folder_is_refused_naming_the_new_one(tmp_path):
+    assert "unknown key 'dataset.splits' (did you mean 'dataset.lists'?" in \
+        error_of(write(tmp_path, "dataset: {splits: /data/lists}\n"))
+    assert "unknown key 'dataset.splits' (did you mean 'dataset.lists'?" in \
+        error_of(write(tmp_path, "{}"), ["dataset.splits=/data/lists"])
+
+
+def test_a_run_saved_before_the_lists_key_was_renamed_loads_from_its_folder_only(tmp_path):
+    path = saved_before_the_rename(tmp_path / "run", "/data/lists")
+    assert load_config(path).dataset.lists == "/data/lists"
+    (tmp_path / "run" / "progress.json").unlink()  # no longer a run folder: a config file like any other
+    assert "did you mean 'dataset.lists'" in error_of(path)
+
+
+def test_upgrading_a_saved_config_keeps_the_new_key_where_both_are_there():
+    assert upgrade_saved({"dataset": {"splits": "/old", "name": "potsdam"}}) == \
+        {"dataset": {"name": "potsdam", "lists": "/old"}}
+    assert upgrade_saved({"dataset": {"splits": "/old", "lists": "/new"}}) == {"dataset": {"lists": "/new"}}
 
 
 def test_save_config_is_atomic_and_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
@@ -341,8 +376,8 @@ def test_the_patch_size_has_one_definition_and_the_config_imports_no_torch():
 def test_a_dataset_config_is_its_dataset_and_the_defaults(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.dataset.name == name and cfg.dataset.excluded_classes == DATASETS[name].eval_exclude
-    defaults = Config().replace({"dataset.name": name, "dataset.root": f"dataset/{name}",
-                                 "dataset.splits": f"splits/{name}"})
+    defaults = Config().replace({"dataset.name": name, "dataset.root": f"data/{name}",
+                                 "dataset.lists": f"splits/{name}"})
     assert cfg.to_dict() == with_absolute_paths(defaults).to_dict()
 
 

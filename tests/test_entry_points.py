@@ -20,7 +20,7 @@ ENTRY_POINTS = [
     ("experiments/learning_check/check.py", "experiments.learning_check.check"),
     ("scripts/reproduce.py", "scripts.reproduce"),
     ("dataset/prepare.py", "dataset.prepare"),
-    ("dataset/splits.py", "dataset.splits"),
+    ("dataset/shipped.py", "dataset.shipped"),
     ("dataset/synthetic.py", "dataset.synthetic"),
     ("experiments/learning_check/scenes.py", "experiments.learning_check.scenes"),
     (None, "model.check"),

@@ -35,7 +35,7 @@ def write_config(tmp_path: Path) -> Path:
     splits.mkdir()
     (splits / "val.txt").write_text("a.png a_mask.png\n")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"dataset: {{splits: {splits}, crop_size: 28}}\ntrain: {{num_workers: 0, method: fixmatch}}\n"
+    cfg.write_text(f"dataset: {{lists: {splits}, crop_size: 28}}\ntrain: {{num_workers: 0, method: fixmatch}}\n"
                    "teachers: {dino: {enabled: false}, clip: {enabled: false}}\n"
                    "distill: {fusion_weights: {student: 1.0, dino: 0.0, clip: 0.0}}\n"
                    "model: {backbone: tiny, pretrained: null}\n")

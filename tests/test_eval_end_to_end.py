@@ -41,7 +41,7 @@ def make_run(tmp_path: Path, name: str = "loveda") -> tuple[Path, Path]:
     splits.mkdir()
     (splits / "val.txt").write_text("\n".join(lines) + "\n")
     cfg_path = tmp_path / f"{name}.yaml"
-    cfg_path.write_text(f"dataset: {{name: {name}, root: {root}, splits: {splits}, crop_size: 28}}\n" + TINY)
+    cfg_path.write_text(f"dataset: {{name: {name}, root: {root}, lists: {splits}, crop_size: 28}}\n" + TINY)
     torch.manual_seed(0)
     state = build_segmenter(load_config(cfg_path)).state_dict()
     ckpt = tmp_path / "run" / "best.pth"

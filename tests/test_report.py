@@ -21,7 +21,7 @@ def make_config(folder: Path, method: str, split: str, seed: int, splits: Path, 
     folder.mkdir(parents=True, exist_ok=True)
     base = NO_TEACHERS if method != "rs_mtdf" else {}
     raw = {**base, **sections}
-    raw["dataset"] = {"name": "loveda", "split": split, "splits": str(splits)}
+    raw["dataset"] = {"name": "loveda", "split": split, "lists": str(splits)}
     raw["train"] = {"method": method, "seed": seed, "epochs": epochs, "best_by": "student"}
     save_config(Config.model_validate(raw), folder / "config.yaml")
 
@@ -215,7 +215,7 @@ def test_seeds_are_pooled_only_where_every_other_setting_is_the_same(tmp_path, s
     # Paths, workers and logging are not settings: a run that differs only there pools with the others.
     run = tmp_path / "exp" / "seed4_elsewhere"
     make_config(run, "fixmatch", "10", 4, splits, epochs=3, train={"method": "fixmatch"})
-    save_config(Config.model_validate({**NO_TEACHERS, "dataset": {"split": "10", "splits": str(splits)},
+    save_config(Config.model_validate({**NO_TEACHERS, "dataset": {"split": "10", "lists": str(splits)},
                                        "train": {"method": "fixmatch", "seed": 4, "epochs": 3, "num_workers": 1,
                                                  "log_interval": 5}, "save_path": "/elsewhere"}),
                 run / "config.yaml")
@@ -288,3 +288,11 @@ def test_no_fusion_is_labelled_as_such() -> None:
     assert report.ablation_label(fused) == "dino+clip"
     none = {"train": {"method": "rs_mtdf"}, "distill": {"fusion_weights": {"student": 1, "dino": 0, "clip": 0}}}
     assert report.ablation_label(none) == "dino+clip, no fusion"
+
+
+def test_a_run_saved_before_dataset_lists_was_named_is_read_with_its_test_list(tmp_path, splits) -> None:
+    run = tmp_path / "exp" / "old"
+    make_config(run, "fixmatch", "10", 42, splits)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("  lists: ", "  splits: "))
+    read = report.read_config(run)
+    assert read["test_list"] == splits / "test.txt" and "dataset.lists" in read["settings"]

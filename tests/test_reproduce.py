@@ -72,7 +72,7 @@ def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_
 
 def test_train_sh_exits_with_the_trainers_status_and_ends_with_its_one_line_error(tmp_path):
     env = {**os.environ, "DATASET": "demo", "SAVE_PATH": str(tmp_path / "run")}
-    done = subprocess.run(["sh", "scripts/train.sh", "1", str(free_port()), f"dataset.splits={tmp_path / 'none'}"],
+    done = subprocess.run(["sh", "scripts/train.sh", "1", str(free_port()), f"dataset.lists={tmp_path / 'none'}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: split file not found: {tmp_path / 'none'}")

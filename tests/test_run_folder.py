@@ -69,3 +69,18 @@ def test_a_run_resumed_after_its_split_lists_changed_is_refused_unless_told(tmp_
                                             r"[0-9a-f]{12}\)\); to go on with the new values pass --resume-changed"):
         resume()
     assert list(resume(allow_changed=True)) == ["labeled.txt"]
+
+
+def test_a_run_saved_before_dataset_lists_was_named_resumes_and_compares_as_the_same_setting(tmp_path: Path):
+    """Checkpoints and config.yaml written while the key was dataset.splits hold the same setting."""
+    import yaml
+
+    from util.config import Config
+    from util.run import resume_differences, saved_setting_differences
+
+    cfg = Config().replace({"dataset.lists": "/data/lists"})
+    old = cfg.to_dict()
+    old["dataset"]["splits"] = old["dataset"].pop("lists")
+    assert resume_differences(old, cfg, tmp_path / "latest.pth", allow_changed=False) == {}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert saved_setting_differences(tmp_path, cfg) == {}

@@ -169,7 +169,7 @@ def test_sbatch_trains_the_demo_as_two_ranks_and_a_requeue_resumes_it_to_the_end
     save, out = tmp_path / "run", tmp_path / "job.out"
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/sh\nexport OMP_NUM_THREADS=1\nDATASET=demo sh {REPO}/scripts/slurm_train.sh "
-                      f"dataset.root={root} dataset.splits={splits} save_path={save} train.epochs=6 "
+                      f"dataset.root={root} dataset.lists={splits} save_path={save} train.epochs=6 "
                       f"train.num_workers=0 train.checkpoint_interval=1\n")
     submitted = subprocess.run(["sbatch", "--parsable", "--ntasks=2", "--requeue", f"--output={out}",
                                 "--open-mode=append", str(script)], capture_output=True, text=True, env=ENV,
@@ -190,7 +190,7 @@ def test_a_job_array_trains_a_small_table_and_the_dependent_job_writes_the_repor
     root, splits = data
     exp = tmp_path / "exp"
     done = subprocess.run(["sh", "scripts/slurm_reproduce.sh", "demo", "supervised,fixmatch", "10", "0",
-                           f"dataset.root={root}", f"dataset.splits={splits}", "dataset.crop_size=42",
+                           f"dataset.root={root}", f"dataset.lists={splits}", "dataset.crop_size=42",
                            "train.epochs=1", "train.batch_size=2", "train.num_workers=0", "train.global_batch=null",
                            "teachers.clip.input_size=28", "distill.translator_hidden=16",
                            "train.supervised_protocol=same_iterations"],

@@ -64,7 +64,7 @@ def tiny_overrides(root: Path, splits: Path, save: Path, method: str = "rs_mtdf"
     """Overrides of configs/demo.yaml for a run of a few seconds on a CPU."""
     teachers = method == "rs_mtdf"
     fusion = "{student: 0.8, dino: 0.1, clip: 0.1}" if teachers else "{student: 1.0, dino: 0.0, clip: 0.0}"
-    return [f"dataset.root={root}", f"dataset.splits={splits}", "dataset.crop_size=42",
+    return [f"dataset.root={root}", f"dataset.lists={splits}", "dataset.crop_size=42",
             f"train.method={method}", f"train.epochs={epochs}", "train.batch_size=2", "train.num_workers=0",
             "train.precision=fp32", "train.log_interval=2", "train.conf_thresh=0.5",
             f"teachers.dino.enabled={str(teachers).lower()}", f"teachers.clip.enabled={str(teachers).lower()}",

@@ -22,6 +22,26 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override config values, e.g. train.lr=1e-5 eval.mode=sliding_window")
 
 
+class _RenamedFlag(argparse.Action):
+    """A flag that was renamed: given in any form (alone, with a value, abbreviated), it is an error naming the new
+    one, so that it is neither taken for another flag nor dropped."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{self.option_strings[0]} was renamed: did you mean {self.new}?")
+
+
+def refuse_renamed_flags(parser: argparse.ArgumentParser, renamed: Mapping[str, str]) -> None:
+    """Refuse each old flag of `renamed` ({old: new}) with one line naming the new one (hidden from --help)."""
+    for old, new in renamed.items():
+        parser.add_argument(old, action=_RenamedFlag, new=new, nargs="?", default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
+
+
 def user_path(text: str) -> str:
     """A path argument as the user meant it: `~` expanded also where no shell did it (`--out=~/maps`)."""
     return os.path.expanduser(text)

@@ -14,6 +14,7 @@ which may change freely on resume.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -87,12 +88,20 @@ def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[fl
     return pair
 
 
+# Where a dataset's prepared tiles are by default (dataset.root, and dataset.prepare's --out), where they were
+# before they moved out of the package (named by the error when tiles are not found), and its split lists.
+TILES_DEFAULT = "data/{name}"
+TILES_BEFORE = "dataset/{name}"
+LISTS_DEFAULT = "splits/{name}"
+
+
 class DatasetConfig(Section):
     name: str = "loveda"
-    # The prepared tiles (--out of dataset.prepare) and the split lists; left out: dataset/<name>, splits/<name>.
-    root: PathText = "dataset/loveda"
-    splits: PathText = "splits/loveda"
-    # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
+    # The prepared tiles (--out of dataset.prepare) and the folder of split lists; left out: data/<name>,
+    # splits/<name> (the shipped lists).
+    root: PathText = TILES_DEFAULT.format(name="loveda")
+    lists: PathText = LISTS_DEFAULT.format(name="loveda")
+    # Labelled share in percent: the folder <lists>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
     crop_size: int = Field(518, gt=0)
     # Classes dropped from the score; null takes the dataset's protocol (docs/method.md §5, DWL). A tuple, as frozen as
@@ -116,7 +125,8 @@ class DatasetConfig(Section):
     @classmethod
     def _folders_follow_the_name(cls, values: Any) -> Any:
         if isinstance(values, dict) and isinstance(values.get("name"), str):
-            values = {"root": f"dataset/{values['name']}", "splits": f"splits/{values['name']}", **values}
+            name = values["name"]
+            values = {"root": TILES_DEFAULT.format(name=name), "lists": LISTS_DEFAULT.format(name=name), **values}
         return values
 
     @model_validator(mode="after")
@@ -136,6 +146,17 @@ class DatasetConfig(Section):
     @property
     def excluded_classes(self) -> tuple[int, ...]:
         return tuple(self.eval_exclude) if self.eval_exclude is not None else DATASETS[self.name].eval_exclude
+
+    def moved_root_hint(self) -> str:
+        """For an error about tiles not found: where the default root moved from, if `root` is that default, is
+        not there, and the old default folder is (else '')."""
+        before = absolute_path(TILES_BEFORE.format(name=self.name))
+        root = absolute_path(self.root)
+        if root != absolute_path(TILES_DEFAULT.format(name=self.name)) or os.path.exists(root) \
+                or not os.path.isdir(before):
+            return ""
+        return (f"; the default dataset.root moved from {TILES_BEFORE.format(name=self.name)} to "
+                f"{TILES_DEFAULT.format(name=self.name)}: set dataset.root={before}, or move that folder to {root}")
 
 
 class ModelConfig(Section):
@@ -439,8 +460,12 @@ MODEL_KEYS = ("dataset.name", "model.backbone", "train.method", "teachers.dino.e
 FREE_KEYS = ("save_path", "model.pretrained", "model.grad_checkpointing", "train.num_workers", "train.log_interval",
              "train.checkpoint_interval", "train.compile", "train.channels_last", "train.skip_nonfinite",
              "eval.batch_size", "eval.num_visualize")
+# Keys renamed since runs saved their config: {old dotted key: new}. A config file or override that uses an old
+# key is refused, naming the new one; a run's saved config (its config.yaml, its checkpoints' config) written
+# before a rename is read with the old key taken for the new one (`upgrade_saved`).
+RENAMED_KEYS = {"dataset.splits": "dataset.lists"}
 # The keys that hold file or folder paths: absolute once loaded.
-PATH_KEYS = ("dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights",
+PATH_KEYS = ("dataset.root", "dataset.lists", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights",
              "save_path")
 
 
@@ -505,13 +530,22 @@ def _field_names(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _closest(word: str, valid: list[str]) -> str | None:
+    """The valid key `word` most likely stands for, if any is close enough to suggest."""
+    # difflib's own default cutoff: at 0.5, 'nclass' (not a key: the catalogue decides it) would get 'lists'.
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _format_error(err: ErrorDetails, source: str) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc)
+    if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+        return f"{source}: unknown key '{key}' (did you mean '{RENAMED_KEYS[key]}'? it was renamed)"
     if err["type"] == "extra_forbidden":
         valid = _field_names(Config, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+        close = _closest(loc[-1], valid)
+        prefix = ".".join(loc[:-1] + (close,)) if close else None
         hint = f" (did you mean '{prefix}'?)" if prefix else f" (valid keys here: {', '.join(valid)})"
         return f"{source}: unknown key '{key}'{hint}"
     message = err["msg"].removeprefix("Value error, ")
@@ -549,13 +583,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def _check_override_key(path: list[str], where: str) -> None:
     """Reject an override whose key the schema does not have, naming the closest valid key."""
+    if ".".join(path) in RENAMED_KEYS:
+        raise ConfigError(f"{where}: unknown key '{'.'.join(path)}' (did you mean '{RENAMED_KEYS['.'.join(path)]}'? "
+                          f"it was renamed)")
     for depth, part in enumerate(path):
         valid = _field_names(Config, tuple(path[:depth]))
         if not valid:
             return  # below a free-form mapping such as distill.weights: the schema checks the value
         if part not in valid:
-            close = difflib.get_close_matches(part, valid, n=1, cutoff=0.5)
-            hint = (f" (did you mean '{'.'.join(path[:depth] + [close[0]])}'?)" if close
+            close = _closest(part, valid)
+            hint = (f" (did you mean '{'.'.join(path[:depth] + [close])}'?)" if close
                     else f" (valid keys here: {', '.join(valid)})")
             raise ConfigError(f"{where}: unknown key '{'.'.join(path)}'{hint}")
 
@@ -632,9 +669,51 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
+# A run folder: its resolved config beside its progress (util/run.py writes both).
+RUN_CONFIG, RUN_PROGRESS = "config.yaml", "progress.json"
+
+
+def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (nested mappings) with every key renamed since (RENAMED_KEYS) under its new name;
+    where both are there, the new one stays. The one place old saved configs are mapped to today's keys."""
+    raw = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.items():
+        *old_sections, old_key = old.split(".")
+        holder: Any = raw
+        for part in old_sections:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or old_key not in holder:
+            continue
+        value = holder.pop(old_key)
+        *new_sections, new_key = new.split(".")
+        target = raw
+        for part in new_sections:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target.setdefault(new_key, value)
+    return raw
+
+
+def is_run_config(path: str | os.PathLike) -> bool:
+    """Whether `path` is the config.yaml of a run folder (beside its progress.json): a saved, resolved config."""
+    path = Path(path).expanduser()
+    return path.name == RUN_CONFIG and (path.parent / RUN_PROGRESS).is_file()
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's saved config.yaml as a mapping, in today's keys (`upgrade_saved`)."""
+    return upgrade_saved(read_yaml(path))
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute."""
-    raw = read_yaml(path)
+    """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute.
+
+    A run folder's config.yaml (`is_run_config`) is read in today's keys, so that a run saved before a key was
+    renamed can still be scored, exported and resumed from it; anywhere else an old key is refused.
+    """
+    raw = read_run_config(path) if is_run_config(path) else read_yaml(path)
     base = _validate(raw, str(path))
     cfg = _validate(apply_overrides(raw, list(overrides or []), base.to_dict()), f"{path} with overrides")
     return with_absolute_paths(cfg)

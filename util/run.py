@@ -32,20 +32,23 @@ from torch.nn.parallel import DistributedDataParallel
 from util.checkpoint import atomic_save, load_own_checkpoint
 from util.config import (
     MODEL_KEYS,
+    RUN_CONFIG,
+    RUN_PROGRESS,
     Config,
     config_differences,
     describe_differences,
     model_differences,
-    read_yaml,
+    read_run_config,
     save_config,
     setting_differences,
     under,
+    upgrade_saved,
 )
 from util.errors import WeightsError
 from util.io import FolderLock, check_output_folder, file_sha256, remove_stale_temporaries, write_text
 from util.logging import code_version
 
-CONFIG, PROGRESS, LATEST, BEST, LOCK = "config.yaml", "progress.json", "latest.pth", "best.pth", ".lock"
+CONFIG, PROGRESS, LATEST, BEST, LOCK = RUN_CONFIG, RUN_PROGRESS, "latest.pth", "best.pth", ".lock"
 # Resuming under other values of these is refused outright: the saved weights or optimizer state would not
 # fit (another model, another set of trained parameters).
 ARCHITECTURE_KEYS = (*MODEL_KEYS, "model.lock_backbone")
@@ -151,7 +154,7 @@ class RunFolder:
             return
         try:
             saved = load_own_checkpoint(self.best).get("config")
-            same_run = isinstance(saved, dict) and not config_differences(saved, cfg.to_dict())
+            same_run = isinstance(saved, dict) and not config_differences(upgrade_saved(saved), cfg.to_dict())
         except WeightsError:
             same_run = False
         if not same_run:
@@ -302,6 +305,7 @@ def resume_differences(saved: dict[str, Any], cfg: Config, path: Path, allow_cha
     Another model is refused; other settings or lists need `allow_changed` (--resume-changed), and are then
     returned so that the caller logs them.
     """
+    saved = upgrade_saved(saved)
     model = model_differences(saved, cfg.to_dict(), ARCHITECTURE_KEYS)
     if model:
         raise WeightsError(f"{path} belongs to a run of another model ({describe_differences(model)}); use another "
@@ -368,7 +372,7 @@ def saved_setting_differences(folder: str | os.PathLike, cfg: Config,
     path = Path(folder) / CONFIG
     if not path.is_file():
         return {}
-    diffs: dict[str, tuple[Any, Any]] = setting_differences(read_yaml(path), cfg.to_dict())
+    diffs: dict[str, tuple[Any, Any]] = setting_differences(read_run_config(path), cfg.to_dict())
     if split_lists is not None:
         diffs.update(split_list_differences((read_progress(folder) or {}).get("split_lists"), split_lists))
     return diffs

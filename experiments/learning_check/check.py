@@ -104,7 +104,7 @@ def make_data(work: Path) -> None:
     run([sys.executable, "-m", "experiments.learning_check.scenes", "--out", str(raw), "--size", str(SCENE_SIZE),
          "--count", str(TRAIN_SCENES), "--val-count", str(VAL_SCENES), "--seed", str(DATA_SEED)])
     run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
-         "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
+         "--lists", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
     labelled = [line for line in read_list(split_file(splits, "labeled", "1")) if line.strip()]
     everything = sorted(set(labelled) | {line for line in read_list(split_file(splits, "unlabeled", "1"))
                                          if line.strip()})
@@ -480,14 +480,14 @@ def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subpro
     is refused in one line."""
     run_dir = work / "runs" / name
     # The data of this work folder, whatever config.yaml names (its default is exp/learning_check).
-    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.splits={work / 'splits'}", *overrides,
+    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.lists={work / 'splits'}", *overrides,
                  f"save_path={run_dir}"]
     cfg = load_config(CONFIG, overrides)
-    diffs = saved_setting_differences(run_dir, cfg, training_list_digests(cfg.dataset.splits, cfg.dataset.split))
+    diffs = saved_setting_differences(run_dir, cfg, training_list_digests(cfg.dataset.lists, cfg.dataset.split))
     if diffs:
         raise ConfigError(f"{run_dir} holds a run with other settings ({describe_differences(diffs)}); use another "
                           f"--work, or remove the run")
-    if protocol_evaluation(run_dir, split_file(cfg.dataset.splits, "test")) is not None:
+    if protocol_evaluation(run_dir, split_file(cfg.dataset.lists, "test")) is not None:
         return None
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONWARNINGS": "ignore"}
@@ -544,7 +544,7 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
             continue
         cfg = load_config(run_dir / "config.yaml")
         root = Path(cfg.dataset.root)
-        lines = split_file(cfg.dataset.splits, "unlabeled", cfg.dataset.split).read_text().split("\n")
+        lines = split_file(cfg.dataset.lists, "unlabeled", cfg.dataset.split).read_text().split("\n")
         pairs = [line.split() for line in lines if line.strip()]
         imgs = torch.from_numpy(np.stack([rgb_array(root / a) for a, _ in pairs]))
         masks = torch.from_numpy(np.stack([open_labels(root / b) for _, b in pairs])).long()
