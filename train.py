@@ -326,7 +326,7 @@ class Trainer:
             atomic_save(self.state(epoch), getattr(self.run_folder, which))
 
     def write_progress(self, epoch: int) -> None:
-        """progress.json: where the run stands and its best scores, for people and eval/report.py (rank 0)."""
+        """progress.json: where the run stands and its best scores, for people and scripts/report.py (rank 0)."""
         if not self.info.is_main or self.run_folder is None:
             return
         cfg = self.cfg

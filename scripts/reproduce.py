@@ -1,5 +1,5 @@
 """The published table in one command: every method x labelled split (x seed) trained with scripts/train.sh,
-each best.pth scored on the test split by the published protocol, and the report written.
+each best.pth scored on the test subset by the published protocol, and the report written.
 
     sh scripts/reproduce.sh <dataset> <num_gpu> <port> [methods] [splits] [seeds] [key.sub=value ...]
     sh scripts/reproduce.sh potsdam 4 29500                                  # all methods, 1/5/10 %, seed 42
@@ -207,16 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         if scored is not None:
             print(f"test score of this best.pth already there: {scored}", flush=True)
             continue
-        # The published protocol: the test split, the run's own resolved config (its model and class
+        # The published protocol: the test subset, the run's own resolved config (its model and class
         # exclusions), mode original, the weights best.pth was selected by.
         if launch([sys.executable, "eval/eval.py", "--config", str(run.folder / CONFIG), "--checkpoint",
-                   str(run.folder / "best.pth"), "--split", "test", "--mode", PROTOCOL_MODE]) != 0:
+                   str(run.folder / "best.pth"), "--subset", "test", "--mode", PROTOCOL_MODE]) != 0:
             print(f"FAILED: test evaluation of {run.folder}; going on with the others", file=sys.stderr, flush=True)
             failed.append(str(run.folder))
     if launch.stopped:
         print("stopped by SIGTERM; run the same command to go on", file=sys.stderr)
         return 0
-    if launch([sys.executable, "eval/report.py", str(exp), "--out", str(exp / "report")]) != 0:
+    if launch([sys.executable, "scripts/report.py", str(exp), "--out", str(exp / "report")]) != 0:
         failed.append("report")
     if failed:
         print(f"error: {len(failed)} of the runs failed: {' '.join(failed)}", file=sys.stderr)

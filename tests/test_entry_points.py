@@ -12,8 +12,9 @@ from tests.train_fixtures import REPO
 ENTRY_POINTS = [
     ("train.py", "train"),
     ("eval/eval.py", "eval.eval"),
-    ("eval/predict.py", "eval.predict"),
-    ("eval/report.py", "eval.report"),
+    ("deploy/predict.py", "deploy.predict"),
+    ("deploy/export.py", "deploy.export"),
+    ("scripts/report.py", "scripts.report"),
     ("scripts/benchmark.py", "scripts.benchmark"),
     ("scripts/bench_predict.py", "scripts.bench_predict"),
     ("scripts/gpu_smoke.py", "scripts.gpu_smoke"),
@@ -25,7 +26,6 @@ ENTRY_POINTS = [
     ("experiments/learning_check/scenes.py", "experiments.learning_check.scenes"),
     (None, "model.check"),
     (None, "model.fetch"),
-    (None, "eval.export"),
     (None, "util.config"),
 ]
 # Modules whose import must not touch sys.path (the shim runs only when the file itself is run).

@@ -1,16 +1,16 @@
 """Export a checkpoint as one ONNX file that QGIS's Deepness plugin and ONNX Runtime run: the deployed student.
 
-    python -m eval.export --config exp/loveda/rs_mtdf/10/config.yaml --checkpoint exp/loveda/rs_mtdf/10/best.pth \\
+    python -m deploy.export --config exp/loveda/rs_mtdf/10/config.yaml --checkpoint exp/loveda/rs_mtdf/10/best.pth \\
         --out loveda_rs_mtdf.onnx [--weights student|ema] [--resolution CM] [key.sub=value ...]
 
-The graph is what eval/predict.py runs on each window, and nothing else: the student (encoder, DPT head), the
+The graph is what deploy/predict.py runs on each window, and nothing else: the student (encoder, DPT head), the
 translators and the second pass on the window resized to CLIP's input size that feed the fusion, the fusion;
 no teacher (the checkpoint never holds one). Around it, the conventions of Deepness (docs/qgis.md):
 
 - input `image`: (batch, 3, tile, tile) float32, RGB in 0..1, what Deepness feeds (a tile's 8-bit bands divided
   by 255, channels first). The ImageNet normalisation the model was trained with is inside the graph.
 - output `probabilities`: (batch, classes, tile, tile), the softmax over the classes (Deepness takes the argmax).
-- tile = the sliding window of eval/predict.py (eval.window, else dataset.crop_size); the batch is dynamic.
+- tile = the sliding window of deploy/predict.py (eval.window, else dataset.crop_size); the batch is dynamic.
 - metadata Deepness reads: model_type Segmentor, class_names, resolution (cm/px: the dataset's, or
   --resolution), tile_size, tiles_overlap (percent: predict.py's stride), seg_thresh 0 and seg_small_segment 0
   (plain argmax, as predict.py; no small-area filter); plus rs_mtdf_* keys saying where the file came from.
@@ -22,13 +22,18 @@ leaves no file.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not deploy/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -236,13 +241,13 @@ def require_exporter() -> None:
     ONNX Runtime; a one-line error naming what is missing."""
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
     if version < (2, 6):
-        raise UserError(f"eval.export needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
+        raise UserError(f"deploy.export needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
                         f"{torch.__version__}")
     for package in ("onnx", "onnxscript", "onnxruntime"):
         try:
             __import__(package)
         except ImportError:
-            raise UserError(f"eval.export needs the package {package}: pip install -r requirements.txt") from None
+            raise UserError(f"deploy.export needs the package {package}: pip install -r requirements.txt") from None
 
 
 def check_out(out: Path) -> None:

@@ -1,6 +1,6 @@
 """Table and plot of a set of training runs: best val mIoU (student, EMA), test scores, seeds pooled.
 
-    python eval/report.py exp/ [more folders ...] [--out report/]
+    python scripts/report.py exp/ [more folders ...] [--out report/]
 
 Walks the folders for run folders (config.yaml beside progress.json), reads each run's progress.json and the
 metrics.json of its evaluations, and writes report.md, report.json and report.png into --out (default
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: Python put eval/ first, where eval.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
@@ -38,7 +38,7 @@ from util.cli import path_arg, run_main
 from util.config import FREE_KEYS, METHOD_NAMES, Config, flatten, method_distils, read_yaml, under
 from util.errors import UserError, short_reason
 from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
-from util.run import CONFIG, PROGRESS, evaluation_problem
+from util.run import CONFIG, PROGRESS, evaluation_problem, scored_subset
 
 REQUIRED = object()
 # The evaluation the published tables use: one forward per tile, the weights best.pth was selected by.
@@ -220,12 +220,12 @@ def read_evals(folder: Path, progress: dict[str, Any], test_list: Path | None
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
         try:
             data = _read_json(sub / "metrics.json")
-            if not isinstance(data, dict) or data.get("split") not in ("val", "test"):
-                raise SkipRun("metrics.json has no 'split' of val or test")
+            if not isinstance(data, dict) or scored_subset(data) not in ("val", "test"):
+                raise SkipRun("metrics.json has no 'subset' of val or test")
             problem = evaluation_problem(progress, data, test_list)
             if problem:
                 raise SkipRun(problem)
-            evals.append({"folder": str(sub), "split": data["split"], "mode": data.get("mode"),
+            evals.append({"folder": str(sub), "subset": scored_subset(data), "mode": data.get("mode"),
                           "weights": data.get("weights"), "checkpoint": data["checkpoint"],
                           **{k: _number(data.get(k), f"metrics.json {k}") for k in ("miou", "mean_f1", "oa", "kappa")}})
         except SkipRun as e:
@@ -236,7 +236,7 @@ def read_evals(folder: Path, progress: dict[str, Any], test_list: Path | None
 def pick_test(evals: list[dict[str, Any]], selected_by: str) -> dict[str, Any] | None:
     """The test score to report: the published protocol's (mode original, the weights best.pth was selected by)
     if there is one, else the closest (the table shows its mode and weights)."""
-    tests = [e for e in evals if e["split"] == "test" and e["miou"] is not None]
+    tests = [e for e in evals if e["subset"] == "test" and e["miou"] is not None]
     tests.sort(key=lambda e: (e["mode"] != PROTOCOL_MODE, e["weights"] != selected_by, e["folder"]))
     return tests[0] if tests else None
 

@@ -1,13 +1,13 @@
 """Segment scenes with a checkpoint: class masks a GIS can open, for images of any size, in bounded memory.
 
-    python eval/predict.py --config configs/potsdam.yaml --checkpoint best.pth --out pred/ INPUT...
+    python deploy/predict.py --config configs/potsdam.yaml --checkpoint best.pth --out pred/ INPUT...
         [--mode sliding_window|original] [--window 518] [--stride 345] [--blend gaussian|uniform]
         [--batch-size 16] [--weights student|ema] [--alpha 0.5] [--list FILE] [--bands R,G,B]
         [--scale auto|percentile[:LOW,HIGH]|minmax|none|LOW,HIGH] [--no-cog] [key=value ...]
 
 INPUT is an image file (GeoTIFF or TIFF, PNG, JPEG; also GDAL's .vrt), a folder of them (not recursive), or
 a list file `@scenes.txt` (one path per line, files or folders, relative to the current folder; blank
-lines and # comments skipped; `--list FILE` is the same; eval/inputs.py). Positional arguments of the form
+lines and # comments skipped; `--list FILE` is the same; deploy/inputs.py). Positional arguments of the form
 section.key=value (not naming an existing file) are config overrides.
 
 Per scene <stem>_mask (class indices), <stem>_color (dataset palette), <stem>_overlay (the palette over the
@@ -18,14 +18,14 @@ overlay): the mask carries the palette as a colour table, all carry class names 
 read and written by windows, so a scene of any size runs in memory that depends on its width, not its
 height. Other inputs (PNG, JPEG, TIFFs without georeference) give PNGs, read whole.
 
-Bands (eval/scenes.py): a TIFF's bands declared red, green and blue are read as such, wherever they are; bands
+Bands (deploy/scenes.py): a TIFF's bands declared red, green and blue are read as such, wherever they are; bands
 declaring no colour are read as red, green, blue from bands 1-3 (with a note); another colour model is
 refused; --bands R,G,B (1-based) chooses them instead, whatever they declare. 8-bit bands are read as they
 are; 16-bit, 32-bit and float bands are stretched to 0-255 from each band's 2nd to 98th percentile, taken
 from a bounded sample of the pixels holding data (--scale chooses another rule). No data (class 255, the
 mask's nodata) is where a nodata value, a mask band, or an alpha band or PNG alpha of only 0 and the maximum
 says; a band declared alpha that holds other values is data, with a note. Outputs are written by
-eval/maps.py; temporary files that killed runs left in --out are removed.
+deploy/maps.py; temporary files that killed runs left in --out are removed.
 
 Settings: window, stride, batch size and weights come from the config's eval section (flags override).
 Mode and blend are predict's own unless the command line gives them (--mode/--blend, or eval.mode=/
@@ -43,8 +43,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: Python put eval/ first, where eval.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
+if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not deploy/, first
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import math
@@ -55,11 +55,11 @@ import torch
 from tqdm import tqdm
 
 from dataset.transforms import normalize
+from deploy.inputs import collect_inputs
+from deploy.maps import Outputs, Style, legend_png, open_outputs
+from deploy.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
-from eval.inputs import collect_inputs
-from eval.maps import Outputs, Style, legend_png, open_outputs
-from eval.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
 from model.convert import LoadedWeights
 from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import add_config_args, config_from_args, run_main, user_path
@@ -150,7 +150,7 @@ def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[st
             "NODATA_CLASS": str(IGNORE_INDEX), "DATASET": info.name, **provenance,
             "MODE": settings.mode, "BLEND": settings.blend if settings.mode == "sliding_window" else "",
             "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
-            "TIFFTAG_SOFTWARE": "RS-MTDF eval/predict.py"}
+            "TIFFTAG_SOFTWARE": "RS-MTDF deploy/predict.py"}
     return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette), cog)
 
 
