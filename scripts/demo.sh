@@ -24,6 +24,6 @@ fi
 
 python eval/eval.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/eval_val"
 # A few val tiles are enough to look at; predict.py also takes whole folders and tiles of any size.
-python eval/predict.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/predictions" \
+python deploy/predict.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/predictions" \
     $(ls data/synthetic/loveda/val/images/*.png | head -n 8)
 echo "demo finished: checkpoints, train.log and tb/ in $RUN; metrics in $RUN/eval_val; pictures in $RUN/predictions"

@@ -1,5 +1,5 @@
 """The published table in one command: every method x labelled split (x seed) trained with scripts/train.sh,
-each best.pth scored on the test split by the published protocol, and the report written.
+each best.pth scored on the test subset by the published protocol, and the report written.
 
     sh scripts/reproduce.sh <dataset> <num_gpu> <port> [methods] [splits] [seeds] [key.sub=value ...]
     sh scripts/reproduce.sh potsdam 4 29500                                  # all methods, 1/5/10 %, seed 42
@@ -208,14 +208,14 @@ def score(run: Run, launch: Launcher) -> bool:
     # The published protocol: the test split, the run's own resolved config (its model and class exclusions),
     # mode original, the weights best.pth was selected by.
     if launch([sys.executable, "eval/eval.py", "--config", str(run.folder / CONFIG), "--checkpoint",
-               str(run.folder / "best.pth"), "--split", "test", "--mode", PROTOCOL_MODE]) != 0:
+               str(run.folder / "best.pth"), "--subset", "test", "--mode", PROTOCOL_MODE]) != 0:
         print(f"FAILED: test evaluation of {run.folder}; going on with the others", file=sys.stderr, flush=True)
         return False
     return True
 
 
 def report(exp: Path, launch: Launcher, failed: list[str]) -> int:
-    if launch([sys.executable, "eval/report.py", str(exp), "--out", str(exp / "report")]) != 0:
+    if launch([sys.executable, "scripts/report.py", str(exp), "--out", str(exp / "report")]) != 0:
         failed.append("report")
     if failed:
         print(f"error: {len(failed)} of the runs failed: {' '.join(failed)}", file=sys.stderr)

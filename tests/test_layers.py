@@ -1,7 +1,7 @@
 """The code's layers point one way: a module imports only from its own layer or lower ones, and no module
 imports itself back through others. The order, lowest first, is written down here and nowhere else:
 
-    util -> methods -> model -> dataset -> eval -> train.py -> scripts/, experiments/ (the tools)
+    util -> methods -> model -> dataset -> eval -> deploy -> train.py -> scripts/, experiments/ (the tools)
 
 Every import counts: at module level, inside functions, and under TYPE_CHECKING.
 """
@@ -12,7 +12,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = (("util",), ("methods",), ("model",), ("dataset",), ("eval",), ("train",), ("scripts", "experiments"))
+LAYERS = (("util",), ("methods",), ("model",), ("dataset",), ("eval",), ("deploy",), ("train",),
+          ("scripts", "experiments"))
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -1,12 +1,13 @@
 """util/run.py: best-score bookkeeping, the run folder's checks, and when a score belongs to a run."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.train_fixtures import DEMO, tiny_overrides, write_tiny_dataset
 from util.io import file_sha256
-from util.run import Progress, evaluation_problem
+from util.run import Progress, evaluation_problem, protocol_evaluation
 
 
 def test_best_pth_follows_the_selected_weights_and_a_tie_goes_to_the_later_epoch():
@@ -31,15 +32,32 @@ def test_a_score_belongs_to_the_run_only_for_its_current_best_pth_on_its_current
     test_list = tmp_path / "test.txt"
     test_list.write_text("a.png a_mask.png\n")
     progress = {"run_id": "abc", "best_checkpoint": {"iteration": 20, "epoch": 2}}
-    metrics = {"split": "test", "split_list_sha256": file_sha256(test_list),
+    metrics = {"subset": "test", "subset_list_sha256": file_sha256(test_list),
                "checkpoint": {"path": "/r/best.pth", "run_id": "abc", "iteration": 20}}
     assert evaluation_problem(progress, metrics, test_list) is None
     assert "another run" in evaluation_problem(progress, {**metrics, "checkpoint": {"run_id": "x"}}, test_list)
     stale = {**metrics, "checkpoint": {"path": "/r/best.pth", "run_id": "abc", "iteration": 10}}
     assert "iteration 10" in evaluation_problem(progress, stale, test_list)
-    assert "which checkpoint" in evaluation_problem(progress, {"split": "test"}, test_list)
+    assert "which checkpoint" in evaluation_problem(progress, {"subset": "test"}, test_list)
     test_list.write_text("b.png b_mask.png\n")
     assert "another test.txt" in evaluation_problem(progress, metrics, test_list)
+
+
+def test_a_metrics_json_written_before_subset_was_named_still_counts(tmp_path: Path):
+    """metrics.json once named the scored subset 'split' (and its list 'split_list'): such a score of the run's
+    current best.pth is still found as the protocol's, and still refused once the test list changed."""
+    test_list = tmp_path / "test.txt"
+    test_list.write_text("a.png a_mask.png\n")
+    progress = {"run_id": "abc", "best_checkpoint": {"iteration": 20, "epoch": 2}, "selected_by": "student"}
+    (tmp_path / "progress.json").write_text(json.dumps(progress))
+    old = {"split": "test", "split_list_sha256": file_sha256(test_list), "mode": "original", "weights": "student",
+           "checkpoint": {"path": "/r/best.pth", "run_id": "abc", "iteration": 20}}
+    (tmp_path / "eval_best_test_original_student").mkdir()
+    (tmp_path / "eval_best_test_original_student" / "metrics.json").write_text(json.dumps(old))
+    assert protocol_evaluation(tmp_path, test_list) == tmp_path / "eval_best_test_original_student"
+    test_list.write_text("b.png b_mask.png\n")
+    assert "another test.txt" in evaluation_problem(progress, old, test_list)
+    assert protocol_evaluation(tmp_path, test_list) is None
 
 
 def test_a_run_resumed_after_its_split_lists_changed_is_refused_unless_told(tmp_path: Path):

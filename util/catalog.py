@@ -26,7 +26,7 @@ class DatasetInfo:
     # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §5).
     eval_exclude: tuple[int, ...] = ()
     # Ground resolution of the dataset's imagery in cm per pixel, as its publishers describe it (prepare cuts
-    # tiles without resampling, so a model trained on them expects this): what eval/export.py writes into an
+    # tiles without resampling, so a model trained on them expects this): what deploy/export.py writes into an
     # ONNX file's `resolution` for QGIS's Deepness plugin, which resamples a scene to it before tiling.
     resolution_cm: float | None = None
 

@@ -9,8 +9,8 @@ where a score came from.
     <run>/train.log, tb/  what users watch
 
 Every checkpoint carries the run's id (made once, at the run's first start), the iteration and epoch it was
-saved at, and the config. eval/eval.py copies that identity, the file's SHA-256 and the digest of the split
-list it scored into metrics.json, so a score can always be matched to what produced it
+saved at, and the config. eval/eval.py copies that identity, the file's SHA-256 and the digest of the list it
+scored into metrics.json, so a score can always be matched to what produced it
 (`evaluation_problem`): a table never shows a score of a checkpoint that best.pth no longer is.
 """
 
@@ -337,6 +337,11 @@ def read_progress(folder: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def scored_subset(metrics: dict[str, Any]) -> Any:
+    """Which subset (val, test) a metrics.json scored: its 'subset', or 'split' in files written before the rename."""
+    return metrics.get("subset", metrics.get("split"))
+
+
 def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_list: Path | None) -> str | None:
     """Why `metrics` (an eval/eval.py metrics.json) is not a score of this run's current best.pth, in a few
     words; None when it is.
@@ -353,8 +358,8 @@ def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_l
     if source.get("iteration") != best.get("iteration"):
         return (f"scored {Path(str(source.get('path'))).name} at iteration {source.get('iteration')}, but best.pth "
                 f"is the one of iteration {best.get('iteration')}")
-    if test_list is not None and metrics.get("split") == "test":
-        recorded = metrics.get("split_list_sha256")
+    if test_list is not None and scored_subset(metrics) == "test":
+        recorded = metrics.get("subset_list_sha256", metrics.get("split_list_sha256"))
         if not test_list.is_file():
             return f"the run's test list {test_list} is gone"
         if recorded != file_sha256(test_list):
@@ -389,7 +394,7 @@ def protocol_evaluation(folder: str | os.PathLike, test_list: Path, mode: str = 
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (isinstance(metrics, dict) and metrics.get("split") == "test" and metrics.get("mode") == mode
+        if (isinstance(metrics, dict) and scored_subset(metrics) == "test" and metrics.get("mode") == mode
                 and metrics.get("weights") == progress.get("selected_by")
                 and evaluation_problem(progress, metrics, test_list) is None):
             return metrics_file.parent
