@@ -1,17 +1,18 @@
 """Turn a raw dataset download into 512-px PNG tiles and label maps, checked against the shipped split lists.
 
-    python -m dataset.prepare loveda --raw /data/LoveDA [--out dataset/loveda]
+    python -m dataset.prepare loveda --raw /data/LoveDA [--out data/loveda]
     python -m dataset.prepare potsdam --raw /data/Potsdam [--workers 8]
     python -m dataset.prepare deepglobe --raw /data/DeepGlobe [--overwrite] [--label-rule authors]
-    python -m dataset.prepare potsdam --raw /data/Potsdam --resplit --seed 1 --splits my_splits/potsdam
+    python -m dataset.prepare potsdam --raw /data/Potsdam --resplit --seed 1 --lists my_lists/potsdam
 
 Output: <out>/images/<name>.png (RGB) and <out>/masks/<name>.png (class index, 255 = ignore) - for LoveDA
 under <out>/train/ and <out>/val/ after its official split - and <out>/prepare_summary.json. The split
 lists ship with the code in splits/<dataset> (Potsdam and DeepGlobe: the authors' published lists, tile for
 tile, of 512-px tiles; LoveDA: seeded lists from the official file names); prepare checks that every tile
-they name was written. `--resplit` instead writes new seeded lists of the tiles present into --splits (own
-data, other seeds); a --splits folder that already holds other lists is refused unless --replace-splits, and
-one that holds exactly these is left as it is. Finding raw files and converting labels: dataset.raw. One
+they name was written. `--resplit` instead writes new seeded lists of the tiles present into --lists (own
+data, other seeds); a --lists folder that already holds other lists is refused unless --replace-lists, and
+one that holds exactly these is left as it is. How a dataset's raw files are found, its labels converted, its
+images cut and its crops split into lists is its spec's (dataset/spec.py, one module per dataset). One
 worker handles one raw image at a time and cuts it crop by crop, so memory stays bounded (peak 0.35 GB per
 worker on a 6000x6000 Potsdam tile). A raw image that fails is named in the summary and no split list is
 written.
@@ -51,36 +52,24 @@ from dataset.images import (
     image_size,
     open_rgb,
 )
-from dataset.raw import (
-    DEFAULT_LABEL_RULE,
-    FINDERS,
-    LABEL_RULES,
-    Job,
-    Labels,
-    RawTree,
-    convert_labels,
-    open_mask,
-    source_stamp,
-    walk_raw,
-)
+from dataset.raw import Job, Labels, RawTree, source_stamp, walk_raw
+from dataset.registry import SPECS, spec_of
+from dataset.spec import Box, DatasetSpec
 from dataset.splits import (
     SHIPPED,
-    Splits,
     crop_line,
-    deepglobe_splits,
     keep_existing,
     line_counts,
     list_files,
     list_texts,
-    loveda_splits,
     missing_tiles,
-    potsdam_splits,
     read_list,
     split_file,
     write_lists,
 )
-from util.catalog import DATASETS, IGNORE_INDEX
-from util.cli import path_arg, run_main
+from util.catalog import IGNORE_INDEX
+from util.cli import path_arg, refuse_renamed_flags, run_main
+from util.config import TILES_DEFAULT
 from util.errors import DataError
 from util.io import FolderLock, check_output_folder, open_image, remove_stale_temporaries, save_png, write_text
 
@@ -88,10 +77,13 @@ OPTIONS_FILE = ".prepare_options.json"
 SOURCES_FILE = ".prepare_sources.json"
 SUMMARY_FILE = "prepare_summary.json"
 LOCK_FILE = ".prepare.lock"
-# Where crops go: <out>/images (Potsdam, DeepGlobe) or <out>/{train,val}/images (LoveDA), masks beside.
-TILE_FOLDERS = ("", "train", "val")
-# The crop size of the shipped Potsdam and DeepGlobe lists: their tile names mean these crops only.
+# Where crops of any dataset go: <out>/<folder>/images, masks beside (DatasetSpec.folders), so that tiles of
+# another dataset in --out are found too.
+TILE_FOLDERS = tuple(dict.fromkeys(folder for spec in SPECS.values() for folder in ("", *spec.folders)))
+# The crop size of the shipped lists of the datasets cut into a grid: their tile names mean these crops only.
 SHIPPED_TILE = 512
+# Flags renamed since: the old spelling is refused, naming the new one.
+RENAMED_FLAGS = {"--splits": "--lists", "--replace-splits": "--replace-lists"}
 
 
 @dataclass(frozen=True)
@@ -101,23 +93,35 @@ class Request:
     dataset: str
     raw: Path
     out: Path
-    splits_dir: Path
+    lists: Path
     seed: int = 0
     workers: int = 1
     overwrite: bool = False
     tile: int = SHIPPED_TILE
     resplit: bool = False
-    label_rule: str = DEFAULT_LABEL_RULE
-    replace_splits: bool = False
+    # None: the dataset's default rule (see DatasetSpec.label_rule).
+    label_rule: str | None = None
+    replace_lists: bool = False
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return spec_of(self.dataset)
+
+    @property
+    def rule(self) -> str | None:
+        """The label rule the labels are converted by (None where the dataset has no choice)."""
+        return self.spec.label_rule(self.label_rule)
 
 
 @dataclass(frozen=True)
 class Cutting:
-    """How a worker cuts: where to, crop size and label rule, and which raw images it must re-cut."""
+    """How a worker cuts: the dataset's rules, where to, crop size and label rule, and which raw images it must
+    re-cut."""
 
+    spec: DatasetSpec
     out: Path
     tile: int
-    label_rule: str
+    label_rule: str | None
     overwrite: bool = False
     # Raw images whose files changed since their crops were cut (or are not on record).
     changed: frozenset[str] = frozenset()
@@ -140,7 +144,7 @@ class Result:
     error: str | None = None
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     remapped: int = 0
-    # DeepGlobe: pixels of each crop whose colour is not exactly one of the seven (crops with none left out).
+    # Pixels of each crop whose colour is not exactly a class's (DatasetSpec.label_rules; crops with none left out).
     impure: dict[str, int] = field(default_factory=dict)
 
     def count(self, crop: str, converted: Labels) -> None:
@@ -154,29 +158,22 @@ class Result:
 # Cutting and writing
 
 
-def crop_boxes(dataset: str, height: int, width: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) per crop: LoveDA's quadrants TL, TR, BL, BR, else a row-major tile grid."""
-    if dataset == "loveda":
-        h, w = height // 2, width // 2
-        return [(0, 0, h, w), (0, w, h, w), (h, 0, h, w), (h, w, h, w)]
-    return [(top, left, tile, tile) for top in range(0, height, tile) for left in range(0, width, tile)]
-
-
 def crop_names(name: str, count: int) -> list[str]:
-    """The names of a raw image's crops, numbered from 1 in crop_boxes order."""
+    """The names of a raw image's crops, numbered from 1 in the order of the dataset's crop rule."""
     return [f"{name}_{k}" for k in range(1, count + 1)]
 
 
-def planned_crops(job: Job, tile: int) -> list[str] | None:
+def planned_crops(spec: DatasetSpec, job: Job, tile: int) -> list[str] | None:
     """The crop names `process` will give `job`, from the image header alone; None where it cannot be read."""
-    if job.dataset == "loveda":
-        return crop_names(job.name, len(crop_boxes("loveda", 0, 0, tile)))
+    count = spec.crop_count(tile)
+    if count is not None:
+        return crop_names(job.name, count)
     try:
         with open_image(job.image) as im:
             height, width = im.height, im.width
     except Exception:  # noqa: BLE001 - a file PIL cannot open is read (or reported) when it is cut
         return None
-    return crop_names(job.name, len(crop_boxes(job.dataset, height, width, tile)))
+    return crop_names(job.name, len(spec.crops(height, width, tile)))
 
 
 def pad_to(array: np.ndarray, height: int, width: int, fill: int) -> np.ndarray:
@@ -188,24 +185,23 @@ def pad_to(array: np.ndarray, height: int, width: int, fill: int) -> np.ndarray:
     return out
 
 
-def _region(box: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+def _region(box: Box, height: int, width: int) -> tuple[int, int, int, int]:
     """A crop box as PIL's (left, top, right, bottom), clipped to the raster."""
     top, left, h, w = box
     return left, top, min(left + w, width), min(top + h, height)
 
 
-def _cut(job: Job, boxes: list[tuple[int, int, int, int]], targets: list[tuple[Path, Path]], cutting: Cutting,
-         result: Result) -> None:
+def _cut(job: Job, boxes: list[Box], targets: list[tuple[Path, Path]], cutting: Cutting, result: Result) -> None:
     """Write every crop of `job` (image and converted labels)."""
     # Rasters stay PIL images and only one crop at a time becomes an array: a 6000x6000 Potsdam
     # tile then costs its two decoded rasters (2 x 108 MB) and little more.
-    image, mask = open_rgb(job.image), open_mask(job)
+    image, mask = open_rgb(job.image), cutting.spec.open_mask(job)
     width, height = image.size
     if image.size != mask.size:
         raise ValueError(f"image is {width}x{height} but its labels {job.mask} are {mask.width}x{mask.height}")
     for box, crop, (image_path, mask_path) in zip(boxes, result.crops, targets):
         region = _region(box, height, width)
-        converted = convert_labels(job.dataset, np.asarray(mask.crop(region)), cutting.label_rule)
+        converted = cutting.spec.convert(np.asarray(mask.crop(region)), cutting.label_rule)
         # Padding beyond the raster is ignored (255), never a class.
         labels = pad_to(converted.labels, box[2], box[3], IGNORE_INDEX)
         save_png(pad_to(np.asarray(image.crop(region)), box[2], box[3], 0), image_path)
@@ -215,18 +211,19 @@ def _cut(job: Job, boxes: list[tuple[int, int, int, int]], targets: list[tuple[P
         result.written += 1
 
 
-def _count_existing(job: Job, boxes: list[tuple[int, int, int, int]], targets: list[tuple[Path, Path]],
-                    cutting: Cutting, result: Result) -> None:
-    """Count the crops of `job` that are kept: class histogram from the masks, DeepGlobe's colours from the raw mask."""
+def _count_existing(job: Job, boxes: list[Box], targets: list[tuple[Path, Path]], cutting: Cutting,
+                    result: Result) -> None:
+    """Count the crops of `job` that are kept: class histogram from the masks, impure colours from the raw mask."""
     for _, mask_path in targets:
         with open_image(mask_path) as im:
             result.histogram += np.bincount(np.asarray(im).ravel(), minlength=256)
     result.skipped = len(targets)
-    if job.dataset == "deepglobe":  # so that the impure count covers every tile, not only those cut this run
-        mask = open_mask(job)
+    spec = cutting.spec
+    if spec.label_rules:  # so that the impure count covers every tile, not only those cut this run
+        mask = spec.open_mask(job)
         for box, crop in zip(boxes, result.crops):
-            result.count(crop, convert_labels(job.dataset, np.asarray(mask.crop(_region(box, mask.height, mask.width))),
-                                              cutting.label_rule))
+            result.count(crop, spec.convert(np.asarray(mask.crop(_region(box, mask.height, mask.width))),
+                                            cutting.label_rule))
 
 
 def process(job: Job, cutting: Cutting) -> Result:
@@ -234,7 +231,7 @@ def process(job: Job, cutting: Cutting) -> Result:
     result = Result(job.name, job.group, job.folder)
     try:
         height, width = image_size(job.image)
-        boxes = crop_boxes(job.dataset, height, width, cutting.tile)
+        boxes = cutting.spec.crops(height, width, cutting.tile)
         result.crops = crop_names(job.name, len(boxes))
         targets = [(cutting.out / job.folder / "images" / f"{c}.png", cutting.out / job.folder / "masks" / f"{c}.png")
                    for c in result.crops]
@@ -263,28 +260,21 @@ def _run_jobs(jobs: list[Job], cutting: Cutting, workers: int) -> list[Result]:
 # Split lists
 
 
-def make_splits(dataset: str, crops: dict[str, list[str]], seed: int) -> Splits:
-    """Split lists over the crops of every raw image, by split group, as the dataset's protocol needs."""
-    if dataset == "loveda":
-        return loveda_splits(crops.get("train_rural", []), crops.get("train_urban", []), crops.get("val", []), seed)
-    return (potsdam_splits if dataset == "potsdam" else deepglobe_splits)(crops.get("all", []), seed)
-
-
 def split_texts(request: Request, crops: dict[tuple[str, str], list[str]]) -> dict[str, str]:
-    """The lists --resplit writes for `crops` ({(group, folder): names}), keyed by path under --splits."""
+    """The lists --resplit writes for `crops` ({(group, folder): names}), keyed by path under --lists."""
     by_group: dict[str, list[str]] = {}
     lines: dict[str, str] = {}
     for (group, folder), names in crops.items():
         by_group.setdefault(group, []).extend(names)
         lines.update((name, crop_line(folder, name)) for name in names)
-    return list_texts(make_splits(request.dataset, by_group, request.seed), lines.__getitem__)
+    return list_texts(request.spec.split_lists(by_group, request.seed), lines.__getitem__)
 
 
 def _planned_texts(request: Request, jobs: list[Job]) -> dict[str, str] | None:
     """The lists the run will write, from the raw images' headers; None where a header cannot be read."""
     crops: dict[tuple[str, str], list[str]] = {}
     for job in jobs:
-        names = planned_crops(job, request.tile)
+        names = planned_crops(request.spec, job, request.tile)
         if names is None:
             return None
         crops.setdefault((job.group, job.folder), []).extend(names)
@@ -293,19 +283,18 @@ def _planned_texts(request: Request, jobs: list[Job]) -> dict[str, str] | None:
 
 def _check_lists(request: Request) -> None:
     """Refuse, before any work, split lists that cannot be checked against or written (see `prepare`)."""
-    splits_dir = request.splits_dir
+    lists = request.lists
     if request.resplit:
-        check_output_folder(splits_dir, "--splits")
+        check_output_folder(lists, "--lists")
         return
-    if not split_file(splits_dir, "val").is_file():
-        raise DataError(f"no split lists in {splits_dir} to check the tiles against; pass --resplit to write "
+    if not split_file(lists, "val").is_file():
+        raise DataError(f"no split lists in {lists} to check the tiles against; pass --resplit to write "
                         f"new ones there")
-    if (request.dataset != "loveda" and request.tile != SHIPPED_TILE
-            and splits_dir.resolve().parent == SHIPPED.resolve()):
+    if request.spec.tiled and request.tile != SHIPPED_TILE and lists.resolve().parent == SHIPPED.resolve():
         # Crop k of a 256-px grid is another place than crop k of the 512-px one the shipped names stand for.
-        raise DataError(f"the shipped split lists in {splits_dir} name {SHIPPED_TILE}-px tiles, not {request.tile}-px "
-                        f"ones; drop --tile, or pass --resplit --splits DIR for lists of your tiles")
-    for path in list_files(splits_dir):
+        raise DataError(f"the shipped split lists in {lists} name {SHIPPED_TILE}-px tiles, not {request.tile}-px "
+                        f"ones; drop --tile, or pass --resplit --lists DIR for lists of your tiles")
+    for path in list_files(lists):
         read_list(path)  # a list that is not UTF-8 text is named now, not after hours of cutting
 
 
@@ -315,10 +304,8 @@ def _check_lists(request: Request) -> None:
 
 def tile_options(request: Request) -> dict:
     """What the tiles on disk depend on: tiles cut with other values must not be mixed with these."""
-    dataset = request.dataset
-    return {"dataset": dataset, "raw": str(request.raw.resolve()),
-            "tile": None if dataset == "loveda" else request.tile,
-            "label_rule": request.label_rule if dataset == "deepglobe" else None}
+    return {"dataset": request.dataset, "raw": str(request.raw.resolve()),
+            "tile": request.tile if request.spec.tiled else None, "label_rule": request.rule}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -404,14 +391,14 @@ def plan_sources(out: Path, jobs: list[Job]) -> tuple[dict[str, list], frozenset
 # The run
 
 
-def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, **options: Any) -> dict:
+def prepare(dataset: str, raw: Path, out: Path, lists: Path, **options: Any) -> dict:
     """Cut every raw image and write <out>/prepare_summary.json; returns the summary (options: see `Request`).
 
-    Without `resplit` the lists in `splits_dir` (the shipped ones) are checked: every tile they name must now
-    exist under `out`. With `resplit`, new seeded lists of the tiles present are written into `splits_dir`.
+    Without `resplit` the lists in `lists` (the shipped ones) are checked: every tile they name must now
+    exist under `out`. With `resplit`, new seeded lists of the tiles present are written into `lists`.
     Everything that can be checked is checked before anything is written (see the module docstring).
     """
-    request = Request(dataset, raw, out, splits_dir, **options)
+    request = Request(dataset, raw, out, lists, **options)
     if not raw.is_dir():
         raise DataError(f"--raw {raw} is a file, not a folder" if raw.exists() else
                         f"raw dataset folder not found: {raw}")
@@ -422,9 +409,9 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, **options: Any
     started = time.perf_counter()
     # Tiles written under --raw are not raw files (unless --out is --raw itself, when there is nothing to skip).
     tree = walk_raw(raw, skip=() if out.resolve() == raw.resolve() else (out,))
-    jobs = FINDERS[dataset](tree)
+    jobs = request.spec.find(tree)
     if request.resplit and (planned := _planned_texts(request, jobs)) is not None:
-        keep_existing(planned, splits_dir, request.replace_splits, "--splits")
+        keep_existing(planned, lists, request.replace_lists, "--lists")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -441,29 +428,29 @@ def prepare(dataset: str, raw: Path, out: Path, splits_dir: Path, **options: Any
         # A raw image is on record only while its crops on disk came from its files as they are now: one that
         # changed stays off the record until it is re-cut, so that a run killed meanwhile re-cuts it again.
         _write_json(out / SOURCES_FILE, {name: stamp for name, stamp in stamps.items() if name not in changed})
-        cutting = Cutting(out, request.tile, request.label_rule, request.overwrite, changed)
+        cutting = Cutting(request.spec, out, request.tile, request.rule, request.overwrite, changed)
         return _cut_and_check(request, jobs, tree, cutting, stamps, started)
 
 
 def _summary(request: Request, jobs: list[Job], tree: RawTree, results: list[Result]) -> dict:
     """The counts of a run, as prepare_summary.json holds them (the split counts and time are added after)."""
     histogram = sum((r.histogram for r in results), np.zeros(256, np.int64))
-    info = DATASETS[request.dataset]
+    info = request.spec.info
     summary = {
         "dataset": request.dataset, "raw": str(request.raw), "out": str(request.out),
-        "splits": str(request.splits_dir), "seed": request.seed, "tile": request.tile, "raw_images": len(jobs),
+        "lists": str(request.lists), "seed": request.seed, "tile": request.tile, "raw_images": len(jobs),
         "crops_written": sum(r.written for r in results), "crops_skipped": sum(r.skipped for r in results),
         "failed": [{"name": r.name, "reason": r.error} for r in results if r.error],
         "class_pixels": {**{n: int(histogram[i]) for i, n in enumerate(info.class_names)},
                          "ignore": int(histogram[IGNORE_INDEX])},
-        # Potsdam: off-palette pixels mapped to the nearest colour (crops cut in this run); DeepGlobe: impure
-        # pixels set to 255 (threshold rule: those that still match no colour) or to 0 (authors' rule).
+        # The pixels the conversion did not map one to one, in crops cut in this run (what that means is the
+        # dataset's: Potsdam, off-palette colours mapped to the nearest; DeepGlobe, impure pixels by the rule).
         "remapped_pixels": sum(r.remapped for r in results),
         "split_counts": {}, "splits_kept": False, "resplit": request.resplit, "unreadable_folders": tree.unreadable,
     }
-    if request.dataset == "deepglobe":
+    if request.spec.label_rules:
         per_tile = {crop: n for r in results for crop, n in r.impure.items()}
-        summary.update(label_rule=request.label_rule, impure_pixels=sum(per_tile.values()),
+        summary.update(label_rule=request.rule, impure_pixels=sum(per_tile.values()),
                        impure_pixels_per_tile=dict(sorted(per_tile.items())))
     return summary
 
@@ -474,16 +461,16 @@ def _write_splits(request: Request, results: list[Result], summary: dict) -> Non
     for r in results:
         crops.setdefault((r.group, r.folder), []).extend(r.crops)
     texts = split_texts(request, crops)
-    summary["splits_kept"] = keep_existing(texts, request.splits_dir, request.replace_splits, "--splits")
+    summary["splits_kept"] = keep_existing(texts, request.lists, request.replace_lists, "--lists")
     if not summary["splits_kept"]:
-        write_lists(texts, request.splits_dir)
+        write_lists(texts, request.lists)
     summary["split_counts"] = line_counts(texts)
 
 
 def _cut_and_check(request: Request, jobs: list[Job], tree: RawTree, cutting: Cutting, stamps: dict[str, list],
                    started: float) -> dict:
     """Cut, record what the crops were cut from, and write or check the split lists."""
-    out, splits_dir = request.out, request.splits_dir
+    out, lists = request.out, request.lists
     for folder in {job.folder for job in jobs}:
         (out / folder / "images").mkdir(parents=True, exist_ok=True)
         (out / folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -499,7 +486,7 @@ def _cut_and_check(request: Request, jobs: list[Job], tree: RawTree, cutting: Cu
         except DataError as e:  # not foreseen before cutting (a header PIL cannot read): the summary is still due
             refused = e
     elif not failed:
-        missing, first_missing = missing_tiles(splits_dir, out)
+        missing, first_missing = missing_tiles(lists, out)
         summary["missing_listed_files"] = missing
     summary["seconds"] = round(time.perf_counter() - started, 1)
     _write_json(out / SUMMARY_FILE, summary)
@@ -509,7 +496,7 @@ def _cut_and_check(request: Request, jobs: list[Job], tree: RawTree, cutting: Cu
         raise DataError(f"{len(failed)} of {len(jobs)} raw images failed (first: {failed[0].name}: "
                         f"{failed[0].error}); no split lists written; all listed in {out / SUMMARY_FILE}")
     if missing:
-        raise DataError(f"{missing} files named by the split lists in {splits_dir} are missing, first {first_missing}; "
+        raise DataError(f"{missing} files named by the split lists in {lists} are missing, first {first_missing}; "
                         f"is --raw the complete download? (--resplit makes new lists of the tiles present)")
     return summary
 
@@ -522,21 +509,14 @@ def print_summary(summary: dict) -> None:
     total = sum(summary["class_pixels"].values()) or 1
     for name, count in summary["class_pixels"].items():
         print(f"  {name:<20} {count:>14,d} px  {100 * count / total:6.2f} %")
-    if summary["dataset"] == "deepglobe":
-        if summary["impure_pixels"]:
-            rule = summary["label_rule"]
-            what = "sent to class 0 (urban)" if rule == "authors" else "matched no colour after thresholding at 128"
-            print(f"  {summary['impure_pixels']:,d} px in {len(summary['impure_pixels_per_tile']):,d} tiles had "
-                  f"colours not exactly one of the seven (--label-rule {rule}: {summary['remapped_pixels']:,d} px "
-                  f"{what}{'' if rule == 'authors' else ', set to ignore'})")
-    elif summary["remapped_pixels"]:
-        print(f"  {summary['remapped_pixels']:,d} px had colours outside the palette (mapped to the nearest)")
+    if (note := spec_of(summary["dataset"]).conversion_note(summary)) is not None:
+        print(f"  {note}")
     for rel, count in summary["split_counts"].items():
-        print(f"  {summary['splits']}/{rel}: {count}")
+        print(f"  {summary['lists']}/{rel}: {count}")
     if summary["splits_kept"]:
-        print(f"  the split lists in {summary['splits']} were already exactly these (seed {summary['seed']}): kept")
+        print(f"  the split lists in {summary['lists']} were already exactly these (seed {summary['seed']}): kept")
     if not summary["resplit"]:
-        print(f"  every tile named by the split lists in {summary['splits']} is present")
+        print(f"  every tile named by the split lists in {summary['lists']} is present")
     for folder in summary["unreadable_folders"]:
         print(f"  note: could not read folder {folder}")
 
@@ -546,24 +526,26 @@ def _parser() -> argparse.ArgumentParser:
     """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=sorted(FINDERS))
+    tiled = [name for name, spec in SPECS.items() if spec.tiled]
+    ruled = {name: spec for name, spec in SPECS.items() if spec.label_rules}
+    parser.add_argument("dataset", choices=sorted(SPECS))
     parser.add_argument("--raw", type=path_arg, required=True, help="folder of the raw download (archives unpacked)")
-    parser.add_argument("--out", type=path_arg, help="tile folder (default dataset/<dataset>)")
-    parser.add_argument("--splits", type=path_arg,
+    parser.add_argument("--out", type=path_arg, help=f"tile folder (default {TILES_DEFAULT.format(name='<dataset>')})")
+    parser.add_argument("--lists", type=path_arg,
                         help="split lists to check the tiles against (default: the shipped splits/<dataset>); "
                              "with --resplit, the folder to write new lists into")
     parser.add_argument("--resplit", action="store_true",
                         help="write new seeded lists of the tiles present instead of checking the shipped ones")
-    parser.add_argument("--replace-splits", action="store_true",
-                        help="with --resplit: replace lists already in --splits that differ (else refused)")
+    parser.add_argument("--replace-lists", action="store_true",
+                        help="with --resplit: replace lists already in --lists that differ (else refused)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split shuffles (with --resplit)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--overwrite", action="store_true", help="rewrite crops that already exist")
-    parser.add_argument("--tile", type=int, help="crop size for potsdam/deepglobe (default 512; LoveDA is cut into "
-                                                   "quadrants and takes no --tile)")
-    parser.add_argument("--label-rule", choices=LABEL_RULES,
-                        help="deepglobe: colours not exactly one of the seven are thresholded at 128 per channel, "
-                             "ignored if still unmatched (threshold, the default), or set to urban (authors)")
+    parser.add_argument("--tile", type=int, help=f"crop size for {'/'.join(tiled)} (default {SHIPPED_TILE}; the "
+                                                   f"others are cut their own way and take no --tile)")
+    parser.add_argument("--label-rule", choices=list(dict.fromkeys(r for s in ruled.values() for r in s.label_rules)),
+                        help="; ".join(f"{name}: {spec.label_rule_help}" for name, spec in ruled.items()))
+    refuse_renamed_flags(parser, RENAMED_FLAGS)
     return parser
 
 
@@ -571,20 +553,22 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: prepare one dataset."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.tile is not None and args.dataset == "loveda":
-        parser.error("--tile does not apply to loveda: each image is cut into its four quadrants")
+    spec = SPECS[args.dataset]
+    if args.tile is not None and not spec.tiled:
+        parser.error(f"--tile does not apply to {spec.name}: {spec.cutting}")
     if args.tile is not None and args.tile <= 0:
         parser.error("--tile must be positive")
-    if args.label_rule is not None and args.dataset != "deepglobe":
-        parser.error("--label-rule applies to deepglobe only")
-    if args.resplit and args.splits is None:
-        parser.error("--resplit needs --splits DIR: the shipped splits/ lists are not overwritten")
-    if args.replace_splits and not args.resplit:
-        parser.error("--replace-splits goes with --resplit: without it no list is written")
-    summary = prepare(args.dataset, args.raw, args.out or Path("dataset", args.dataset),
-                      args.splits or SHIPPED / args.dataset, seed=args.seed, workers=args.workers,
+    if args.label_rule is not None and args.label_rule not in spec.label_rules:
+        ruled = [name for name, s in SPECS.items() if args.label_rule in s.label_rules]
+        parser.error(f"--label-rule applies to {', '.join(ruled)} only")
+    if args.resplit and args.lists is None:
+        parser.error("--resplit needs --lists DIR: the shipped splits/ lists are not overwritten")
+    if args.replace_lists and not args.resplit:
+        parser.error("--replace-lists goes with --resplit: without it no list is written")
+    summary = prepare(args.dataset, args.raw, args.out or Path(TILES_DEFAULT.format(name=args.dataset)),
+                      args.lists or SHIPPED / args.dataset, seed=args.seed, workers=args.workers,
                       overwrite=args.overwrite, tile=args.tile or SHIPPED_TILE, resplit=args.resplit,
-                      label_rule=args.label_rule or DEFAULT_LABEL_RULE, replace_splits=args.replace_splits)
+                      label_rule=args.label_rule, replace_lists=args.replace_lists)
     print_summary(summary)
     return 0
 

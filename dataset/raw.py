@@ -1,13 +1,8 @@
-"""Raw downloads: finding each dataset's image and label files under --raw, and converting its labels.
+"""Raw downloads: what every dataset's finder and label rule work with (each dataset's own: dataset/spec.py).
 
 Raw files are found anywhere under --raw, following symbolic links to folders (each real folder once, so a
-link loop ends), so nested archive layouts (2_Ortho_RGB/2_Ortho_RGB/...) and linked folders work.
-
-Labels become class indices, 255 = ignore. LoveDA: raw 1..7 -> 0..6, no-data 0 -> 255. Potsdam: the six
-ISPRS colours; any other colour goes to the nearest one and is counted. DeepGlobe: the seven colours, and a
-pixel whose colour is not exactly one of them is impure (counted) and converted by a label rule: `threshold`
-(ours, the dataset's own note) sets each channel on or off at 128 and matches again, what still matches no
-class is ignored (255); `authors` (the published code) sends every impure pixel to class 0 (urban).
+link loop ends), so nested archive layouts (2_Ortho_RGB/2_Ortho_RGB/...) and linked folders work. Labels
+become class indices, 255 = ignore; `palette_labels` converts label images that hold colours.
 """
 
 from __future__ import annotations
@@ -20,26 +15,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
-from dataset.images import open_labels, open_rgb
-from util.catalog import DATASETS, IGNORE_INDEX
+from util.catalog import IGNORE_INDEX
 from util.errors import DataError
-
-LABEL_RULES = ("threshold", "authors")
-DEFAULT_LABEL_RULE = "threshold"
 
 
 @dataclass(frozen=True)
 class Job:
     """One raw image: its label file, the prefix of its crop names, its split group and output folder."""
 
-    dataset: str
     image: Path
     mask: Path | None
     name: str
     group: str
-    # Crops go to <out>/<folder>/{images,masks}/: LoveDA keeps its official train/val folders.
+    # Crops go to <out>/<folder>/{images,masks}/ (LoveDA keeps its official train/val folders).
     folder: str = ""
 
 
@@ -47,7 +36,7 @@ class Job:
 # Finding raw files
 
 
-def _unique(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
+def unique_by(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
     """`paths` by `key`; a DataError naming both copies where two files share one."""
     found: dict[str, Path] = {}
     for path in sorted(paths):
@@ -98,49 +87,6 @@ def walk_raw(raw: Path, skip: tuple[Path, ...] = ()) -> RawTree:
     return tree
 
 
-def find_loveda(tree: RawTree) -> list[Job]:
-    """{Train,Val}/{Urban,Rural}/images_png/<id>.png with masks_png/<id>.png beside (Test has no masks)."""
-    jobs = []
-    for image in tree.matching("*.png"):
-        folder = image.parent
-        domain, split = folder.parent.name.lower(), folder.parent.parent.name.lower()
-        if folder.name != "images_png" or domain not in ("urban", "rural") or split not in ("train", "val"):
-            continue
-        name = f"{split}_{domain}_{image.stem}"
-        group = f"train_{domain}" if split == "train" else "val"
-        jobs.append(Job("loveda", image, folder.parent / "masks_png" / image.name, name, group, split))
-    if not jobs:
-        raise DataError(f"no LoveDA images under {tree.root} (expected {{Train,Val}}/{{Urban,Rural}}/images_png/*.png)"
-                        f"{tree.hint()}")
-    by_name = _unique([j.image for j in jobs], lambda p: f"{p.parent.parent.parent.name.lower()}_"
-                      f"{p.parent.parent.name.lower()}_{p.stem}")
-    return [j for j in jobs if by_name[j.name] == j.image]
-
-
-def find_potsdam(tree: RawTree) -> list[Job]:
-    """top_potsdam_<r>_<c>_RGB.tif (2_Ortho_RGB) and top_potsdam_<r>_<c>_label.tif (5_Labels_all)."""
-    images = _unique(tree.matching("top_potsdam_*_RGB.tif"), lambda p: p.name.removesuffix("_RGB.tif"))
-    labels = _unique(tree.matching("top_potsdam_*_label.tif"), lambda p: p.name.removesuffix("_label.tif"))
-    if not images:
-        raise DataError(f"no Potsdam tiles under {tree.root} (expected 2_Ortho_RGB/top_potsdam_<r>_<c>_RGB.tif)"
-                        f"{tree.hint()}")
-    return [Job("potsdam", path, labels.get(stem), stem, "all") for stem, path in images.items()]
-
-
-def find_deepglobe(tree: RawTree) -> list[Job]:
-    """<id>_sat.jpg with <id>_mask.png beside it; satellite images without a mask (valid/test) are left out."""
-    images = _unique(tree.matching("*_sat.jpg"), lambda p: p.name.removesuffix("_sat.jpg"))
-    jobs = [Job("deepglobe", path, path.with_name(f"{stem}_mask.png"), stem, "all")
-            for stem, path in images.items() if path.with_name(f"{stem}_mask.png").is_file()]
-    if not jobs:
-        raise DataError(f"no DeepGlobe image/mask pairs under {tree.root} (expected <id>_sat.jpg and <id>_mask.png)"
-                        f"{tree.hint()}")
-    return jobs
-
-
-FINDERS = {"loveda": find_loveda, "potsdam": find_potsdam, "deepglobe": find_deepglobe}
-
-
 def source_stamp(job: Job) -> list[int | None]:
     """Size and modification time of the raw image and its label file: what tiles cut from them depend on."""
     stamp: list[int | None] = []
@@ -158,27 +104,12 @@ def source_stamp(job: Job) -> list[int | None]:
 
 
 class Labels(NamedTuple):
-    """Class indices of one crop, the pixels remapped or ignored by the conversion, and (DeepGlobe) impure ones."""
+    """Class indices of one crop, the pixels remapped or ignored by the conversion, and the impure ones (where
+    the dataset has label rules for colours that are not exactly a class's)."""
 
     labels: np.ndarray
     remapped: int
     impure: int = 0
-
-
-def open_mask(job: Job) -> Image.Image:
-    """The raw label image: single-channel for LoveDA, RGB colours for Potsdam and DeepGlobe."""
-    if job.mask is None or not job.mask.is_file():
-        raise ValueError(f"label file not found for {job.image}")
-    if job.dataset != "loveda":
-        return open_rgb(job.mask)
-    return Image.fromarray(open_labels(job.mask))
-
-
-def loveda_labels(raw: np.ndarray) -> Labels:
-    """LoveDA raw 1..7 -> 0..6 and no-data 0 -> 255 (mmseg's reduce_zero_label)."""
-    if raw.max(initial=0) > 7:
-        raise ValueError(f"mask value {int(raw.max())} outside the LoveDA range 0..7")
-    return Labels(np.where(raw == 0, IGNORE_INDEX, raw.astype(np.int16) - 1).astype(np.uint8), 0)
 
 
 def palette_labels(rgb: np.ndarray, palette: tuple[tuple[int, int, int], ...],
@@ -194,29 +125,3 @@ def palette_labels(rgb: np.ndarray, palette: tuple[tuple[int, int, int], ...],
         distance = ((rgb[off][:, None, :].astype(np.int32) - np.array(palette)[None]) ** 2).sum(-1)
         labels[off] = distance.argmin(1)
     return labels, count
-
-
-def deepglobe_labels(rgb: np.ndarray, rule: str) -> Labels:
-    """DeepGlobe colours -> classes: exact matches, then the impure pixels by `rule` (see the module docstring)."""
-    palette = DATASETS["deepglobe"].palette
-    labels, impure = palette_labels(rgb, palette, nearest=False)
-    if not impure:
-        return Labels(labels, 0, 0)
-    off = labels == IGNORE_INDEX
-    if rule == "authors":
-        labels[off] = 0
-        return Labels(labels, impure, impure)
-    # Thresholding leaves the exact palette colours (channels 0 or 255) as they are: only impure pixels change.
-    snapped = np.where(rgb[off] >= 128, 255, 0).astype(np.uint8)[None]
-    matched, unmatched = palette_labels(snapped, palette, nearest=False)
-    labels[off] = matched[0]
-    return Labels(labels, unmatched, impure)
-
-
-def convert_labels(dataset: str, raw: np.ndarray, rule: str = DEFAULT_LABEL_RULE) -> Labels:
-    """Raw label crop -> class indices, with the pixels remapped (Potsdam) or unmatched (DeepGlobe) counted."""
-    if dataset == "loveda":
-        return loveda_labels(raw)
-    if dataset == "potsdam":
-        return Labels(*palette_labels(raw, DATASETS["potsdam"].palette, nearest=True))
-    return deepglobe_labels(raw, rule)

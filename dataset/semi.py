@@ -144,7 +144,11 @@ class SemiDataset(Dataset):
         self.crop_size, self.nclass = cfg.dataset.crop_size, cfg.dataset.nclass
         self.augment, self.seed = cfg.augment, cfg.train.seed
         self.split_file = Path(split_file)
-        self.samples = read_split(self.split_file, cfg.dataset.root, needs_mask=mode != "train_u")
+        try:
+            self.samples = read_split(self.split_file, cfg.dataset.root, needs_mask=mode != "train_u")
+        except DataError as e:
+            # Tiles not found where dataset.root's default now points may still be where it pointed before.
+            raise DataError(f"{e}{cfg.dataset.moved_root_hint()}") from None
 
     def __len__(self) -> int:
         return len(self.samples)

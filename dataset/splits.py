@@ -9,57 +9,52 @@ LoveDA's labelled sets are taken per domain and merged: Train has 1,366 rural + 
 to nearest would give 101 at 1 %). Potsdam: train = floor(0.6 * 5,472) = 3,283, val = floor(0.2 * 5,472) =
 1,094, test the remaining 1,095; labelled floor of 1/5/10 % of 3,283 = 32/164/328. DeepGlobe: 12,045 / 4,015 /
 4,015 and 120/602/1,204. A share is at least one tile so that tiny (synthetic) datasets stay usable; that
-never changes the real counts.
+never changes the real counts. Each dataset's own rule (which names form a group, which percents) is in its
+module (dataset/loveda.py, potsdam.py, deepglobe.py); this module holds what they share, and reads and writes
+the lists.
 
-Lists already on disk are rewritten only when the user asks by name (--replace-splits): identical ones are
+Lists already on disk are rewritten only when the user asks by name (--replace-lists): identical ones are
 kept, others refused (`keep_existing`); replacing writes every list before renaming any into place.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not dataset/, first
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-import argparse
 import codecs
 import math
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from util.cli import path_arg, run_main
 from util.errors import DataError, OutputError
-from util.io import atomic_paths, check_output_folder, file_sha256
+from util.io import atomic_paths, file_sha256
 
 PERCENTS = ("1", "5", "10")
-# The split folder's layout: the lists of a labelled share under <splits>/<percent>/, the shared ones beside.
+# The layout of a lists folder: the lists of a labelled share under <lists>/<percent>/, the shared ones beside.
 PER_PERCENT = ("labeled", "unlabeled")
 SHARED = ("val", "test")
 
 
-def split_file(splits_dir: str | os.PathLike, kind: str, percent: str | None = None) -> Path:
-    """The list of `kind` (labeled, unlabeled, val, test): <splits>/<percent>/<kind>.txt or <splits>/<kind>.txt."""
+def split_file(lists_dir: str | os.PathLike, kind: str, percent: str | None = None) -> Path:
+    """The list of `kind` (labeled, unlabeled, val, test): <lists>/<percent>/<kind>.txt or <lists>/<kind>.txt."""
     if kind in PER_PERCENT:
         if percent is None:
             raise ValueError(f"the {kind} list belongs to a labelled share: give its percent")
-        return Path(splits_dir) / str(percent) / f"{kind}.txt"
+        return Path(lists_dir) / str(percent) / f"{kind}.txt"
     if kind not in SHARED:
         raise ValueError(f"unknown split list {kind!r}; one of {', '.join(PER_PERCENT + SHARED)}")
-    return Path(splits_dir) / f"{kind}.txt"
+    return Path(lists_dir) / f"{kind}.txt"
 
 
 # The lists a training run reads (the test list is scored only after, and is checked then).
 TRAINING_LISTS = ("labeled", "unlabeled", "val")
 
 
-def training_list_digests(splits_dir: str | os.PathLike, percent: str) -> dict[str, str]:
+def training_list_digests(lists_dir: str | os.PathLike, percent: str) -> dict[str, str]:
     """{kind: SHA-256} of the labelled, unlabelled and val lists of a run (those that exist): what a checkpoint
     records, so that a resume or a rerun can tell that the lists it would train on have changed since."""
-    paths = {kind: split_file(splits_dir, kind, percent) for kind in TRAINING_LISTS}
+    paths = {kind: split_file(lists_dir, kind, percent) for kind in TRAINING_LISTS}
     return {kind: file_sha256(path) for kind, path in paths.items() if path.is_file()}
 
 
@@ -79,7 +74,8 @@ def share(percent: float, n: int) -> int:
     return min(n, max(1, count)) if n else 0
 
 
-def _shuffled(names: Iterable[str], rng: random.Random) -> list[str]:
+def shuffled(names: Iterable[str], rng: random.Random) -> list[str]:
+    """`names` sorted, then shuffled by `rng`: the same whatever order they came in."""
     order = sorted(names)
     rng.shuffle(order)
     return order
@@ -91,88 +87,32 @@ def _labelled_sets(train_by_group: Mapping[str, list[str]], percents: Iterable[s
             for p in percents}
 
 
-def _assemble(train_by_group: Mapping[str, list[str]], val: list[str], test: list[str],
-              percents: Iterable[str]) -> Splits:
+def assemble(train_by_group: Mapping[str, list[str]], val: list[str], test: list[str],
+             percents: Iterable[str]) -> Splits:
+    """The lists from shuffled training names by group (each share drawn per group, then merged), val and test."""
     labeled = _labelled_sets(train_by_group, percents)
     train = [n for names in train_by_group.values() for n in names]
     unlabeled = {p: sorted(set(train) - set(chosen)) for p, chosen in labeled.items()}
     return Splits(labeled=labeled, unlabeled=unlabeled, val=sorted(val), test=sorted(test))
 
 
-def loveda_splits(train_rural: Iterable[str], train_urban: Iterable[str], val_quadrants: Iterable[str],
-                  seed: int) -> Splits:
-    """LoveDA: labelled per domain then merged; the official Val quadrants shuffled and halved into val/test."""
-    rng = random.Random(seed)
-    groups = {"rural": _shuffled(train_rural, rng), "urban": _shuffled(train_urban, rng)}
-    official_val = _shuffled(val_quadrants, rng)
-    half = len(official_val) // 2
-    return _assemble(groups, official_val[:half], official_val[half:], PERCENTS)
-
-
 def ratio_splits(names: Iterable[str], seed: int, percents: Iterable[str] = PERCENTS) -> Splits:
     """Potsdam and DeepGlobe: shuffle, 60/20/20 train/val/test, labelled sets are prefixes of the shuffled train."""
-    order = _shuffled(names, random.Random(seed))
+    order = shuffled(names, random.Random(seed))
     n_train, n_val = share(60, len(order)), share(20, len(order))
     train = order[:n_train]
-    return _assemble({"all": train}, order[n_train:n_train + n_val], order[n_train + n_val:], percents)
-
-
-def potsdam_splits(crops: Iterable[str], seed: int) -> Splits:
-    """ISPRS Potsdam crops: 3,283 / 1,094 / 1,095 on the full data; labelled 32 / 164 / 328."""
-    return ratio_splits(crops, seed)
-
-
-def deepglobe_splits(crops: Iterable[str], seed: int) -> Splits:
-    """DeepGlobe crops: 12,045 / 4,015 / 4,015; labelled 120 / 602 / 1,204 and 100 % (no unlabelled)."""
-    return ratio_splits(crops, seed, PERCENTS + ("100",))
+    return assemble({"all": train}, order[n_train:n_train + n_val], order[n_train + n_val:], percents)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The lists shipped in splits/: the authors' published Potsdam and DeepGlobe lists, and LoveDA's seeded lists
+# The lists shipped in splits/ (dataset/shipped.py makes them again), and reading and writing lists
 
 SHIPPED = Path(__file__).resolve().parents[1] / "splits"
-
-# LoveDA's image ids are contiguous integers per folder. Train: Rural 0-1365, Urban 1366-2521 (the dataset's
-# own counts, 1,366 + 1,156). Val: Rural 2522-3513, Urban 3514-4190 (992 + 677 images; rural before urban as
-# in Train, consistent with every Val path seen in public code). If a download disagrees, prepare reports the
-# first missing tile and `--resplit` makes lists from the files present.
-LOVEDA_IDS = {("train", "rural"): range(0, 1366), ("train", "urban"): range(1366, 2522),
-              ("val", "rural"): range(2522, 3514), ("val", "urban"): range(3514, 4191)}
 
 
 def crop_line(folder: str, name: str) -> str:
     """The split-list line of crop `name` as dataset.prepare writes it: '<folder>/images/<name>.png <...masks...>'."""
     return " ".join(str(Path(folder, kind, f"{name}.png")) for kind in ("images", "masks"))
-
-
-def loveda_crop_names(ids: Mapping[tuple[str, str], range] = LOVEDA_IDS) -> dict[str, list[str]]:
-    """LoveDA's quadrant names per split group ('train_rural', 'train_urban', 'val'), as dataset.prepare names them."""
-    groups: dict[str, list[str]] = {"train_rural": [], "train_urban": [], "val": []}
-    for (split, domain), id_range in ids.items():
-        group = f"train_{domain}" if split == "train" else "val"
-        groups[group] += [f"{split}_{domain}_{i}_{q}" for i in id_range for q in range(1, 5)]
-    return groups
-
-
-def loveda_published_splits(seed: int = 0) -> Splits:
-    """The LoveDA lists shipped in splits/loveda: the seeded procedure over the official file names alone."""
-    groups = loveda_crop_names()
-    return loveda_splits(groups["train_rural"], groups["train_urban"], groups["val"], seed)
-
-
-def reference_crop_name(dataset: str, image_path: str) -> str:
-    """The crop name dataset.prepare gives to a tile of the authors' published lists.
-
-    Potsdam 'image/top_potsdam_2_10_7_RGB.tif' -> 'top_potsdam_2_10_7'; DeepGlobe
-    'data_cropped/100694_sat_3.jpg' -> '100694_3'. Both number crops 1-based, row-major, as prepare does.
-    """
-    stem = Path(image_path).stem
-    if dataset == "potsdam" and stem.startswith("top_potsdam_") and stem.endswith("_RGB"):
-        return stem.removesuffix("_RGB")
-    if dataset == "deepglobe" and "_sat_" in stem:
-        image_id, _, k = stem.rpartition("_sat_")
-        return f"{image_id}_{k}"
-    raise ValueError(f"{image_path}: not a {dataset} tile name of the published lists")
 
 
 def read_list(path: str | os.PathLike) -> list[str]:
@@ -209,12 +149,13 @@ def read_list(path: str | os.PathLike) -> list[str]:
     return text
 
 
-def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
-    """The authors' published lists under `folder` (<percent>/{labeled,unlabeled}.txt, val.txt, test.txt)."""
+def read_reference_splits(folder: str | os.PathLike, rename: Callable[[str], str]) -> Splits:
+    """The authors' published lists under `folder` (<percent>/{labeled,unlabeled}.txt, val.txt, test.txt), each
+    tile by the crop name `rename` gives its image path."""
     folder = Path(folder)
 
     def names(path: Path) -> list[str]:
-        return sorted(reference_crop_name(dataset, line.split()[0]) for line in read_list(path) if line.strip())
+        return sorted(rename(line.split()[0]) for line in read_list(path) if line.strip())
 
     percents = sorted((p.name for p in folder.iterdir() if split_file(folder, "labeled", p.name).is_file()), key=int)
     return Splits(labeled={p: names(split_file(folder, "labeled", p)) for p in percents},
@@ -222,20 +163,25 @@ def read_reference_splits(dataset: str, folder: str | os.PathLike) -> Splits:
                   val=names(split_file(folder, "val")), test=names(split_file(folder, "test")))
 
 
+def published_texts(folder: str | os.PathLike, rename: Callable[[str], str]) -> dict[str, str]:
+    """The texts of the published lists under `folder` (see `read_reference_splits`) as prepare writes lists of
+    crops cut into <out>/images and <out>/masks, keyed by path under the lists folder."""
+    return list_texts(read_reference_splits(folder, rename), lambda crop: crop_line("", crop))
 
-def list_files(splits_dir: str | os.PathLike) -> list[Path]:
-    """Every split list under `splits_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
-    splits_dir = Path(splits_dir)
-    per_percent = [path for kind in PER_PERCENT for path in splits_dir.glob(f"*/{kind}.txt")]
-    shared = [split_file(splits_dir, kind) for kind in SHARED]
+
+def list_files(lists_dir: str | os.PathLike) -> list[Path]:
+    """Every split list under `lists_dir`: <percent>/{labeled,unlabeled}.txt, val.txt, test.txt."""
+    lists_dir = Path(lists_dir)
+    per_percent = [path for kind in PER_PERCENT for path in lists_dir.glob(f"*/{kind}.txt")]
+    shared = [split_file(lists_dir, kind) for kind in SHARED]
     return sorted([*per_percent, *(path for path in shared if path.is_file())])
 
 
-def missing_tiles(splits_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
-    """How many files named by the lists under `splits_dir` are absent from `root`, and the first one (file:line)."""
+def missing_tiles(lists_dir: str | os.PathLike, root: str | os.PathLike) -> tuple[int, str | None]:
+    """How many files named by the lists under `lists_dir` are absent from `root`, and the first one (file:line)."""
     root, count, first = Path(root), 0, None
     seen: set[str] = set()
-    for path in list_files(splits_dir):
+    for path in list_files(lists_dir):
         for number, line in enumerate(read_list(path), start=1):
             for rel in line.split():
                 if rel in seen:
@@ -310,7 +256,7 @@ def keep_existing(texts: Mapping[str, str], folder: str | os.PathLike, replace: 
         return True
     if replace:
         return False
-    raise DataError(f"{what} {folder} already holds other split lists ({change}); pass --replace-splits to replace "
+    raise DataError(f"{what} {folder} already holds other split lists ({change}); pass --replace-lists to replace "
                     f"them, or use another {what} folder")
 
 
@@ -319,43 +265,3 @@ def write_splits(splits: Splits, out_dir: str | os.PathLike, line: Callable[[str
     texts = list_texts(splits, line)
     write_lists(texts, out_dir)
     return line_counts(texts)
-
-
-def published_lists(reference_dir: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """The lists of splits/{potsdam,deepglobe} from the authors' published ones, splits/loveda from LoveDA's names."""
-    reference_dir = Path(reference_dir)
-    texts = {name: list_texts(read_reference_splits(name, reference_dir / name), lambda crop: crop_line("", crop))
-             for name in ("potsdam", "deepglobe")}
-    texts["loveda"] = list_texts(loveda_published_splits(), lambda crop: crop_line(crop.split("_")[0], crop))
-    return texts
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Maintainers: regenerate the shipped splits/ folder (users never need this; prepare checks against it)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--reference", type=path_arg, required=True,
-                        help="folder of the authors' published lists, holding potsdam/ and deepglobe/")
-    parser.add_argument("--out", type=path_arg, default=SHIPPED,
-                        help="where to write (default: the repository's splits/)")
-    parser.add_argument("--replace-splits", action="store_true",
-                        help="replace lists in --out that differ from the regenerated ones (else refused)")
-    args = parser.parse_args(argv)
-    for name in ("potsdam", "deepglobe"):
-        if not (args.reference / name / "val.txt").is_file():
-            raise DataError(f"--reference {args.reference} has no {name}/val.txt: not the published lists' folder")
-    check_output_folder(args.out, "--out")
-    try:
-        texts = published_lists(args.reference)
-    except ValueError as e:  # a line that is not a tile name of the published lists
-        raise DataError(str(e)) from None
-    kept = {dataset: keep_existing(lists, args.out / dataset, args.replace_splits, "--out")
-            for dataset, lists in texts.items()}
-    for dataset, lists in texts.items():
-        if not kept[dataset]:
-            write_lists(lists, args.out / dataset)
-        print(dataset, "unchanged" if kept[dataset] else "written", line_counts(lists))
-    return 0
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,7 +1,7 @@
 """Aerial-like synthetic scenes in the raw layout of LoveDA, Potsdam or DeepGlobe, for demos and tests.
 
     python -m dataset.synthetic --out /tmp/raw_loveda --dataset loveda --size 1024 --count 4
-    python -m dataset.prepare loveda --raw /tmp/raw_loveda --out dataset/loveda --splits splits/loveda
+    python -m dataset.prepare loveda --raw /tmp/raw_loveda --out data/loveda --lists splits/loveda
 
 A scene is a Voronoi patchwork of land parcels (fields, forest, barren land, grass, built-up blocks) with a
 river or lake, straight roads, buildings in built-up blocks, and for Potsdam cars and clutter. Each class has

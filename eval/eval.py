@@ -1,15 +1,18 @@
-"""Score a checkpoint on the val or test split: per-class IoU/F1, mIoU, mean F1, OA, kappa, confusion matrix.
+"""Score a checkpoint on the val or test subset: per-class IoU/F1, mIoU, mean F1, OA, kappa, confusion matrix.
 
-    python eval/eval.py --config configs/potsdam.yaml --checkpoint exp/.../best.pth [--split test]
+    python eval/eval.py --config configs/potsdam.yaml --checkpoint exp/.../best.pth [--subset test]
         [--mode sliding_window --window 518 --stride 345] [--weights ema] [--out DIR] [key=value ...]
-    torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the split
+    torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the subset
 
 Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (the teachers
 never enter a checkpoint). Writes metrics.json, metrics.md and confusion_matrix.png into --out (default
-<checkpoint dir>/eval_<checkpoint name>_<split>_<mode>_<weights>), together and atomically, after scoring.
+<checkpoint dir>/eval_<checkpoint name>_<subset>_<mode>_<weights>), together and atomically, after scoring.
 metrics.json says what produced the scores: the checkpoint (path, SHA-256, run id, iteration, epoch), the
-split list and its SHA-256, mode, window, stride, blend, weights and excluded classes; eval/report.py and
-scripts/reproduce.py use a score only for the checkpoint and list it names.
+subset, its list and the list's SHA-256, mode, window, stride, blend, weights and excluded classes;
+scripts/report.py and scripts/reproduce.py use a score only for the checkpoint and list it names.
+
+`--subset` is val or test: which list is scored. ("Split" is the labelled share a run trained on: train.py's
+--split, dataset.split; eval.py refuses --split with a pointer to --subset.)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.splits import split_file
 from eval.evaluate import build_eval_loader, evaluate, metrics_table
 from eval.inference import resolve_window
@@ -35,7 +39,7 @@ from util.catalog import DATASETS
 from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
 from util.dist import cleanup, init_distributed
-from util.errors import DataError, WeightsError
+from util.errors import ConfigError, DataError, WeightsError
 from util.io import atomic_paths, check_output_folder, file_sha256, remove_stale_temporaries
 
 if TYPE_CHECKING:
@@ -66,11 +70,14 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # No abbreviations: `--sub` must not quietly pass for --subset, nor `--spl` reach the refused --split.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     add_config_args(parser)
     parser.add_argument("--checkpoint", required=True, type=user_path,
                         help="checkpoint file (.pth) written by train.py")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--subset", choices=("val", "test"), default="val",
+                        help="the list scored: val or test (default val)")
+    parser.add_argument("--split", nargs="?", const="", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("original", "sliding_window"), help="eval.mode")
     parser.add_argument("--window", type=int, help="eval.window: sliding window size (multiple of 14)")
     parser.add_argument("--stride", type=int, help="eval.stride: sliding window stride")
@@ -78,9 +85,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="eval.weights: which weights to score (default: those best.pth was selected by)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: images or windows per forward")
     parser.add_argument("--out", type=user_path,
-                        help="output folder (default: <checkpoint dir>/eval_<checkpoint name>_<split>_<mode>_"
+                        help="output folder (default: <checkpoint dir>/eval_<checkpoint name>_<subset>_<mode>_"
                              "<weights>)")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.split is not None:
+        subset = args.split if args.split in ("val", "test") else "val|test"
+        raise ConfigError(f"--split is the labelled share a run trains on (train.py's); did you mean --subset "
+                          f"{subset}?")
+    return args
 
 
 def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
@@ -91,7 +103,7 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
                  for c, name in enumerate(names)}
     summary = {"unit": "percent", **report, "classes": per_class, "classes_in_mean": result["classes_in_mean"],
                **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
-    title = f"# {report['checkpoint']['path']} ({report['split']}, {report['mode']}, {report['weights']})"
+    title = f"# {report['checkpoint']['path']} ({report['subset']}, {report['mode']}, {report['weights']})"
     names_out = ("metrics.json", "metrics.md", "confusion_matrix.png")
     remove_stale_temporaries(out)
     with atomic_paths(out / name for name in names_out) as (json_tmp, md_tmp, png_tmp):
@@ -103,9 +115,9 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, flag_overrides(args))
-    list_path = split_file(cfg.dataset.splits, args.split)
+    list_path = split_file(cfg.dataset.lists, args.subset)
     if not list_path.is_file():
-        raise DataError(f"split file not found: {list_path} (dataset.splits={cfg.dataset.splits})")
+        raise DataError(f"split file not found: {list_path} (dataset.lists={cfg.dataset.lists})")
     window, stride = resolve_window(cfg) if cfg.eval.mode == "sliding_window" else (None, None)
 
     dist_info = init_distributed()
@@ -113,19 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
         checkpoint = Path(args.checkpoint).resolve()
         out = Path(args.out) if args.out else (
-            checkpoint.parent / f"eval_{checkpoint.stem}_{args.split}_{cfg.eval.mode}_{loaded.which}")
+            checkpoint.parent / f"eval_{checkpoint.stem}_{args.subset}_{cfg.eval.mode}_{loaded.which}")
         # A bad output folder is found before the evaluation, not after it.
         check_output_folder(out, "--out")
         from dataset.semi import SemiDataset
 
-        dataset = SemiDataset(cfg, args.split, list_path)
+        dataset = SemiDataset(cfg, args.subset, list_path)
         loader = build_eval_loader(dataset, cfg, dist_info)
         result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
         if dist_info.is_main:
             mode = cfg.eval.mode
             report = {"checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), **loaded.source},
-                      "split": args.split, "split_list": str(Path(list_path).resolve()),
-                      "split_list_sha256": file_sha256(list_path), "mode": mode, "window": window,
+                      "subset": args.subset, "subset_list": str(Path(list_path).resolve()),
+                      "subset_list_sha256": file_sha256(list_path), "mode": mode, "window": window,
                       "stride": stride, "blend": cfg.eval.blend if mode == "sliding_window" else None,
                       "weights": loaded.which, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}

@@ -1,6 +1,6 @@
-"""Score a model on a labelled split: one confusion matrix per process, summed once at the end.
+"""Score a model on a labelled subset (val or test): one confusion matrix per process, summed once at the end.
 
-Used by train.py (after each epoch) and eval/eval.py. Each process scores a disjoint shard of the split
+Used by train.py (after each epoch) and eval/eval.py. Each process scores a disjoint shard of the subset
 (items rank, rank + W, ...), so the summed matrix counts every pixel exactly once, as one process would.
 """
 

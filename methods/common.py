@@ -1,4 +1,5 @@
-"""What the semi-supervised methods share: pseudo-labels from the EMA model, CutMix, and the loss terms.
+"""What the methods share: how a method declares itself, the step's context, pseudo-labels from the EMA model,
+CutMix, and the loss terms.
 
 Names follow UniMatch (V2), which users of this field know: img_x / mask_x labelled, img_u_w weak and
 img_u_s strong unlabelled views, conf_u_w / mask_u_w the EMA model's confidence and pseudo-label.
@@ -6,10 +7,9 @@ img_u_s strong unlabelled views, conf_u_w / mask_u_w the EMA model's confidence 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,48 +18,89 @@ from torch import nn
 from util.catalog import IGNORE_INDEX, UNLABELED_PAD
 from util.config import Config, LossWeights
 
-if TYPE_CHECKING:
-    from model.segmenter import SegmenterOutput
-
+Batch = dict[str, torch.Tensor]
 Losses = dict[str, torch.Tensor]
 # The EMA model's confidence and argmax on the weak view, (B, H, W) each.
 PseudoLabels = tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class StepSettings:
-    """The numbers the methods compute with: read from the config once (`from_config`), the same every step."""
+class StudentOutput(Protocol):
+    """What the student's training forward returns (model/segmenter.py's SegmenterOutput)."""
 
-    # Pseudo-labels of the EMA model count where its confidence is at least this.
-    conf_thresh: float
-    loss_weights: LossWeights
-    # L_dis = sum over the translated teachers of weight * MSE (a teacher missing here weighs 0).
-    distill_weights: Mapping[str, float]
-    # UniMatch V2's complementary channel dropout: the drop probability and the share of pairs that get it.
-    channel_p: float
-    pair_fraction: float
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> StepSettings:
-        t = cfg.train
-        return cls(conf_thresh=t.conf_thresh, loss_weights=t.loss_weights,
-                   distill_weights=MappingProxyType({name: w for name, w in cfg.distill.weights.items()}),
-                   channel_p=t.feature_drop.channel_p, pair_fraction=t.feature_drop.pair_fraction)
+    logits: torch.Tensor
+    translated: dict[str, torch.Tensor]
 
 
 @dataclass
 class StepContext:
-    """Everything a method needs for one training step besides the batch."""
+    """Everything a method needs for one forward besides the batch."""
 
-    settings: StepSettings
+    # The run's typed config: every number a method computes with is read from it, where it is used.
+    cfg: Config
     # The trainable segmenter called for training (DDP-wrapped when distributed).
-    student: Callable[..., SegmenterOutput]
+    student: Callable[..., StudentOutput]
     ema: nn.Module
     teachers: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None
-    # Random draws of this step (UniMatch V2's channel masks): seeded from (seed, iteration, rank).
+    # Random draws of this forward (UniMatch V2's channel masks): seeded from (seed, iteration, virtual rank).
     generator: torch.Generator
     # Channels of the encoder's token maps (the size of UniMatch V2's channel masks).
     embed_dim: int
+
+
+# ----------------------------------------------------------------------------------------------------------
+# How a method declares itself (its file defines METHOD; methods/__init__.py lists them)
+
+
+def configured_batch(cfg: Config) -> tuple[int | None, int]:
+    """Crops an optimizer step should take over all processes (None: train.batch_size per process, however many
+    processes there are) and at most a forward: train.global_batch and train.batch_size."""
+    return cfg.train.global_batch, cfg.train.batch_size
+
+
+def one_pass_over_the_unlabeled_list(cfg: Config, n_labeled: int, n_unlabeled: int) -> int:
+    """The published epoch: one pass over the unlabelled list (the labelled list repeated to its length)."""
+    return n_unlabeled
+
+
+def any_forward(n: int, cfg: Config) -> str | None:
+    """No sample of a forward interacts with another: any number of crops computes the same."""
+    return None
+
+
+def cutmix_partners(n: int, cfg: Config) -> str | None:
+    """Why a forward of `n` crops would CutMix otherwise than one of train.batch_size (None: it would not).
+
+    Sample i takes the box of sample n-1-i of its own forward: an odd forward leaves its middle crop mixed with
+    itself (no CutMix), so it computes otherwise unless the configured forward is that very size.
+    """
+    if cfg.augment.cutmix_p > 0 and n % 2 and n != cfg.train.batch_size:
+        return f"{n} crops a forward would leave the middle crop without a CutMix partner"
+    return None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method, declared in its own file: its step and what the trainer must give it."""
+
+    name: str
+    # One forward: a micro-batch in, its losses out ('loss' is what is minimised; the rest is logged).
+    step: Callable[[StepContext, Batch], Losses]
+    # Whether it reads the unlabelled list, and how many strong views each unlabelled item carries.
+    unlabeled: bool
+    n_strong: int = 0
+    # Whether it distils towards the frozen teachers: they are built, and the student carries translators (and,
+    # with fusion, projections) for each enabled teacher.
+    teachers: bool = False
+    # Its batch rule: crops an optimizer step should take over all processes and at most a forward ...
+    batch: Callable[[Config], tuple[int | None, int]] = configured_batch
+    # ... the draws of an epoch from each list (before train.epoch_samples, which overrides every method) ...
+    epoch_length: Callable[[Config, int, int], int] = one_pass_over_the_unlabeled_list
+    # ... and why a forward of n crops would make it compute otherwise than one of train.batch_size.
+    forward_problem: Callable[[int, Config], str | None] = any_forward
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The shared pieces of the semi-supervised steps
 
 
 @torch.no_grad()

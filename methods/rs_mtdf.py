@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from methods.common import Losses, StepContext, weighted_total
+from methods.common import Batch, Losses, Method, StepContext, cutmix_partners, weighted_total
 from methods.fixmatch import consistency_forward
 
 
@@ -35,14 +35,18 @@ def distillation_loss(translated: Mapping[str, torch.Tensor], targets: Mapping[s
     return functools.reduce(operator.add, weighted), per_teacher
 
 
-def rs_mtdf_step(ctx: StepContext, batch: dict) -> Losses:
+def rs_mtdf_step(ctx: StepContext, batch: Batch) -> Losses:
     """(L_x + L_u + L_dis) / 3; the teachers see exactly the student's batch (labelled and CutMixed strong crops)."""
     out, student_in, losses, loss_x, loss_u = consistency_forward(ctx, batch)
     if ctx.teachers is None:
-        raise ValueError("rs_mtdf needs the frozen teachers (Method.teachers)")
+        raise ValueError("rs_mtdf needs the frozen teachers (its METHOD says teachers=True)")
     targets = ctx.teachers(student_in)
-    loss_dis, per_teacher = distillation_loss(out.translated, targets, ctx.settings.distill_weights)
+    weights = {str(name): w for name, w in ctx.cfg.distill.weights.items()}
+    loss_dis, per_teacher = distillation_loss(out.translated, targets, weights)
     losses["loss_dis"] = loss_dis.detach()
     losses.update({f"loss_dis_{name}": v.detach() for name, v in per_teacher.items()})
-    losses["loss"] = weighted_total(ctx.settings.loss_weights, loss_x, loss_u, loss_dis)
+    losses["loss"] = weighted_total(ctx.cfg.train.loss_weights, loss_x, loss_u, loss_dis)
     return losses
+
+
+METHOD = Method("rs_mtdf", rs_mtdf_step, unlabeled=True, n_strong=1, teachers=True, forward_problem=cutmix_partners)

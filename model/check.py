@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from model.segmenter import build_segmenter
 from model.teachers import build_teachers
 from model.weights import check_weight_files

@@ -166,6 +166,6 @@ if __name__ == "__main__":
     # A library, not a command: checkpoints of the authors' release load as they are.
     import sys
 
-    print("error: model.convert has no command line: eval/eval.py and eval/predict.py load the authors' "
+    print("error: model.convert has no command line: eval/eval.py and deploy/predict.py load the authors' "
           "checkpoints as they are (--checkpoint), converting their key names on the way", file=sys.stderr)
     sys.exit(2)

@@ -36,6 +36,7 @@ from typing import Literal
 import torch
 from torch.hub import download_url_to_file
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from model.encoder import DinoEncoder, load_dinov2_weights
 from model.teachers import build_clip_tower, read_clip_state
 from model.weights import mismatch

@@ -37,13 +37,10 @@ class Segmenter(nn.Module):
         teacher_dims = dict(teacher_dims or {})
         self.translators = nn.ModuleDict({name: make_translator(size.embed_dim, translator_hidden, dim)
                                           for name, dim in teacher_dims.items()})
-        # Fusion needs translated features, so it exists only with teachers; a zero weight needs no projection
-        # (and an unused parameter would stall DDP). With every teacher weight 0 nothing is fused: the 4th DPT
-        # input stays f, so the student weight must be 1 there (else it would scale f under another name).
-        fuses = fusion_weights is not None and any(fusion_weights.get(name, 0.0) != 0.0 for name in teacher_dims)
-        if fusion_weights is not None and teacher_dims and not fuses and fusion_weights.get("student", 0.0) != 1.0:
-            raise ValueError(f"fusion weights {dict(fusion_weights)} fuse no teacher: the student weight must be 1")
-        self.fusion_weights = dict(fusion_weights) if fusion_weights is not None and fuses else None
+        # Fusion needs translated features, so it exists only with teachers; `fusion_weights` None fuses nothing
+        # (the config decides: DistillConfig.fuses). A zero weight needs no projection (and an unused parameter
+        # would stall DDP).
+        self.fusion_weights = dict(fusion_weights) if fusion_weights is not None and teacher_dims else None
         self.projections = nn.ModuleDict({
             name: nn.Linear(dim, size.embed_dim) for name, dim in teacher_dims.items()
             if self.fusion_weights is not None and self.fusion_weights.get(name, 0.0) != 0.0})
@@ -105,9 +102,9 @@ class Segmenter(nn.Module):
 def build_segmenter(cfg: Config) -> Segmenter:
     """The student of `cfg`, with translators for cfg.distill_teachers and the encoder's pretrained weights."""
     dims = {name: feature_dim(cfg, name) for name in cfg.distill_teachers}
-    model = Segmenter(cfg.model.backbone, cfg.dataset.nclass, dims, cfg.distill.translator_hidden,
-                      {name: w for name, w in cfg.distill.fusion_weights.items()}, cfg.teachers.clip.input_size,
-                      cfg.model.lock_backbone, cfg.model.grad_checkpointing)
+    fusion = {str(k): w for k, w in cfg.distill.fusion_weights.items()} if cfg.distill.fuses else None
+    model = Segmenter(cfg.model.backbone, cfg.dataset.nclass, dims, cfg.distill.translator_hidden, fusion,
+                      cfg.teachers.clip.input_size, cfg.model.lock_backbone, cfg.model.grad_checkpointing)
     if cfg.model.pretrained is not None:
         load_dinov2_weights(model.encoder, cfg.model.pretrained, "model.pretrained")
     return model

@@ -20,6 +20,7 @@ from model.weights import is_torchscript, load_checked, load_tensors, require_fi
 from util.catalog import IMAGENET_MEAN, IMAGENET_STD
 from util.config import Config
 from util.errors import WeightsError
+from util.precision import gpu_paths
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,8 @@ class Teachers:
     def __init__(self, models: dict[str, nn.Module], device: torch.device, precision: Mapping[str, str],
                  cpu_autocast: bool = False) -> None:
         self.models = {name: freeze(m).to(device) for name, m in models.items()}
-        self.device = torch.device(device)
-        # Reduced precision on a GPU (or when train.cpu_autocast asks for it): CPU autocast is slow and the
-        # tests want exact fp32.
-        reduced = self.device.type == "cuda" or cpu_autocast
+        # Reduced precision on the GPU's paths only: CPU autocast is slow and the tests want exact fp32.
+        reduced = gpu_paths(device, cpu_autocast)
         dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
         self.autocast_dtype = {name: dtypes[precision[name]] if reduced else None for name in models}
 
@@ -151,16 +150,16 @@ class Teachers:
         """The teacher networks (for switches such as attention kernels)."""
         return list(self.models.values())
 
-    def _precision(self, name: str) -> torch.autocast:
+    def _precision(self, name: str, device_type: str) -> torch.autocast:
         # Explicit either way: a teacher asked for fp32 must not inherit the training step's bf16 autocast.
         dtype = self.autocast_dtype[name]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
     def __call__(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = {}
         with torch.inference_mode():
             for name, model in self.models.items():
-                with self._precision(name):
+                with self._precision(name, img.device.type):
                     raw[name] = model(img)
         # Copies made outside inference mode are ordinary tensors, so the loss may save them for backward.
         return {name: t.to(torch.float32, copy=True) for name, t in raw.items()}

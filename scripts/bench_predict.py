@@ -1,4 +1,4 @@
-"""Time and peak memory of eval/predict.py on synthetic GeoTIFF scenes of growing size.
+"""Time and peak memory of deploy/predict.py on synthetic GeoTIFF scenes of growing size.
 
     python scripts/bench_predict.py                          # 2000 and 20000 px, tiny random model
     python scripts/bench_predict.py --size 2000 --size 6000 --threads 1 -- --window 112 --stride 74
@@ -27,6 +27,7 @@ from pathlib import Path
 if __name__ == "__main__" and not __package__:  # run as a file: the repository root, not scripts/, first
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from util.cli import run_main, user_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"writing {scene}", file=sys.stderr)
             subprocess.run([sys.executable, __file__, "--write-scene", str(scene), str(size)], check=True)
         out = work / f"pred_{size}"
-        cmd = [sys.executable, str(REPO / "eval" / "predict.py"), "--config", args.config, "--checkpoint",
+        cmd = [sys.executable, str(REPO / "deploy" / "predict.py"), "--config", args.config, "--checkpoint",
                str(checkpoint), str(scene), "--out", str(out), *extra]
         print("$ " + " ".join(cmd), file=sys.stderr)
         code, seconds, peak = run_measured(cmd, env)

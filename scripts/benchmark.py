@@ -40,6 +40,7 @@ from scripts.costs import (
     step_batch,
     step_flops,
     step_memory,
+    step_of,
     student_input,
     use_unfused_attention,
 )
@@ -162,25 +163,19 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool,
                 flops: dict[str, Any] | None = None, peak_tflops: float | None = None,
                 memory_estimate: dict[str, Any] | None = None) -> TrainResult:
     """Images/s of full training steps, the step broken into its parts, peak memory, and MFU given `flops`."""
-    from train import Trainer
-
-    info = init_distributed()
-    device = info.device
-    trainer = Trainer(cfg, info, with_data=False)
-    trainer.total_iters = 10 * (iters + warmup) + 10
+    device = init_distributed().device
+    step = step_of(cfg, device, 10 * (iters + warmup) + 10)
+    state = step.state
     if reference:
-        use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
-    batch = step_batch(trainer)
-
-    def step() -> None:
-        trainer.step(dict(batch))
-        trainer.iteration += 1
-
+        use_unfused_attention(state.model, state.ema, *(state.teachers.modules() if state.teachers else []))
+    batch = step_batch(step)
+    losses: list[torch.Tensor] = []
     reset_peak(device)
-    seconds = timed(step, iters, warmup, device)
-    trainer.check_finite()
+    seconds = timed(lambda: losses.append(step.run(dict(batch))["loss"]), iters, warmup, device)
+    if not torch.isfinite(torch.stack(losses)).all():
+        raise RuntimeError("a benchmark step's loss is not finite")
     memory, reserved = peak_memory_gb(device), reserved_memory_gb(device)
-    amp = trainer.amp_dtype
+    amp = state.amp_dtype
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else None
 
     def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:
@@ -192,34 +187,34 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool,
         return run
 
     parts: dict[str, float] = {}
-    if trainer.method.unlabeled:
-        parts["ema_pseudo_labels"] = timed(under_autocast(lambda: pseudo_label(trainer.ema, batch["img_u_w"])),
+    if step.method.unlabeled:
+        parts["ema_pseudo_labels"] = timed(under_autocast(lambda: pseudo_label(state.ema, batch["img_u_w"])),
                                            iters, 1, device)
-    if trainer.teachers is not None:
-        images = student_input(trainer, batch)
-        parts["teachers"] = timed(functools.partial(trainer.teachers, images), iters, 1, device)
+    if state.teachers is not None:
+        images = student_input(step, batch)
+        parts["teachers"] = timed(functools.partial(state.teachers, images), iters, 1, device)
 
     def optimizer_and_ema() -> None:
-        trainer.optimizer.step()
-        ema_update(trainer.ema, trainer.model, ema_ratio(1000, cfg.train.ema_cap))
+        state.optimizer.step()
+        ema_update(state.ema, state.model, ema_ratio(1000, cfg.train.ema_cap))
 
     parts["optimizer_and_ema"] = timed(optimizer_and_ema, iters, 1, device)
     parts["student_forward_backward"] = max(0.0, seconds - sum(parts.values()))
-    images_per_step = trainer.plan.micro_batch * (2 if trainer.method.unlabeled else 1)
-    b = trainer.plan.micro_batch
+    images_per_step = step.plan.micro_batch * (2 if step.method.unlabeled else 1)
+    b = step.plan.micro_batch
     result: TrainResult = {
         "what": "train", "reference": reference, "method": cfg.train.method,
         "precision": str(amp or torch.float32), "gpu_like_on_cpu": cfg.train.cpu_autocast and device.type == "cpu",
-        "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
+        "batch": f"{b}+{b}" if step.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
         "images_per_s": images_per_step / seconds, "ms_per_step": 1000 * seconds,
         "ms_breakdown": {k: round(1000 * v, 2) for k, v in parts.items()}, "peak_memory_gb": memory,
         "peak_reserved_gb": reserved}
     if not reference:
         # Today's AdamW (multi-tensor) against fused AdamW on the same gradients: the case for `fused=True`.
         adamw: dict[str, float | None] = {
-            "foreach": timed(adamw_like(trainer.optimizer, fused=False).step, iters, 1, device)}
+            "foreach": timed(adamw_like(state.optimizer, fused=False).step, iters, 1, device)}
         try:
-            adamw["fused"] = timed(adamw_like(trainer.optimizer, fused=True).step, iters, 1, device)
+            adamw["fused"] = timed(adamw_like(state.optimizer, fused=True).step, iters, 1, device)
         except RuntimeError as e:  # fused AdamW on this device/PyTorch is not supported
             adamw["fused"] = None
             result["fused_adamw_error"] = str(e).splitlines()[0]

@@ -4,9 +4,9 @@ The authors' release runs the student and the DINO teacher in fp32 with naive (u
 sends one window per forward in sliding-window evaluation. `REFERENCE_OVERRIDES` and
 `use_unfused_attention` switch our pipeline to that; everything else (model, losses, data) is the same.
 
-Costs without a GPU (scripts/benchmark.py --flops / --memory): the real Trainer is built on the meta
-device and its tensors turned into fake tensors (shapes, dtypes and strides, no data), so a real-size step
-runs on any machine in seconds. `step_flops` counts its matmul/conv/attention FLOPs per component with
+Costs without a GPU (scripts/benchmark.py --flops / --memory): the real training state (train.build_state) is
+built on the meta device and its tensors turned into fake tensors (shapes, dtypes and strides, no data), so a
+real-size step runs on any machine in seconds. `step_flops` counts its matmul/conv/attention FLOPs per component with
 `torch.utils.flop_counter.FlopCounterMode`; `step_memory` follows every tensor storage that is alive during
 the step (`LiveTensorBytes`) and reports the peak, i.e. what `torch.cuda.max_memory_allocated` would show.
 Both run GPU-like (train.cpu_autocast): the autocast dtype a GPU would use (`train.precision: auto` -> bf16),
@@ -16,23 +16,26 @@ the teachers in their `teachers.*.precision`, channels-last convolutions and fus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import logging
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import methods  # noqa: F401  (registers the training methods a config may name)
 from util.flops import count_flops
 from util.precision import autocast_dtype
 
 if TYPE_CHECKING:
-    from train import Trainer
+    from methods.plan import BatchPlan
+    from model.segmenter import Segmenter
     from util.config import Config
+    from util.run import TrainState
 
 # Config overrides that undo our speed-ups: fp32 autocast off, no channels-last, no compilation, and
 # eval batches of one window. The teachers keep teachers.precision (the reference runs CLIP in fp16),
@@ -83,7 +86,7 @@ def adamw_like(optimizer: torch.optim.Optimizer, fused: bool) -> torch.optim.Ada
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Fake (data-less) trainers
+# Training states without data, and fake ones
 
 
 def fakeify(module: nn.Module, mode: Any, device: torch.device) -> None:
@@ -99,9 +102,56 @@ def fakeify(module: nn.Module, mode: Any, device: torch.device) -> None:
                 m._buffers[name] = FakeTensor(mode, b, device)
 
 
+@dataclasses.dataclass
+class Step:
+    """A training state of a config without data, to which a tool feeds batches: the state, its method's batch plan
+    on one process, and the config it computes with (`run` is methods/step.py's train_step on it)."""
+
+    cfg: Config
+    state: TrainState
+    plan: BatchPlan
+    rank: int = 0
+
+    @property
+    def method(self) -> Any:
+        from methods import METHODS
+
+        return METHODS[self.cfg.train.method]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.state.model.parameters()).device
+
+    # What the state holds, read through the step (a tool reads them; it never assigns them).
+    model = property(lambda self: self.state.model)
+    ema = property(lambda self: self.state.ema)
+    optimizer = property(lambda self: self.state.optimizer)
+    scaler = property(lambda self: self.state.scaler)
+    teachers = property(lambda self: self.state.teachers)
+    amp_dtype = property(lambda self: self.state.amp_dtype)
+    iteration = property(lambda self: self.state.iteration)
+
+    def run(self, *micro_batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from methods.step import train_step
+
+        return train_step(self.state, self.cfg, list(micro_batches), self.rank)
+
+
+def step_of(cfg: Config, device: torch.device | str, total_iters: int = 100, rank: int = 0,
+            processes: int = 1) -> Step:
+    """The training state of `cfg` on `device` (train.build_state), as process `rank` of `processes` plans it:
+    what benchmark and the tests step through."""
+    from methods import METHODS
+    from methods.plan import plan_batches
+    from train import build_state
+
+    plan = plan_batches(METHODS[cfg.train.method], cfg, processes)
+    return Step(cfg, build_state(cfg, torch.device(device), total_iters), plan, rank)
+
+
 @contextlib.contextmanager
-def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer, Any]]:
-    """A Trainer of `cfg` whose model, EMA, teachers and optimizer hold fake tensors, and its FakeTensorMode.
+def fake_step(cfg: Config, reference: bool = False) -> Iterator[tuple[Step, Any]]:
+    """A Step of `cfg` whose model, EMA, teachers and optimizer hold fake tensors, and its FakeTensorMode.
 
     Run steps inside `with mode:`, on batches made there. Built on the meta device (no memory, no init
     cost, so ViT-L teachers take a second) with random weights, then moved to fake CPU tensors: fake CUDA
@@ -112,51 +162,43 @@ def fake_trainer(cfg: Config, reference: bool = False) -> Iterator[tuple[Trainer
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from train import Trainer, build_optimizer
-    from util.dist import DistInfo
+    from train import build_optimizer
 
     # skip_nonfinite's check reads the loss value, which fake tensors do not have.
     cfg = cfg.replace({"model.pretrained": None, "teachers.dino.weights": None, "teachers.clip.weights": None,
                        "train.compile": False, "train.skip_nonfinite": False, "train.cpu_autocast": True,
                        "train.global_batch": None})
     meta, cpu = torch.device("meta"), torch.device("cpu")
-    # A Trainer seeds the global generator and resets the run's logger: neither may change for the caller.
-    loggers = [logging.getLogger(name) for name in ("rs_mtdf", "rs_mtdf.metrics")]
-    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    # Building seeds nothing here, but random init draws: the caller's generator must not move.
     with torch.random.fork_rng(devices=[]), torch.device(meta):
-        trainer = Trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=meta, is_main=True),
-                          with_data=False)
-    for lg, (handlers, level, propagate) in zip(loggers, saved):
-        lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
-    trainer.total_iters = 1_000
+        step = step_of(cfg, meta, 1_000)
+    state = step.state
     if reference:
-        use_unfused_attention(trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else []))
+        use_unfused_attention(state.model, state.ema, *(state.teachers.modules() if state.teachers else []))
     mode = FakeTensorMode()
-    for module in (trainer.model, trainer.ema, *(trainer.teachers.modules() if trainer.teachers else [])):
+    for module in (state.model, state.ema, *(state.teachers.modules() if state.teachers else [])):
         fakeify(module, mode, cpu)
-    trainer.device = cpu
-    trainer.amp_dtype = autocast_dtype(cfg.train.precision, cpu, allow_cpu=True)
-    trainer.optimizer = build_optimizer(trainer.model, cfg)  # over the fake parameters
-    if trainer.teachers is not None:
-        trainer.teachers.device = cpu
-    trainer.scaler = torch.amp.GradScaler("cpu", enabled=False)
-    yield trainer, mode
+    # AdamW over the fake parameters, autocast as on a GPU but on the CPU, no GradScaler.
+    fake = dataclasses.replace(state, optimizer=build_optimizer(cast("Segmenter", state.model), cfg),
+                               amp_dtype=autocast_dtype(cfg.train.precision, cpu, allow_cpu=True),
+                               scaler=torch.amp.GradScaler("cpu", enabled=False))
+    yield dataclasses.replace(step, state=fake), mode
 
 
-def step_batch(trainer: Trainer) -> dict[str, torch.Tensor]:
-    """A synthetic batch of the trainer's size (supervised's reference protocol doubles it) on its device."""
-    return synthetic_batch(trainer.cfg, trainer.method.n_strong, trainer.device, trainer.plan.micro_batch)
+def step_batch(step: Step) -> dict[str, torch.Tensor]:
+    """A synthetic micro-batch of the step's size (supervised's reference protocol doubles it) on its device."""
+    return synthetic_batch(step.cfg, step.method.n_strong, step.device, step.plan.micro_batch)
 
 
-def autocast_for(trainer: Trainer) -> contextlib.AbstractContextManager:
-    """The autocast context of the trainer's step (none in fp32)."""
-    dtype = trainer.amp_dtype
-    return torch.autocast(trainer.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+def autocast_for(step: Step) -> contextlib.AbstractContextManager:
+    """The autocast context of the step (none in fp32)."""
+    dtype = step.state.amp_dtype
+    return torch.autocast(step.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def student_input(trainer: Trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def student_input(step: Step, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The images of the step's student forward: labelled, then each strong view (none for supervised)."""
-    views = [batch["img_u_s"][:, v] for v in range(trainer.method.n_strong)] if trainer.method.unlabeled else []
+    views = [batch["img_u_s"][:, v] for v in range(step.method.n_strong)] if step.method.unlabeled else []
     return torch.cat([batch["img_x"], *views])
 
 
@@ -174,23 +216,24 @@ def step_flops(cfg: Config) -> dict[str, Any]:
     """
     from methods.common import pseudo_label
 
-    with fake_trainer(cfg) as (trainer, mode), mode:
-        batch = step_batch(trainer)
-        total = count_flops(lambda: trainer.step(dict(batch)))
-        with autocast_for(trainer):
-            ema = count_flops(lambda: pseudo_label(trainer.ema, batch["img_u_w"])) if trainer.method.unlabeled else 0
-            images = student_input(trainer, batch)
-            forward = count_flops(lambda: trainer.forward(images))
+    with fake_step(cfg) as (step, mode), mode:
+        batch = step_batch(step)
+        total = count_flops(lambda: step.run(dict(batch)))
+        state = step.state
+        with autocast_for(step):
+            ema = count_flops(lambda: pseudo_label(state.ema, batch["img_u_w"])) if step.method.unlabeled else 0
+            images = student_input(step, batch)
+            forward = count_flops(lambda: state.forward(images))
         teachers: dict[str, int] = {}
-        if trainer.teachers is not None:
-            for name, model in trainer.teachers.models.items():
-                dtype = trainer.teachers.autocast_dtype[name]
+        if state.teachers is not None:
+            for name, model in state.teachers.models.items():
+                dtype = state.teachers.autocast_dtype[name]
                 with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
                     teachers[name] = count_flops(functools.partial(model, images))
     parts = {"student_forward": forward, "student_backward": total - ema - forward - sum(teachers.values()),
              "ema_pseudo_labels": ema, **{f"teacher_{name}": v for name, v in teachers.items()}}
-    b, crop = trainer.plan.micro_batch, cfg.dataset.crop_size
-    return {"method": cfg.train.method, "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}",
+    b, crop = step.plan.micro_batch, cfg.dataset.crop_size
+    return {"method": cfg.train.method, "batch": f"{b}+{b}" if step.method.unlabeled else f"{b}",
             "crop": crop, "total": total, "parts": parts,
             "share": {k: v / total for k, v in parts.items()} if total else {}}
 
@@ -244,15 +287,15 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def track_trainer_state(tracker: LiveTensorBytes, trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
+def track_training_state(tracker: LiveTensorBytes, state: TrainState, batch: dict[str, torch.Tensor]) -> None:
     """Add what lives across steps, labelled: student, its gradients, AdamW states, EMA, teachers, batch."""
-    params = list(trainer.model.parameters())
+    params = list(state.model.parameters())
     groups = {
-        "student_parameters": params + list(trainer.model.buffers()),
+        "student_parameters": params + list(state.model.buffers()),
         "gradients": [p.grad for p in params if p.grad is not None],
-        "adamw_states": [v for state in trainer.optimizer.state.values() for v in state.values()],
-        "ema_model": list(trainer.ema.parameters()) + list(trainer.ema.buffers()),
-        "teachers": [t for m in (trainer.teachers.modules() if trainer.teachers else [])
+        "adamw_states": [v for moments in state.optimizer.state.values() for v in moments.values()],
+        "ema_model": list(state.ema.parameters()) + list(state.ema.buffers()),
+        "teachers": [t for m in (state.teachers.modules() if state.teachers else [])
                      for t in [*m.parameters(), *m.buffers()]],
         "batch": list(batch.values()),
     }
@@ -261,29 +304,28 @@ def track_trainer_state(tracker: LiveTensorBytes, trainer: Trainer, batch: dict[
             tracker.add(t, label)
 
 
-def measure_step_memory(trainer: Trainer, batch: dict[str, torch.Tensor], rounding: int = CUDA_ALLOCATION_UNIT
+def measure_step_memory(step: Step, batch: dict[str, torch.Tensor], rounding: int = CUDA_ALLOCATION_UNIT
                         ) -> LiveTensorBytes:
-    """One step of `trainer` after a first one (AdamW states exist, gradients of the last step are alive),
-    with every live storage tracked: the steady-state peak of training."""
-    trainer.step(dict(batch))
-    trainer.iteration += 1
+    """One step after a first one (AdamW states exist, gradients of the last step are alive), with every live
+    storage tracked: the steady-state peak of training."""
+    step.run(dict(batch))
     tracker = LiveTensorBytes(rounding)
-    track_trainer_state(tracker, trainer, batch)
+    track_training_state(tracker, step.state, batch)
     with tracker:
-        trainer.step(dict(batch))
-    trainer.iteration += 1
+        step.run(dict(batch))
     return tracker
 
 
 def step_memory(cfg: Config, reference: bool = False) -> dict[str, Any]:
     """The expected peak GPU memory (GiB, as torch.cuda.max_memory_allocated reports it) of a training step,
     computed on fake tensors: ours, or with `reference` the reference way (give REFERENCE_OVERRIDES in cfg)."""
-    with fake_trainer(cfg, reference) as (trainer, mode), mode:
-        tracker = measure_step_memory(trainer, step_batch(trainer))
-    b = trainer.plan.micro_batch
+    with fake_step(cfg, reference) as (step, mode), mode:
+        tracker = measure_step_memory(step, step_batch(step))
+    b = step.plan.micro_batch
     gib = 2 ** 30
-    return {"reference": reference, "method": cfg.train.method, "precision": str(trainer.amp_dtype or torch.float32),
-            "batch": f"{b}+{b}" if trainer.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
+    return {"reference": reference, "method": cfg.train.method,
+            "precision": str(step.state.amp_dtype or torch.float32),
+            "batch": f"{b}+{b}" if step.method.unlabeled else f"{b}", "crop": cfg.dataset.crop_size,
             "grad_checkpointing": cfg.model.grad_checkpointing,
             "peak_gib": tracker.peak / gib, "at_peak_gib": {k: v / gib for k, v in tracker.at_peak.items()},
             "between_steps_gib": tracker.current / gib}

@@ -7,12 +7,12 @@ set -eu
 cd "$(dirname "$0")/.."
 
 CONFIG=configs/demo.yaml
-RAW=dataset/synthetic/raw
+RAW=data/synthetic/raw
 RUN=${RUN:-exp/demo}
 
-if [ ! -f dataset/synthetic/splits/val.txt ]; then
+if [ ! -f data/synthetic/lists/val.txt ]; then
     python -m dataset.synthetic --dataset loveda --out "$RAW" --size 256 --count 24 --seed 0
-    python -m dataset.prepare loveda --raw "$RAW" --out dataset/synthetic/loveda --splits dataset/synthetic/splits --resplit
+    python -m dataset.prepare loveda --raw "$RAW" --out data/synthetic/loveda --lists data/synthetic/lists --resplit
 fi
 
 if [ "${NUM_PROC:-1}" -gt 1 ]; then
@@ -24,6 +24,6 @@ fi
 
 python eval/eval.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/eval_val"
 # A few val tiles are enough to look at; predict.py also takes whole folders and tiles of any size.
-python eval/predict.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/predictions" \
-    $(ls dataset/synthetic/loveda/val/images/*.png | head -n 8)
+python deploy/predict.py --config "$CONFIG" --checkpoint "$RUN/best.pth" --out "$RUN/predictions" \
+    $(ls data/synthetic/loveda/val/images/*.png | head -n 8)
 echo "demo finished: checkpoints, train.log and tb/ in $RUN; metrics in $RUN/eval_val; pictures in $RUN/predictions"

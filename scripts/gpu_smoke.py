@@ -214,7 +214,7 @@ class Smoke:
 
     def config_overrides(self) -> list[str]:
         s, data = self.sizes, self.work / "data"
-        return [f"dataset.root={data / 'loveda'}", f"dataset.splits={data / 'splits'}",
+        return [f"dataset.root={data / 'loveda'}", f"dataset.lists={data / 'splits'}",
                 f"dataset.crop_size={s.crop}", f"model.backbone={s.backbone}", f"teachers.dino.arch={s.dino}",
                 f"teachers.clip.arch={s.clip}", f"teachers.clip.input_size={s.clip_input}",
                 f"distill.translator_hidden={s.translator_hidden}", f"train.batch_size={s.batch}",
@@ -324,7 +324,7 @@ def data_stage(smoke: Smoke) -> dict[str, Any]:
     with open(smoke.logs / "data.log", "w") as f:
         for argv in (["-m", "dataset.synthetic", "--dataset", "loveda", "--out", str(raw), "--size", str(s.raw_size),
                       "--count", str(s.scenes), "--seed", "0"],
-                     ["-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(data / "loveda"), "--splits",
+                     ["-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(data / "loveda"), "--lists",
                       str(splits), "--resplit", "--workers",
                       str(max(1, min(8, os.cpu_count() or 1)) if not smoke.cpu else 1)]):
             subprocess.run([sys.executable, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, check=True,
@@ -486,6 +486,7 @@ def markdown(report: dict[str, Any]) -> str:
 def train_and_die(kill_after: int, argv: list[str]) -> int:
     """train.py's main, with a SIGKILL of this process right after latest.pth of iteration `kill_after` is on disk."""
     import train
+    import util.run
     from util.checkpoint import atomic_save
 
     def save_then_maybe_die(obj: Any, path: str | os.PathLike) -> None:
@@ -495,7 +496,7 @@ def train_and_die(kill_after: int, argv: list[str]) -> int:
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train.atomic_save = save_then_maybe_die
+    util.run.atomic_save = save_then_maybe_die  # the trainer saves through it
     return train.main(argv)
 
 

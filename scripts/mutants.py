@@ -133,7 +133,7 @@ MUTANTS = (
     Mutant("stride-half-window", "eval/inference.py", "return max(1, int(window * 2 / 3))",
            "return max(1, window // 2)", "sliding windows overlap unlike the reference",
            ("tests/test_eval_inference.py",)),
-    Mutant("loveda-labels-not-shifted", "dataset/raw.py", "raw.astype(np.int16) - 1",
+    Mutant("loveda-labels-not-shifted", "dataset/loveda.py", "raw.astype(np.int16) - 1",
            "raw.astype(np.int16)", "LoveDA classes one off", ("tests/test_prepare.py",)),
     Mutant("supervised-epoch-fixed", "train.py",
            "self.epoch_length = max(len(labeled), cfg.train.supervised_epoch_samples)",

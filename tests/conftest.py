@@ -8,6 +8,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import methods  # noqa: E402, F401  (registers the training methods, as every entry point does)
+
 
 @pytest.fixture
 def one_thread():

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import methods.step  # noqa: E402
 import train  # noqa: E402
 from util.cli import run_main  # noqa: E402
 
@@ -50,13 +51,13 @@ def on_count(count: int, then: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def arm_step(count: int) -> None:
-    real, kill = train.ema_update, on_count(count, die)
+    real, kill = methods.step.ema_update, on_count(count, die)
 
     def ema_update(*args: Any, **kwargs: Any) -> None:
         kill()
         real(*args, **kwargs)
 
-    train.ema_update = ema_update
+    methods.step.ema_update = ema_update
 
 
 def arm_evaluate(count: int) -> None:

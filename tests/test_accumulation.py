@@ -10,29 +10,65 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from scripts.costs import Step, step_of
 from tests.train_fixtures import DEMO, TINY_STEP
-from train import Trainer, plan_batches
 from util.config import load_config
 from util.dist import DistInfo
 
 METHODS = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
 
 
-def test_the_published_global_batch_is_reached_on_any_number_of_gpus():
+def plan(method: str, processes: int, *overrides: str):
+    from methods import METHODS
+    from methods.plan import plan_batches
+
+    cfg = load_config(DEMO, ["train.global_batch=32", "train.batch_size=8", f"train.method={method}",
+                             "train.supervised_protocol=same_iterations", *overrides])
+    return plan_batches(METHODS[method], cfg, processes)
+
+
+def test_the_published_global_batch_is_reached_on_any_number_of_gpus_that_splits_it():
     """32 crops a step, at most 8 a forward: 1 GPU accumulates 4 forwards, 2 GPUs 2, 4 GPUs none, 8 GPUs take
-    4 crops each; 3 GPUs cannot split 32 and say so."""
-    plans = {n: plan_batches(32, 8, n) for n in (1, 2, 4, 8)}
+    4 crops each, 16 take 2; a share of 12 a process is 2 forwards of 6, the fewest that fit."""
+    plans = {n: plan("fixmatch", n) for n in (1, 2, 4, 8, 16)}
     assert {n: (p.micro_batch, p.accumulation, p.global_batch) for n, p in plans.items()} == {
-        1: (8, 4, 32), 2: (8, 2, 32), 4: (8, 1, 32), 8: (4, 1, 32)}
+        1: (8, 4, 32), 2: (8, 2, 32), 4: (8, 1, 32), 8: (4, 1, 32), 16: (2, 1, 32)}
     assert plans[1].describe() == "global batch 32 = 1 process(es) x 8 crops x 4 accumulated"
-    three = plan_batches(32, 8, 3)
-    assert three.global_batch == 24 and "NOT train.global_batch 32" in three.describe()
-    # The nearest where even one full forward per process is too many: 64 GPUs take one crop each.
-    assert plan_batches(32, 8, 64).global_batch == 64 and plan_batches(7, 8, 2).global_batch == 8
-    # An uneven share takes the fewest forwards that fit: 12 crops a process at most 8 a forward are 2 x 6.
-    assert (plan_batches(24, 8, 2).micro_batch, plan_batches(24, 8, 2).accumulation) == (6, 2)
-    # null: the process count sets the global batch, as before train.global_batch existed.
-    assert plan_batches(None, 8, 4).global_batch == 32 and plan_batches(None, 8, 1).global_batch == 8
+    six = plan("fixmatch", 2, "train.global_batch=24")
+    assert (six.micro_batch, six.accumulation) == (6, 2)
+    # null: the process count sets the global batch.
+    assert plan("fixmatch", 4, "train.global_batch=null").global_batch == 32
+    # The authors' supervised protocol doubles both: 64 crops a step, at most 16 a forward.
+    reference = plan("supervised", 1, "train.supervised_protocol=reference")
+    assert (reference.micro_batch, reference.accumulation, reference.global_batch) == (16, 4, 64)
+
+
+@pytest.mark.parametrize(("processes", "method", "named"), [
+    (3, "fixmatch", "process counts that do: 1, 2, 4, 8, 16"),      # 32 does not split over 3 (it was 24)
+    (5, "supervised", "process counts that do: 1, 2, 4, 8, 16, 32"),  # nor over 5 (it was 30)
+    (32, "fixmatch", "without a CutMix partner"),                   # 1 crop a forward: CutMix with itself
+])
+def test_a_global_batch_that_does_not_split_is_refused_naming_the_keys_and_the_counts_that_work(
+        processes, method, named):
+    from util.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        plan(method, processes)
+    message = str(error.value)
+    assert message.startswith("train.global_batch 32 does not split over") and "train.batch_size 8" in message
+    assert named in message
+
+
+def test_unimatch_v2_keeps_its_share_of_whole_pairs_or_is_refused():
+    """int(B / 2) of a forward's B pairs keep their features whole: 4 of 8, 2 of 4, but 1 of 3 (not a half)."""
+    from methods.unimatch_v2 import channel_dropout_pairs
+
+    cfg = load_config(DEMO, ["train.method=unimatch_v2", "train.batch_size=8"])
+    assert channel_dropout_pairs(4, cfg) is None and channel_dropout_pairs(8, cfg) is None
+    assert "33%" in channel_dropout_pairs(3, cfg) and "50%" in channel_dropout_pairs(3, cfg)
+    assert plan("unimatch_v2", 8).micro_batch == 4
+    with pytest.raises(Exception, match="of the pairs without channel dropout"):
+        plan("unimatch_v2", 8, "train.global_batch=24")   # 3 a forward
 
 
 def micro_batch(seed: int, size: int = 56, b: int = 2, n_strong: int = 2) -> dict[str, torch.Tensor]:
@@ -46,7 +82,7 @@ def micro_batch(seed: int, size: int = 56, b: int = 2, n_strong: int = 2) -> dic
             "ignore_mask": torch.zeros(b, size, size, dtype=torch.long), "cutmix_box": box}
 
 
-def trainer(method: str, rank: int, world: int, global_batch: int = 4) -> Trainer:
+def trainer(method: str, rank: int, world: int, global_batch: int = 4) -> Step:
     """The demo's tiny model at TINY_STEP size, a global batch of 4 crops (or `global_batch`), at most 2 a forward."""
     fusion = "{student: 0.8, dino: 0.1, clip: 0.1}" if method == "rs_mtdf" else "{student: 1, dino: 0, clip: 0}"
     teachers = str(method == "rs_mtdf").lower()
@@ -54,13 +90,10 @@ def trainer(method: str, rank: int, world: int, global_batch: int = 4) -> Traine
                              "train.batch_size=2", "train.precision=fp32", f"teachers.dino.enabled={teachers}",
                              f"teachers.clip.enabled={teachers}", f"distill.fusion_weights={fusion}",
                              "train.supervised_protocol=same_iterations"])
-    t = Trainer(cfg, DistInfo(rank=rank, world_size=world, local_rank=rank, device=torch.device("cpu"),
-                              is_main=rank == 0), with_data=False)
-    t.total_iters = 100
-    return t
+    return step_of(cfg, "cpu", 100, rank, world)
 
 
-def updated(t: Trainer) -> dict[str, torch.Tensor]:
+def updated(t: Step) -> dict[str, torch.Tensor]:
     """The weights after the step, and AdamW's first moments: the gradient itself, which the first update (about
     lr x its sign) would hide a wrong scale of."""
     moments = {f"exp_avg.{name}": t.optimizer.state[p]["exp_avg"].clone() for name, p in t.model.named_parameters()}
@@ -73,8 +106,8 @@ def one_step_per_process(rank: int, world: int, init: str, out: str) -> None:
     states = {}
     for method in METHODS:
         t = trainer(method, rank, world)
-        assert (t.plan.micro_batch, t.plan.accumulation) == (2, 1) and t.ddp is not None
-        t.step(micro_batch(seed=rank))
+        assert (t.plan.micro_batch, t.plan.accumulation) == (2, 1) and t.state.ddp is not None
+        t.run(micro_batch(seed=rank))
         states[method] = updated(t)
     if rank == 0:
         torch.save(states, out)
@@ -95,7 +128,7 @@ def test_one_process_accumulating_two_forwards_updates_as_two_processes_do(tmp_p
     for method in METHODS:
         one = trainer(method, 0, 1)
         assert (one.plan.micro_batch, one.plan.accumulation) == (2, 2)
-        one.step([micro_batch(seed=0), micro_batch(seed=1)])
+        one.run(micro_batch(seed=0), micro_batch(seed=1))
         for name, value in updated(one).items():
             torch.testing.assert_close(value, two[method][name], atol=2e-6, rtol=0,
                                        msg=lambda m, method=method, name=name: f"{method} {name}: {m}")
@@ -110,13 +143,13 @@ def test_accumulated_forwards_average_what_each_forward_would_compute_as_a_proce
     batch = micro_batch(seed=0)
     accumulating = trainer(method, 0, 1)
     start = {k: v.clone() for k, v in accumulating.model.state_dict().items()}
-    accumulating.step([batch, batch])
+    accumulating.run(batch, batch)
     singles = []
     for virtual_rank in (0, 1):
         single = trainer(method, virtual_rank, 1, global_batch=2)
         assert single.plan.accumulation == 1
         single.model.load_state_dict(start)
-        single.step(batch)
+        single.run(batch)
         singles.append(updated(single))
     for name, value in updated(accumulating).items():
         if name.startswith("exp_avg."):   # AdamW's first moment after one step: (1 - beta1) x the gradient
@@ -126,10 +159,28 @@ def test_accumulated_forwards_average_what_each_forward_would_compute_as_a_proce
         assert any(not torch.equal(singles[0][n], singles[1][n]) for n in singles[0] if n.startswith("exp_avg."))
 
 
-def test_a_step_takes_as_many_micro_batches_as_the_plan_accumulates():
-    t = trainer("fixmatch", 0, 1)
-    with pytest.raises(ValueError, match="a step takes 2 micro-batches, got 1"):
-        t.step(micro_batch(seed=0))
+def train_data(cfg, method: str | None = None, processes: int = 1):
+    """The run's loaders (dataset.loaders.build_train_data) as process 0 of `processes` plans them."""
+    from dataset.loaders import build_train_data
+    from methods import METHODS
+    from methods.plan import plan_batches
+
+    m = METHODS[method or cfg.train.method]
+    info = DistInfo(0, processes, 0, torch.device("cpu"), True)
+    return build_train_data(cfg, m, plan_batches(m, cfg, processes), info)
+
+
+def test_a_step_takes_as_many_micro_batches_as_the_plan_accumulates(tmp_path: Path):
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+
+    splits = write_tiny_dataset(tmp_path / "data", size=16)
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "fixmatch"),
+                             "train.global_batch=4", "train.epoch_samples=8"])
+    data = train_data(cfg)
+    assert (data.plan.micro_batch, data.plan.accumulation, data.steps_per_epoch) == (2, 2, 2)
+    steps = list(data.steps(0, 0, torch.device("cpu")))
+    assert [len(micro) for micro in steps] == [2, 2]
+    assert all(len(batch["img_x"]) == 2 for micro in steps for batch in micro)
 
 
 @pytest.mark.parametrize(("labeled", "samples", "epoch"), [(4, 12, 12), (40, 12, 40)])
@@ -142,9 +193,9 @@ def test_the_reference_supervised_epoch_is_the_labelled_list_repeated_to_at_leas
     splits = write_tiny_dataset(tmp_path / "data", n_labeled=labeled, size=16)
     cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised"),
                              "train.supervised_protocol=reference", f"train.supervised_epoch_samples={samples}"])
-    t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
+    data = train_data(cfg)
     # Batches doubled (2 x 2 crops) as supervised.py does, with drop_last.
-    assert (t.epoch_length, t.plan.micro_batch, t.iters_per_epoch) == (epoch, 4, epoch // 4)
+    assert (data.epoch_length, data.plan.micro_batch, data.steps_per_epoch) == (epoch, 4, epoch // 4)
 
 
 def scripted_evaluation(monkeypatch: pytest.MonkeyPatch) -> list:
@@ -182,15 +233,17 @@ def test_best_pth_is_chosen_on_every_class_unless_told_to_use_the_scored_ones(mo
 
 @pytest.mark.parametrize(("best_on", "excluded"), [("all_classes", ()), ("scored_classes", None)])
 def test_validation_scores_every_class_or_the_scored_ones_as_best_on_says(best_on, excluded, monkeypatch, tmp_path):
-    """Fast, in-process: what Trainer.evaluate asks the scorer to exclude (the end-to-end run is above)."""
-    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+    """Fast, in-process: what train.validate asks the scorer to exclude (the end-to-end run is above)."""
+    import logging
+
+    import train
+    from util.run import Progress
 
     seen = scripted_evaluation(monkeypatch)
-    splits = write_tiny_dataset(tmp_path / "data", size=16)
-    cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "supervised"),
-                             f"train.best_on={best_on}"])
-    t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
-    t.evaluate(1)
+    cfg = load_config(DEMO, [*TINY_STEP, "train.method=supervised", f"train.best_on={best_on}"])
+    step = step_of(cfg, "cpu")
+    train.validate(step.state, cfg, None, DistInfo(0, 1, 0, torch.device("cpu"), True), Progress("student", best_on),
+                   1, None, logging.getLogger("test"))
     assert seen == [excluded, excluded]   # student and EMA alike
 
 def test_epoch_samples_sets_the_draws_of_an_epoch_for_every_method(tmp_path: Path):
@@ -202,5 +255,5 @@ def test_epoch_samples_sets_the_draws_of_an_epoch_for_every_method(tmp_path: Pat
     for method, steps in (("fixmatch", 3), ("supervised", 3)):
         cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", method),
                                  "train.epoch_samples=6"])
-        t = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True))
-        assert (t.epoch_length, t.iters_per_epoch) == (6, steps)
+        data = train_data(cfg)
+        assert (data.epoch_length, data.steps_per_epoch) == (6, steps)

@@ -26,8 +26,8 @@ from PIL import Image
 import train
 from dataset import prepare
 from dataset.synthetic import write_loveda
+from deploy import predict
 from eval import eval as eval_cli
-from eval import predict
 from model.segmenter import build_segmenter
 from tests.train_fixtures import (
     DEMO,
@@ -84,7 +84,7 @@ def check_all(*checks: Callable[[], object]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared tiny run: its checkpoints feed the eval/predict/resume cases; its data holds images smaller than the crop
+# Shared tiny run: its checkpoints feed the eval, predict and resume cases; its data holds images smaller than the crop
 
 
 def write_small_images(root: Path, splits: Path) -> None:
@@ -261,13 +261,13 @@ def _(env: Env):
 @case("data-train-split-not-prepared", "train")
 def _(env: Env):
     # --split 5 on a dataset prepared only for 10 %.
-    return env.train("--split", "5"), [str(env.splits / "5" / "unlabeled.txt"), f"!dataset.splits={env.splits / '5'}"]
+    return env.train("--split", "5"), [str(env.splits / "5" / "unlabeled.txt"), f"!dataset.lists={env.splits / '5'}"]
 
 
-@case("data-eval-test-split-missing", "eval")
+@case("data-eval-test-list-missing", "eval")
 def _(env: Env):
     (env.splits / "test.txt").unlink()
-    return env.eval("--split", "test", checkpoint=env.tmp / "absent.pth"), [str(env.splits / "test.txt")]
+    return env.eval("--subset", "test", checkpoint=env.tmp / "absent.pth"), [str(env.splits / "test.txt")]
 
 
 @case("data-train-empty-labeled-split", "train")
@@ -590,7 +590,7 @@ def _(env: Env):
 
 
 def prepare_argv(env: Env, raw: Path) -> list[str]:
-    return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--splits", str(env.tmp / "splits_out"),
+    return ["loveda", "--raw", str(raw), "--out", str(env.tmp / "out"), "--lists", str(env.tmp / "splits_out"),
             "--resplit", "--workers", "1"]
 
 

@@ -235,7 +235,7 @@ def prepare_main(argv: list[str]) -> Callable[[], int]:
 
 
 def potsdam_argv(tmp: Path, *extra: str, raw: str = "raw", out: str = "out", tile: int = 10) -> list[str]:
-    return ["potsdam", "--raw", str(tmp / raw), "--out", str(tmp / out), "--splits", str(tmp / "lists"),
+    return ["potsdam", "--raw", str(tmp / raw), "--out", str(tmp / out), "--lists", str(tmp / "lists"),
             "--resplit", "--workers", "1", "--tile", str(tile), *extra]
 
 
@@ -273,15 +273,15 @@ def out_not_writable(tmp: Path):
 def splits_is_a_file(tmp: Path):
     prepared(tmp)
     (tmp / "lists").write_text("not a folder")
-    return potsdam_argv(tmp, out="out2"), ["--splits", str(tmp / "lists"), "is a file, not a folder"]
+    return potsdam_argv(tmp, out="out2"), ["--lists", str(tmp / "lists"), "is a file, not a folder"]
 
 
 def splits_under_a_file(tmp: Path):
     prepared(tmp)
     (tmp / "notes.txt").write_text("notes")
     argv = potsdam_argv(tmp, out="out2")
-    argv[argv.index("--splits") + 1] = str(tmp / "notes.txt" / "lists")
-    return argv, ["--splits", str(tmp / "notes.txt"), "is a file, not a folder"]
+    argv[argv.index("--lists") + 1] = str(tmp / "notes.txt" / "lists")
+    return argv, ["--lists", str(tmp / "notes.txt"), "is a file, not a folder"]
 
 
 def other_tile(tmp: Path):
@@ -321,7 +321,7 @@ def checked_list_not_utf8(tmp: Path):
     (lists / "val.txt").write_bytes((lists / "val.txt").read_bytes() + b"images/caf\xe9.png masks/x.png\n")
     argv = potsdam_argv(tmp, out="out2")
     argv.remove("--resplit")
-    argv[argv.index("--splits") + 1] = str(lists)
+    argv[argv.index("--lists") + 1] = str(lists)
     return argv, [f"{lists / 'val.txt'}:2", "not UTF-8"]
 
 
@@ -380,6 +380,6 @@ def test_prepare_follows_a_symlinked_download_with_a_link_loop(tmp_path, capfd):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "LoveDA").symlink_to(download, target_is_directory=True)
     capfd.readouterr()
-    assert prepare_cli.main(["loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--splits",
+    assert prepare_cli.main(["loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--lists",
                              str(tmp_path / "lists"), "--resplit", "--workers", "1"]) == 0
     assert "4 raw images -> 16 crops written" in capfd.readouterr().out

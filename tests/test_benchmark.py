@@ -17,16 +17,17 @@ from model.teachers import build_teachers
 from scripts.costs import (
     REFERENCE_OVERRIDES,
     LiveTensorBytes,
-    fake_trainer,
+    Step,
+    fake_step,
     fakeify,
     measure_step_memory,
     step_batch,
     step_flops,
     step_memory,
+    step_of,
     use_unfused_attention,
 )
 from tests.train_fixtures import REPO
-from train import Trainer
 from util.config import load_config
 from util.dist import init_distributed
 from util.flops import count_flops, model_flops_utilisation, peak_bf16_tflops
@@ -190,11 +191,9 @@ def test_live_tensor_bytes_counts_a_linear_layer_exactly():
     assert tracker.current == w + i + w  # weight, input and weight.grad remain
 
 
-def real_trainer(overrides: list[str], gpu_like: bool) -> Trainer:
+def real_trainer(overrides: list[str], gpu_like: bool) -> Step:
     cfg = load_config("configs/loveda.yaml", overrides + ["train.cpu_autocast=true"] * gpu_like)
-    t = Trainer(cfg, init_distributed(), with_data=False)
-    t.total_iters = 1_000
-    return t
+    return step_of(cfg, init_distributed().device, 1_000)
 
 
 @pytest.mark.parametrize("reference", [False, True])
@@ -213,7 +212,7 @@ def test_memory_estimate_on_fake_tensors_is_what_a_real_cpu_step_allocates(refer
 def test_memory_estimate_covers_the_hand_count_and_the_reference_needs_more():
     cfg = load_config("configs/loveda.yaml", TINY)
     estimate = step_memory(cfg)
-    with fake_trainer(cfg) as (t, _):
+    with fake_step(cfg) as (t, _):
         def nbytes(tensors):
             return sum(p.numel() * p.element_size() for p in tensors)
 

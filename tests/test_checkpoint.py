@@ -142,11 +142,11 @@ def test_a_run_folder_is_locked_while_its_run_lives(tmp_path):
     first.open()
     with pytest.raises(OutputError, match="in use by another training run"):
         RunFolder(tmp_path).open()
-    first.close(keep=True)
+    first.close()
     assert not (tmp_path / ".lock").exists()
     second = RunFolder(tmp_path)
     second.open()
-    second.close(keep=True)
+    second.close()
 
 
 def test_a_sigkilled_run_leaves_no_stale_lock(tmp_path):
@@ -174,4 +174,4 @@ time.sleep(60)
     time.sleep(0.05)
     folder = RunFolder(tmp_path)
     folder.open()
-    folder.close(keep=True)
+    folder.close()

@@ -10,8 +10,6 @@ from pydantic import ValidationError
 
 from util.catalog import DATASETS
 from util.config import (
-    DISTILLING_METHODS,
-    METHOD_NAMES,
     PATCH_SIZE,
     Config,
     config_differences,
@@ -19,6 +17,7 @@ from util.config import (
     model_differences,
     parse_override,
     save_config,
+    upgrade_saved,
     with_absolute_paths,
 )
 from util.errors import ConfigError, OutputError
@@ -175,7 +174,7 @@ def test_an_empty_override_value_is_an_error_and_null_means_none(tmp_path):
     assert load_config(write(tmp_path, "{}"), ["model.pretrained=null"]).model.pretrained is None
 
 
-@pytest.mark.parametrize("key", ["dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights",
+@pytest.mark.parametrize("key", ["dataset.root", "dataset.lists", "model.pretrained", "teachers.dino.weights",
                                  "teachers.clip.weights", "save_path"])
 def test_an_empty_path_in_yaml_is_an_error_naming_the_key(tmp_path, key):
     section, _, field = key.rpartition(".")
@@ -204,23 +203,21 @@ def test_a_byte_order_mark_is_fine_and_other_encodings_are_named(tmp_path):
     assert "not UTF-8" in error_of(path, [])
 
 
-def test_the_config_names_the_methods_and_the_registry_agrees():
+def test_the_config_takes_its_method_names_from_the_registry():
     from methods import METHODS
 
-    with pytest.raises(ValidationError, match="unknown method 'mean_teacher'; choose one of supervised, fixmatch, "
-                                              "unimatch_v2, rs_mtdf"):
+    names = ", ".join(METHODS)
+    assert names == "supervised, fixmatch, unimatch_v2, rs_mtdf"
+    with pytest.raises(ValidationError, match=f"unknown method 'mean_teacher'; choose one of {names}"):
         Config.model_validate({"train": {"method": "mean_teacher"}})
-    assert tuple(METHODS) == METHOD_NAMES
-    assert tuple(name for name, method in METHODS.items() if method.teachers) == DISTILLING_METHODS
     assert Config.model_validate({"train": {"method": "rs_mtdf"}}).distill_teachers == ("dino", "clip")
     assert Config.model_validate({"train": {"method": "fixmatch"}}).distill_teachers == ()
 
 
-def test_a_registry_that_disagrees_with_the_config_fails_at_import():
-    code = ("import util.config as c; c.METHOD_NAMES = c.METHOD_NAMES + ('mean_teacher',)\n"
-            "import methods")
+def test_a_config_loaded_before_the_methods_are_registered_is_a_loud_error():
+    code = "import util.config as c; c.load_config('configs/demo.yaml')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert out.returncode != 0 and "make them agree" in out.stderr
+    assert out.returncode != 0 and "no training method is registered: import methods" in out.stderr
 
 
 def test_protocol_defaults_are_the_authors():
@@ -271,11 +268,11 @@ def test_the_class_count_and_the_data_folders_follow_the_dataset_name(tmp_path, 
     for name, info in DATASETS.items():
         dataset = load_config(write(tmp_path, "{}"), [f"dataset.name={name}"]).dataset
         assert dataset.nclass == info.nclass
-        assert (dataset.root, dataset.splits) == (str(tmp_path / "dataset" / name), str(tmp_path / "splits" / name))
+        assert (dataset.root, dataset.lists) == (str(tmp_path / "data" / name), str(tmp_path / "splits" / name))
     assert "nclass" not in Config().to_dict()["dataset"]
     assert "'dataset.nclass'" in error_of(write(tmp_path, "{}"), ["dataset.nclass=7"])
     given = load_config(write(tmp_path, "dataset: {name: potsdam, root: /data/tiles}\n")).dataset
-    assert given.root == "/data/tiles" and given.splits.endswith("splits/potsdam")
+    assert given.root == "/data/tiles" and given.lists.endswith("splits/potsdam")
 
 
 def test_no_fusion_is_every_teacher_weight_zero_with_the_student_weight_one(tmp_path):
@@ -305,14 +302,48 @@ def test_loaded_paths_are_absolute_and_a_tilde_is_the_home_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = load_config(write(tmp_path, "{}"), ["save_path=~/runs/{method}", "model.pretrained=null"])
-    assert cfg.dataset.root == str(tmp_path / "dataset" / "loveda")
-    assert cfg.dataset.splits == str(tmp_path / "splits" / "loveda")
+    assert cfg.dataset.root == str(tmp_path / "data" / "loveda")
+    assert cfg.dataset.lists == str(tmp_path / "splits" / "loveda")
     assert cfg.run_dir == tmp_path / "home" / "runs" / "rs_mtdf" and cfg.model.pretrained is None
     assert cfg.teachers.clip.weights == str(tmp_path / "pretrained" / "ViT-L-14.pt")
     # Saved and read again from elsewhere, it names the same files.
     save_config(cfg, tmp_path / "saved.yaml")
     monkeypatch.chdir(REPO)
     assert load_config(tmp_path / "saved.yaml").to_dict() == cfg.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Renamed keys: refused in a config file or override, naming the new key; read in a run's saved config.
+
+
+def saved_before_the_rename(folder: Path, lists: str) -> Path:
+    """config.yaml of a run folder as train.py wrote it while dataset.lists was still dataset.splits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    save_config(Config().replace({"dataset.lists": lists}), path)
+    path.write_text(path.read_text().replace("  lists: ", "  splits: "))
+    (folder / "progress.json").write_text("{}")
+    return path
+
+
+def test_the_old_key_of_the_lists_folder_is_refused_naming_the_new_one(tmp_path):
+    assert "unknown key 'dataset.splits' (did you mean 'dataset.lists'?" in \
+        error_of(write(tmp_path, "dataset: {splits: /data/lists}\n"))
+    assert "unknown key 'dataset.splits' (did you mean 'dataset.lists'?" in \
+        error_of(write(tmp_path, "{}"), ["dataset.splits=/data/lists"])
+
+
+def test_a_run_saved_before_the_lists_key_was_renamed_loads_from_its_folder_only(tmp_path):
+    path = saved_before_the_rename(tmp_path / "run", "/data/lists")
+    assert load_config(path).dataset.lists == "/data/lists"
+    (tmp_path / "run" / "progress.json").unlink()  # no longer a run folder: a config file like any other
+    assert "did you mean 'dataset.lists'" in error_of(path)
+
+
+def test_upgrading_a_saved_config_keeps_the_new_key_where_both_are_there():
+    assert upgrade_saved({"dataset": {"splits": "/old", "name": "potsdam"}}) == \
+        {"dataset": {"name": "potsdam", "lists": "/old"}}
+    assert upgrade_saved({"dataset": {"splits": "/old", "lists": "/new"}}) == {"dataset": {"lists": "/new"}}
 
 
 def test_save_config_is_atomic_and_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
@@ -346,8 +377,8 @@ def test_the_patch_size_has_one_definition_and_the_config_imports_no_torch():
 def test_a_dataset_config_is_its_dataset_and_the_defaults(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.dataset.name == name and cfg.dataset.excluded_classes == DATASETS[name].eval_exclude
-    defaults = Config().replace({"dataset.name": name, "dataset.root": f"dataset/{name}",
-                                 "dataset.splits": f"splits/{name}"})
+    defaults = Config().replace({"dataset.name": name, "dataset.root": f"data/{name}",
+                                 "dataset.lists": f"splits/{name}"})
     assert cfg.to_dict() == with_absolute_paths(defaults).to_dict()
 
 
@@ -415,17 +446,16 @@ def test_a_boolean_override_of_a_number_is_refused(tmp_path, override):
     ("dataset.split", "10"),
 ])
 def test_get_prints_any_key_of_the_resolved_config_as_yaml(capsys, key, printed):
-    from util.config import main
+    from util.cli import print_config_value
 
-    assert main(["--config", str(REPO / "configs" / "demo.yaml"), "--get", key]) == 0
+    print_config_value(load_config(REPO / "configs" / "demo.yaml"), key)
     assert capsys.readouterr().out == printed + "\n"
 
 
-def test_get_of_an_entry_a_mapping_lacks_names_the_entries_it_has(capsys):
-    from util.config import main
+def test_get_of_an_entry_a_mapping_lacks_is_one_error_naming_the_key(capsys):
+    from util.cli import print_config_value
 
-    argv = ["--config", str(REPO / "configs" / "demo.yaml"), "--get", "distill.fusion_weights.clip",
-            "teachers.clip.enabled=false", "distill.fusion_weights={student: 0.8, dino: 0.2}"]
-    assert main(argv) == 2
-    assert capsys.readouterr().err == ("error: --get distill.fusion_weights.clip: distill.fusion_weights has no "
-                                       "'clip' (it holds student, dino)\n")
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["teachers.clip.enabled=false",
+                                                      "distill.fusion_weights={student: 0.8, dino: 0.2}"])
+    with pytest.raises(ConfigError, match=r"^--get distill.fusion_weights.clip: no such key"):
+        print_config_value(cfg, "distill.fusion_weights.clip")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from dataset.sampler import SeededSampler
 from dataset.semi import SemiDataset
-from util.config import Config
+from util.config import Config, load_config
 from util.errors import DataError
 
 CROP = 28
@@ -468,3 +468,20 @@ def test_images_compressed_as_far_as_real_codecs_go_are_read(tmp_path, monkeypat
     Image.fromarray(np.zeros((2000, 2000, 3), np.uint8)).save(path, optimize=True)
     assert 12e6 / path.stat().st_size > 500                  # it really is compressed that far
     assert read_image(path).shape == (3, 2000, 2000)
+
+
+@pytest.mark.parametrize("old_folder", [True, False])
+def test_tiles_missing_at_the_default_root_name_its_old_default_where_that_folder_exists(tmp_path, monkeypatch,
+                                                                                        old_folder):
+    monkeypatch.chdir(tmp_path)
+    if old_folder:
+        (tmp_path / "dataset" / "loveda").mkdir(parents=True)
+    split = write_split(tmp_path, "t0.png t0_mask.png\n")
+    (tmp_path / "cfg.yaml").write_text("{}\n")
+    cfg = load_config(tmp_path / "cfg.yaml", [f"dataset.crop_size={CROP}"])  # dataset.root left at its default
+    with pytest.raises(DataError) as info:
+        SemiDataset(cfg, "val", split)
+    message = str(info.value)
+    assert f"image file not found: {tmp_path / 'data' / 'loveda' / 't0.png'}" in message and "\n" not in message
+    hint = f"default dataset.root moved from dataset/loveda to data/loveda: set dataset.root={tmp_path}/dataset/loveda"
+    assert (hint in message) == old_folder

@@ -1,4 +1,4 @@
-"""eval/eval.py and eval/predict.py: outputs, flags, and one-line errors (stub model and dataset stand in)."""
+"""eval/eval.py and deploy/predict.py: outputs, flags, and one-line errors (stub model and dataset stand in)."""
 
 import json
 import subprocess
@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+import deploy.predict as predict_cli
 import eval.eval as eval_cli
-import eval.predict as predict_cli
 from model.convert import LoadedWeights
 from util.catalog import DATASETS
-from util.errors import DataError, WeightsError
+from util.errors import ConfigError, DataError, WeightsError
 from util.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def write_config(tmp_path: Path) -> Path:
     splits.mkdir()
     (splits / "val.txt").write_text("a.png a_mask.png\n")
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"dataset: {{splits: {splits}, crop_size: 28}}\ntrain: {{num_workers: 0, method: fixmatch}}\n"
+    cfg.write_text(f"dataset: {{lists: {splits}, crop_size: 28}}\ntrain: {{num_workers: 0, method: fixmatch}}\n"
                    "teachers: {dino: {enabled: false}, clip: {enabled: false}}\n"
                    "distill: {fusion_weights: {student: 1.0, dino: 0.0, clip: 0.0}}\n"
                    "model: {backbone: tiny, pretrained: null}\n")
@@ -77,7 +77,8 @@ def test_eval_writes_metrics_table_and_confusion_matrix(tmp_path, stubs, capsys)
     # What produced the scores: the checkpoint (its bytes and the run and moment it holds) and the list scored.
     assert metrics["checkpoint"] == {"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt), **SOURCE}
     val = tmp_path / "splits" / "val.txt"
-    assert (metrics["split_list"], metrics["split_list_sha256"]) == (str(val), file_sha256(val))
+    assert (metrics["subset"], metrics["subset_list"], metrics["subset_list_sha256"]) == (
+        "val", str(val), file_sha256(val))
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["pixels"] == 3 * 30 * 20
     assert set(metrics["classes"]) == set(DATASETS["loveda"].class_names)
     assert "| mIoU |" in (out / "metrics.md").read_text() and "| mIoU |" in capsys.readouterr().out
@@ -93,10 +94,24 @@ def test_eval_flags_become_config_overrides():
     assert args.overrides == ["train.seed=1"]
 
 
-def test_eval_missing_split_file_and_checkpoint_are_one_line_errors(tmp_path):
+@pytest.mark.parametrize("flag", [["--split", "test"], ["--split=val"], ["--split"]])
+def test_eval_refuses_split_and_points_to_subset(flag):
+    # "split" is the labelled share a run trained on (train.py --split); eval.py's val/test is --subset.
+    with pytest.raises(ConfigError, match="did you mean --subset"):
+        eval_cli.parse_args(["--config", "c.yaml", "--checkpoint", "x", *flag])
+
+
+@pytest.mark.parametrize("abbreviation", ["--sub", "--spl"])
+def test_eval_takes_no_abbreviated_options(abbreviation, capsys):
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(["--config", "c.yaml", "--checkpoint", "x", abbreviation, "test"])
+    assert f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+
+
+def test_eval_missing_list_file_and_checkpoint_are_one_line_errors(tmp_path):
     cfg = write_config(tmp_path)
     with pytest.raises(DataError, match="test.txt"):
-        eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth", "--split", "test"])
+        eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth", "--subset", "test"])
     with pytest.raises(WeightsError, match="missing.pth"):
         eval_cli.main(["--config", str(cfg), "--checkpoint", "missing.pth"])
 
@@ -163,7 +178,7 @@ def test_images_are_opened_without_a_pixel_limit(tmp_path):
     import util.io
 
     code = ("from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
-            "import eval.predict, dataset.prepare, dataset.semi; assert Image.MAX_IMAGE_PIXELS == default")
+            "import deploy.predict, dataset.prepare, dataset.semi; assert Image.MAX_IMAGE_PIXELS == default")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")

@@ -1,4 +1,4 @@
-"""eval/eval.py and eval/predict.py end to end, on a tiny real segmenter saved as a training checkpoint: their
+"""eval/eval.py and deploy/predict.py end to end, on a tiny real segmenter saved as a training checkpoint: their
 main(argv) in this process, and predict once as the script a user runs."""
 
 import json
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from deploy import predict
 from eval import eval as eval_cli
-from eval import predict
 from model.segmenter import build_segmenter
 from tests.train_fixtures import REPO, assert_one_line_error, invoke
 from util.catalog import DATASETS
@@ -41,7 +41,7 @@ def make_run(tmp_path: Path, name: str = "loveda") -> tuple[Path, Path]:
     splits.mkdir()
     (splits / "val.txt").write_text("\n".join(lines) + "\n")
     cfg_path = tmp_path / f"{name}.yaml"
-    cfg_path.write_text(f"dataset: {{name: {name}, root: {root}, splits: {splits}, crop_size: 28}}\n" + TINY)
+    cfg_path.write_text(f"dataset: {{name: {name}, root: {root}, lists: {splits}, crop_size: 28}}\n" + TINY)
     torch.manual_seed(0)
     state = build_segmenter(load_config(cfg_path)).state_dict()
     ckpt = tmp_path / "run" / "best.pth"
@@ -78,10 +78,10 @@ def test_predict_writes_three_pictures(tmp_path):
 
 @pytest.mark.slow
 def test_predict_script_writes_three_pictures(tmp_path):
-    """`python eval/predict.py` as users run it, from the repository root (eval/eval.py's script is run in
+    """`python deploy/predict.py` as users run it, from the repository root (eval/eval.py's script is run in
     tests/test_eval_cli.py and tests/test_cli.py)."""
     cfg, ckpt = make_run(tmp_path)
-    proc = subprocess.run([sys.executable, "eval/predict.py", *predict_argv(tmp_path, cfg, ckpt)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "deploy/predict.py", *predict_argv(tmp_path, cfg, ckpt)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_three_pictures_per_image(tmp_path / "pred")

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import methods  # noqa: F401  (registers the training methods: the spawned workers load configs too)
 from eval.evaluate import build_eval_loader, collate_by_size, evaluate, metrics_table
 from eval.metrics import ConfusionMatrix
 from util.config import Config

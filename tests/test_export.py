@@ -1,7 +1,7 @@
-"""eval/export.py: a checkpoint as an ONNX file that QGIS's Deepness plugin runs, checked the way Deepness runs
+"""deploy/export.py: a checkpoint as an ONNX file that QGIS's Deepness plugin runs, checked the way Deepness runs
 it: ONNX Runtime on uint8 tiles divided by 255 (its ModelBase.preprocessing), the metadata read as its
 ModelBase.get_metadata_* read it, and a scene tiled and stitched as its map processor does, against
-eval/predict.py's map of the same scene.
+deploy/predict.py's map of the same scene.
 
 One tiny RS-MTDF checkpoint (the demo config at 42 px: translators, the CLIP-branch pass at 28 px and the fusion
 all in the graph) is exported once for the module; the refused commands fail before any export.
@@ -24,7 +24,7 @@ from PIL import Image
 from rasterio.transform import Affine
 
 from dataset.transforms import normalize
-from eval import export, predict
+from deploy import export, predict
 from eval.eval import load_model
 from eval.inference import default_stride
 from model.segmenter import build_segmenter

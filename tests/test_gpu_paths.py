@@ -11,7 +11,9 @@ and AdamW's first update (about lr * sign(gradient), whatever the gradient's siz
 """
 
 import contextlib
+import dataclasses
 import json
+import math
 import subprocess
 
 import pytest
@@ -19,10 +21,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model.encoder import DinoEncoder
-from scripts.costs import adamw_like, step_batch, step_memory
+from scripts.costs import Step, adamw_like, step_batch, step_memory
 from tests.train_fixtures import REPO, step_trainer
-from train import Trainer, build_optimizer
-from util.checkpoint import atomic_save
+from train import build_optimizer
 from util.precision import autocast_dtype
 
 CUDA = torch.cuda.is_available()
@@ -41,17 +42,30 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-def make_trainer(device: str, *overrides: str, gpu_like: bool = False) -> Trainer:
+def make_trainer(device: str, *overrides: str, gpu_like: bool = False) -> Step:
     """The demo's tiny RS-MTDF (tests/train_fixtures.py TINY_STEP) on `device`, taking the GPU's code paths on a
     CPU too if `gpu_like` (train.cpu_autocast)."""
     return step_trainer(device, *overrides, *(["train.cpu_autocast=true"] if gpu_like else []))
 
 
-def run_step(t: Trainer, batch: dict) -> dict[str, float]:
-    losses = {k: float(v) for k, v in t.step(dict(batch)).items()}
-    t.iteration += 1
-    t.check_finite()
+def run_step(t: Step, batch: dict) -> dict[str, float]:
+    losses = {k: float(v) for k, v in t.run(dict(batch)).items()}
+    assert all(math.isfinite(v) for v in losses.values()), losses
     return losses
+
+
+def save(t: Step, path) -> None:
+    """latest.pth of the step's state, as the trainer writes it."""
+    from util.run import Progress, save_checkpoint
+
+    save_checkpoint(path, t.state, 0, 1, Progress("student"), 0.0, t.cfg, {})
+
+
+def resume(t: Step, path) -> None:
+    """The trainer's resume (util.run.resume_training) of `path` into the step's state, other settings allowed."""
+    from util.run import Progress, resume_training
+
+    resume_training(path, t.state, t.cfg, 1, Progress("student"), {}, allow_changed=True)
 
 
 def state_on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -185,16 +199,16 @@ def test_fused_adamw_gives_the_same_update_as_the_multi_tensor_one(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_fused_optimizer_resumes_a_plain_checkpoint_through_trainer_resume_and_stays_fused(device, tmp_path):
-    """load_state_dict restores every group setting, `fused` too: Trainer.resume must keep the new run's choice,
-    both ways, and go on with the same update."""
+def test_a_fused_optimizer_resumes_a_plain_checkpoint_and_stays_fused(device, tmp_path):
+    """load_state_dict restores every group setting, `fused` too: resuming must keep the new run's choice, both
+    ways, and go on with the same update."""
     plain = make_trainer("cpu", "train.precision=fp32", "train.method=fixmatch")
     fused = make_trainer(device, "train.precision=fp32", "train.method=fixmatch", gpu_like=True)
     assert not plain.optimizer.param_groups[0]["fused"] and fused.optimizer.param_groups[0]["fused"] is True
     batch = step_batch(plain)
     run_step(plain, batch)
-    atomic_save(plain.state(0), tmp_path / "plain.pth")
-    fused.resume(tmp_path / "plain.pth", allow_changed=True)  # train.cpu_autocast differs, by design
+    save(plain, tmp_path / "plain.pth")
+    resume(fused, tmp_path / "plain.pth")  # train.cpu_autocast differs, by design
     assert fused.optimizer.param_groups[0]["fused"] is True and fused.iteration == plain.iteration == 1
     step = next(iter(fused.optimizer.state.values()))["step"]
     assert step.device.type == device and step.dtype == torch.float32
@@ -202,9 +216,9 @@ def test_a_fused_optimizer_resumes_a_plain_checkpoint_through_trainer_resume_and
     run_step(fused, {k: v.to(device) for k, v in batch.items()})
     assert_close_states(state_on_cpu(fused.model), state_on_cpu(plain.model), atol=1e-5)
     # The other way: a plain run resuming a fused checkpoint stays plain.
-    atomic_save(fused.state(0), tmp_path / "fused.pth")
+    save(fused, tmp_path / "fused.pth")
     again = make_trainer("cpu", "train.precision=fp32", "train.method=fixmatch")
-    again.resume(tmp_path / "fused.pth", allow_changed=True)
+    resume(again, tmp_path / "fused.pth")
     assert not again.optimizer.param_groups[0]["fused"]
 
 
@@ -260,7 +274,7 @@ def test_every_sdpa_kernel_gives_the_explicit_attention(device):
 def test_training_forward_is_a_single_graph_for_torch_compile():
     torch._dynamo.reset()
     t = make_trainer("cpu")
-    explained = torch._dynamo.explain(t.forward)(torch.randn(4, 3, 56, 56))
+    explained = torch._dynamo.explain(t.state.forward)(torch.randn(4, 3, 56, 56))
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     assert explained.graph_count == 1
     torch._dynamo.reset()
@@ -276,7 +290,8 @@ def test_compiled_training_step_matches_eager(device):
     torch._dynamo.reset()
     eager = make_trainer(device, "train.precision=fp32", "train.method=fixmatch", "train.channels_last=false")
     compiled = make_trainer(device, "train.precision=fp32", "train.method=fixmatch", "train.channels_last=false")
-    compiled.forward = torch.compile(compiled.forward, backend="aot_eager" if device == "cpu" else "inductor")
+    compiled = dataclasses.replace(compiled, state=dataclasses.replace(compiled.state, forward=torch.compile(
+        compiled.state.forward, backend="aot_eager" if device == "cpu" else "inductor")))
     batch = {k: v.to(device) for k, v in step_batch(eager).items()}
     for _ in range(2):
         want, got = run_step(eager, batch), run_step(compiled, batch)

@@ -1,7 +1,7 @@
 """The code's layers point one way: a module imports only from its own layer or lower ones, and no module
 imports itself back through others. The order, lowest first, is written down here and nowhere else:
 
-    util -> model -> methods -> dataset -> eval -> train.py -> scripts/, experiments/ (the tools)
+    util -> methods -> model -> dataset -> eval -> deploy -> train.py -> scripts/, experiments/ (the tools)
 
 Every import counts: at module level, inside functions, and under TYPE_CHECKING.
 """
@@ -12,7 +12,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = (("util",), ("model",), ("methods",), ("dataset",), ("eval",), ("train",), ("scripts", "experiments"))
+LAYERS = (("util",), ("methods",), ("model",), ("dataset",), ("eval",), ("deploy",), ("train",),
+          ("scripts", "experiments"))
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
@@ -67,5 +68,5 @@ def test_no_module_imports_itself_back():
 def test_the_layer_test_sees_an_upward_import(tmp_path):
     """The check itself: an import of train from util is caught."""
     modules = {"util.bad": tmp_path / "bad.py", "train": REPO / "train.py"}
-    modules["util.bad"].write_text("def f():\n    from train import Trainer\n")
+    modules["util.bad"].write_text("def f():\n    from train import build_state\n")
     assert imports_of(modules["util.bad"], modules) == {"train"}

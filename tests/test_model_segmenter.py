@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from test_model_encoder import official_dinov2_state
 from test_model_teachers import tiny_cfg
 
@@ -98,9 +99,10 @@ def test_zero_teacher_weights_build_the_model_that_no_fusion_built():
     img = torch.randn(1, 3, 28, 42)
     with torch.no_grad():
         assert torch.equal(m(img), unfused(img))
-    # A student weight without fusion would scale the features in the name of fusing: refused.
-    with pytest.raises(ValueError, match="student weight must be 1"):
-        Segmenter("tiny", 7, {"dino": 64}, 32, {"student": 0.8, "dino": 0.0, "clip": 0.0}, 28)
+    # A student weight without fusion would scale the features in the name of fusing: the config (the one place
+    # that decides what fuses) refuses it.
+    with pytest.raises(ValidationError, match="set it to 1"):
+        tiny_cfg(distill={"fusion_weights": {"student": 0.8, "dino": 0.0, "clip": 0.0}})
 
 
 def test_single_teacher_has_only_its_branch():
@@ -160,16 +162,15 @@ def test_parameter_groups_split_encoder_and_rest():
 
 
 def test_the_encoder_learns_at_lr_and_everything_else_at_lr_times_lr_multi():
+    """Where the groups are made: AdamW's first step already uses them, and the schedule scales each group's own."""
     from train import build_optimizer
-    from util.schedule import set_lr
 
     cfg = tiny_cfg(train={"method": "rs_mtdf", "lr": 5e-6, "lr_multi": 40.0})
     model = build_segmenter(cfg)
     optimizer = build_optimizer(model, cfg)
-    set_lr(optimizer, 1e-5)
-    by_param = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-    assert {by_param[id(p)] for p in model.encoder_parameters()} == {1e-5}
-    assert all(by_param[id(p)] == pytest.approx(4e-4) for p in model.head_parameters())
+    by_param = {id(p): (group["lr"], group["initial_lr"]) for group in optimizer.param_groups for p in group["params"]}
+    assert {by_param[id(p)] for p in model.encoder_parameters()} == {(5e-6, 5e-6)}
+    assert all(by_param[id(p)] == pytest.approx((2e-4, 2e-4)) for p in model.head_parameters())
     assert len(by_param) == len([p for p in model.parameters() if p.requires_grad])
 
 

@@ -1,4 +1,4 @@
-"""eval/predict.py reads what a scene's bands declare: red, green and blue wherever they are, alpha only where it is
+"""deploy/predict.py reads what a scene's bands declare: red, green and blue wherever they are, alpha only where it is
 a mask, no other colour model; and it cleans up after killed runs and expands `~` in its paths.
 
 Each test runs the entry point in this process on tiny files it writes, with a tiny random model (the model is
@@ -16,7 +16,7 @@ import rasterio
 from PIL import Image
 from rasterio.enums import ColorInterp
 
-import eval.predict as predict_cli
+import deploy.predict as predict_cli
 from tests.test_predict_geo import CRS, TRANSFORM, expected_mask, run, scene_pixels, tiny_model, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

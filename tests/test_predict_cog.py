@@ -1,4 +1,4 @@
-"""eval/predict.py writes cloud-optimised GeoTIFFs (GDAL's COG driver) for georeferenced scenes: tiled, with
+"""deploy/predict.py writes cloud-optimised GeoTIFFs (GDAL's COG driver) for georeferenced scenes: tiled, with
 overviews that never average class indices, georeference, colour table and class tags kept; --no-cog writes
 plain tiled GeoTIFFs; a failed COG copy or a killed one leaves nothing behind.
 
@@ -15,8 +15,8 @@ import pytest
 import rasterio
 from rasterio.errors import RasterioIOError
 
-import eval.maps as maps
-import eval.predict as predict_cli
+import deploy.maps as maps
+import deploy.predict as predict_cli
 from tests.test_predict_geo import LOVEDA, PALETTE, TRANSFORM, run, tiny_model, write_config, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("one_thread")

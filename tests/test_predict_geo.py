@@ -1,4 +1,4 @@
-"""eval/predict.py for GIS users: georeferenced outputs, bounded memory, seam-free blending, batches of scenes.
+"""deploy/predict.py for GIS users: georeferenced outputs, bounded memory, seam-free blending, batches of scenes.
 
 A tiny random model (a 3x3 convolution, or a fake one with a border artefact) stands in for the segmenter:
 what is tested is everything around the model.
@@ -20,7 +20,7 @@ from PIL import Image
 from rasterio.enums import Compression
 from rasterio.transform import Affine
 
-import eval.predict as predict_cli
+import deploy.predict as predict_cli
 from dataset.transforms import normalize
 from eval.inference import importance_map, predict_logits, predict_rows
 from model.convert import LoadedWeights
@@ -76,7 +76,7 @@ def write_geotiff(path: Path, height: int, width: int, bands: int = 3, dtype: st
 
 
 def run(argv: list[str], capfd) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of the entry point as `python eval/predict.py` runs it."""
+    """Exit code, stdout and stderr of the entry point as `python deploy/predict.py` runs it."""
     capfd.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: predict_cli.main(argv))
@@ -227,7 +227,7 @@ CHILD = textwrap.dedent("""
     import re, sys
     sys.path.insert(0, sys.argv[1])
     import torch
-    import eval.predict as predict
+    import deploy.predict as predict
     from model.convert import LoadedWeights
 
     def tiny(cfg, checkpoint, which, device):
@@ -364,7 +364,7 @@ def test_every_flag_is_in_help_and_on_the_prediction_page():
     assert {"--blend", "--list", "--alpha", "--mode", "--window", "--stride", "--batch-size"} <= set(flags)
     help_text = parser.format_help()
     page = (REPO / "docs" / "prediction.md").read_text()
-    section = page[page.index("## eval/predict.py"):]
+    section = page[page.index("## deploy/predict.py"):]
     for flag in flags:
         assert flag in help_text and flag in section, flag
 

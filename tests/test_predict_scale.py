@@ -1,4 +1,4 @@
-"""eval/predict.py on scenes that are not 8-bit RGB: 16-bit and float bands stretched to the model's 8-bit input,
+"""deploy/predict.py on scenes that are not 8-bit RGB: 16-bit and float bands stretched to the model's 8-bit input,
 bands chosen with --bands, and one line for each input it cannot read.
 
 Each test runs the entry point in this process on tiny files it writes, with a tiny random model (the model is
@@ -14,8 +14,8 @@ import pytest
 import rasterio
 from PIL import Image
 
-import eval.predict as predict_cli
-from eval.scenes import STRETCH_GRID, STRETCH_WINDOW, stretch_windows
+import deploy.predict as predict_cli
+from deploy.scenes import STRETCH_GRID, STRETCH_WINDOW, stretch_windows
 from tests.test_predict_geo import CRS, TRANSFORM, expected_mask, run, scene_pixels, tiny_model, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -230,19 +230,19 @@ def test_scenes_that_cannot_be_read_as_asked_are_each_refused_in_one_line(tmp_pa
 def test_a_scene_too_large_for_memory_is_skipped_in_one_line_and_the_others_are_written(tmp_path, stub, capfd,
                                                                                       monkeypatch):
     """A damaged TIFF declaring 24 x 1,979,711,508 pixels once ended predict with a traceback (MemoryError)."""
-    import eval.maps
+    import deploy.maps
 
     folder = tmp_path / "in"
     write_tif(folder / "good.tif", scene_pixels(H, W))
     Image.fromarray(scene_pixels(H, W).transpose(1, 2, 0).copy()).save(folder / "huge.png")
-    original = eval.maps.PngOutputs.__init__
+    original = deploy.maps.PngOutputs.__init__
 
     def allocate(self, out, scene, style):
         if scene.path.name == "huge.png":
             raise MemoryError("Unable to allocate 44.3 GiB for an array with shape (1979711508, 24)")
         original(self, out, scene, style)
 
-    monkeypatch.setattr(eval.maps.PngOutputs, "__init__", allocate)
+    monkeypatch.setattr(deploy.maps.PngOutputs, "__init__", allocate)
     code, _, err = predict(tmp_path, capfd, folder)
     assert code == 2
     skipped = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("skipped ")]

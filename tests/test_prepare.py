@@ -152,7 +152,7 @@ def test_command_line_synthetic_then_prepare_with_workers(tmp_path):
     made = run("dataset.synthetic", "--out", str(tmp_path / "raw"), "--size", "32", "--count", "1")
     assert made.returncode == 0, made.stderr
     done = run("dataset.prepare", "loveda", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
-               "--splits", str(tmp_path / "splits"), "--resplit", "--workers", "2")
+               "--lists", str(tmp_path / "splits"), "--resplit", "--workers", "2")
     assert done.returncode == 0, done.stderr
     assert "16 crops written" in done.stdout and len(lines(tmp_path / "splits" / "val.txt")) == 4
     missing = run("dataset.prepare", "potsdam", "--raw", str(tmp_path / "nothing"))
@@ -179,7 +179,7 @@ def test_without_resplit_a_folder_without_lists_is_an_error(loveda_raw, tmp_path
 def test_resplit_on_the_command_line_needs_its_own_splits_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(tmp_path), "--resplit"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--resplit needs --splits DIR" in done.stderr
+    assert done.returncode == 2 and "--resplit needs --lists DIR" in done.stderr
 
 
 def test_tile_is_refused_for_loveda_whose_tiles_are_its_quadrants(tmp_path):

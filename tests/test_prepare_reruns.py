@@ -22,7 +22,7 @@ def potsdam(tmp: Path, *extra: str, out: str = "out", splits: str = "lists") -> 
     """Arguments for the two 20-px Potsdam tiles under tmp/raw (8 crops of 10 px), lists written with --resplit."""
     if not (tmp / "raw").is_dir():
         write_potsdam(tmp / "raw", np.random.default_rng(0), size=20, count=2)
-    return ["potsdam", "--raw", str(tmp / "raw"), "--out", str(tmp / out), "--splits", str(tmp / splits),
+    return ["potsdam", "--raw", str(tmp / "raw"), "--out", str(tmp / out), "--lists", str(tmp / splits),
             "--resplit", "--tile", "10", "--workers", "1", *extra]
 
 
@@ -46,8 +46,8 @@ def test_resplit_with_another_seed_into_a_folder_of_lists_is_refused_before_any_
     run(potsdam(tmp_path, "--seed", "0"), capfd)
     before = snapshot(tmp_path)
     code, err = invoke(lambda: prepare_cli.main(potsdam(tmp_path, "--seed", "1")), capfd)
-    assert_one_line_error(code, err, [f"--splits {tmp_path / 'lists'} already holds other split lists",
-                                      "would change", "--replace-splits", "another --splits folder"])
+    assert_one_line_error(code, err, [f"--lists {tmp_path / 'lists'} already holds other split lists",
+                                      "would change", "--replace-lists", "another --lists folder"])
     assert_nothing_left(before, snapshot(tmp_path))
 
 
@@ -62,24 +62,24 @@ def test_resplit_with_the_same_seed_keeps_the_lists_as_they_are(tmp_path, capfd)
     assert summary["split_counts"]["val.txt"] == len(before["val.txt"].splitlines())
 
 
-def test_replace_splits_replaces_them_all_and_leaves_no_temporaries(tmp_path, capfd):
+def test_replace_lists_replaces_them_all_and_leaves_no_temporaries(tmp_path, capfd):
     run(potsdam(tmp_path, "--seed", "0"), capfd)
     before = lists(tmp_path / "lists")
     (tmp_path / "lists" / "50").mkdir()
     (tmp_path / "lists" / "50" / "labeled.txt").write_text("images/old.png masks/old.png\n")  # of another run
-    summary, _ = run(potsdam(tmp_path, "--seed", "1", "--replace-splits"), capfd)
+    summary, _ = run(potsdam(tmp_path, "--seed", "1", "--replace-lists"), capfd)
     after = lists(tmp_path / "lists")
     assert not summary["splits_kept"] and after.keys() == before.keys() and after != before
-    assert after == lists(Path(run(potsdam(tmp_path, "--seed", "1", splits="fresh"), capfd)[0]["splits"]))
+    assert after == lists(Path(run(potsdam(tmp_path, "--seed", "1", splits="fresh"), capfd)[0]["lists"]))
     assert not [p for p in (tmp_path / "lists").rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_checking_against_the_shipped_lists_needs_their_tile_size(tmp_path, capfd):
     argv = potsdam(tmp_path)
-    argv = [a for a in argv[:argv.index("--splits")] + argv[argv.index("--resplit") + 1:]]  # shipped lists
+    argv = [a for a in argv[:argv.index("--lists")] + argv[argv.index("--resplit") + 1:]]  # shipped lists
     before = snapshot(tmp_path)
     code, err = invoke(lambda: prepare_cli.main(argv), capfd)
-    assert_one_line_error(code, err, ["splits/potsdam", "512-px tiles, not 10-px", "--resplit --splits DIR"])
+    assert_one_line_error(code, err, ["splits/potsdam", "512-px tiles, not 10-px", "--resplit --lists DIR"])
     assert_nothing_left(before, snapshot(tmp_path))
 
 
@@ -145,7 +145,7 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, capfd, monkey
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(elsewhere)
     capfd.readouterr()
-    assert prepare_cli.main(["potsdam", "--raw=~/raw", "--out=~/out", "--splits=~/lists", "--resplit",
+    assert prepare_cli.main(["potsdam", "--raw=~/raw", "--out=~/out", "--lists=~/lists", "--resplit",
                              "--tile=10", "--workers=1"]) == 0
     assert len(list((home / "out" / "images").iterdir())) == 4 and (home / "lists" / "val.txt").is_file()
     assert not list(elsewhere.iterdir())
@@ -172,7 +172,7 @@ def deepglobe(tmp: Path, *extra: str, out: str = "out") -> list[str]:
             mask[r, c] = colour
         Image.fromarray(mask).save(raw / "7_mask.png")
         Image.fromarray(np.full((24, 24, 3), 90, np.uint8)).save(raw / "7_sat.jpg")
-    return ["deepglobe", "--raw", str(raw), "--out", str(tmp / out), "--splits", str(tmp / f"lists_{out}"),
+    return ["deepglobe", "--raw", str(raw), "--out", str(tmp / out), "--lists", str(tmp / f"lists_{out}"),
             "--resplit", "--tile", "16", "--workers", "1", *extra]
 
 

@@ -1,4 +1,4 @@
-"""eval/report.py: rows pooled over seeds that share every other setting, test scores that are provably of the
+"""scripts/report.py: rows pooled over seeds that share every other setting, test scores that are provably of the
 run's best.pth on its test list, in-progress and ablation rows, skipped folders and ignored evaluations."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import report
+from scripts import report
 from util.cli import run_main
 from util.config import Config, save_config
 from util.io import file_sha256
@@ -21,7 +21,7 @@ def make_config(folder: Path, method: str, split: str, seed: int, splits: Path, 
     folder.mkdir(parents=True, exist_ok=True)
     base = NO_TEACHERS if method != "rs_mtdf" else {}
     raw = {**base, **sections}
-    raw["dataset"] = {"name": "loveda", "split": split, "splits": str(splits)}
+    raw["dataset"] = {"name": "loveda", "split": split, "lists": str(splits)}
     raw["train"] = {"method": method, "seed": seed, "epochs": epochs, "best_by": "student"}
     save_config(Config.model_validate(raw), folder / "config.yaml")
 
@@ -39,17 +39,18 @@ def make_progress(folder: Path, student: float, student_epoch: int, ema: float, 
     return run_id
 
 
-def make_eval(folder: Path, name: str, split: str, weights: str, miou: float, mean_f1: float, splits: Path,
+def make_eval(folder: Path, name: str, subset: str, weights: str, miou: float, mean_f1: float, splits: Path,
               mode: str = "original", iteration: int = 120, run_id: str | None = None,
-              checkpoint: str = "best.pth") -> None:
-    """metrics.json of eval/eval.py, naming the checkpoint it scored (this run's, at `iteration`) and the list."""
+              checkpoint: str = "best.pth", key: str = "subset") -> None:
+    """metrics.json of eval/eval.py, naming the checkpoint it scored (this run's, at `iteration`) and the list;
+    `key` "split" writes it as eval.py did before the subset was named so."""
     sub = folder / name
     sub.mkdir()
     progress = json.loads((folder / "progress.json").read_text())
-    listed = splits / f"{split}.txt"
-    metrics = {"unit": "percent", "split": split, "mode": mode, "weights": weights, "miou": miou,
-               "mean_f1": mean_f1, "oa": miou, "kappa": miou, "split_list": str(listed),
-               "split_list_sha256": file_sha256(listed),
+    listed = splits / f"{subset}.txt"
+    metrics = {"unit": "percent", key: subset, "mode": mode, "weights": weights, "miou": miou,
+               "mean_f1": mean_f1, "oa": miou, "kappa": miou, f"{key}_list": str(listed),
+               f"{key}_list_sha256": file_sha256(listed),
                "checkpoint": {"path": str(folder / checkpoint), "sha256": "0" * 64,
                               "run_id": run_id or progress["run_id"], "iteration": iteration, "epoch": 3,
                               "selected_by": "student"}}
@@ -183,6 +184,15 @@ def test_a_score_of_latest_pth_or_of_an_earlier_best_pth_is_ignored_with_the_rea
     assert "## Ignored evaluations" in (out / "report.md").read_text()
 
 
+def test_a_test_score_written_before_subset_was_named_still_counts(tmp_path, splits) -> None:
+    run = one_run(tmp_path, splits)
+    make_eval(run, "eval_best_test_original_student", "test", "student", 40.0, 50.0, splits, key="split")
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "exp"), "--out", str(out)]) == 0
+    (row,) = rows_of(out).values()
+    assert row["test_miou"]["mean"] == pytest.approx(40.0)
+
+
 def test_a_score_of_a_test_list_that_has_changed_since_is_ignored(tmp_path, splits) -> None:
     run = one_run(tmp_path, splits)
     make_eval(run, "eval_best_test_original_student", "test", "student", 40.0, 50.0, splits)
@@ -215,7 +225,7 @@ def test_seeds_are_pooled_only_where_every_other_setting_is_the_same(tmp_path, s
     # Paths, workers and logging are not settings: a run that differs only there pools with the others.
     run = tmp_path / "exp" / "seed4_elsewhere"
     make_config(run, "fixmatch", "10", 4, splits, epochs=3, train={"method": "fixmatch"})
-    save_config(Config.model_validate({**NO_TEACHERS, "dataset": {"split": "10", "splits": str(splits)},
+    save_config(Config.model_validate({**NO_TEACHERS, "dataset": {"split": "10", "lists": str(splits)},
                                        "train": {"method": "fixmatch", "seed": 4, "epochs": 3, "num_workers": 1,
                                                  "log_interval": 5}, "save_path": "/elsewhere"}),
                 run / "config.yaml")
@@ -288,3 +298,11 @@ def test_no_fusion_is_labelled_as_such() -> None:
     assert report.ablation_label(fused) == "dino+clip"
     none = {"train": {"method": "rs_mtdf"}, "distill": {"fusion_weights": {"student": 1, "dino": 0, "clip": 0}}}
     assert report.ablation_label(none) == "dino+clip, no fusion"
+
+
+def test_a_run_saved_before_dataset_lists_was_named_is_read_with_its_test_list(tmp_path, splits) -> None:
+    run = tmp_path / "exp" / "old"
+    make_config(run, "fixmatch", "10", 42, splits)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("  lists: ", "  splits: "))
+    read = report.read_config(run)
+    assert read["test_list"] == splits / "test.txt" and "dataset.lists" in read["settings"]

@@ -5,20 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from dataset.splits import (
-    SHIPPED,
-    Splits,
-    crop_line,
-    deepglobe_splits,
-    list_files,
-    loveda_crop_names,
-    loveda_published_splits,
-    loveda_splits,
-    potsdam_splits,
-    reference_crop_name,
-    share,
-    write_splits,
-)
+from dataset.deepglobe import deepglobe_splits
+from dataset.loveda import loveda_crop_names, loveda_published_splits, loveda_splits
+from dataset.potsdam import potsdam_splits
+from dataset.shipped import reference_crop_name
+from dataset.splits import SHIPPED, Splits, crop_line, list_files, share, write_splits
 
 
 def quadrants(prefix: str, images: int) -> list[str]:
@@ -172,7 +163,7 @@ def test_reference_names_map_to_prepare_crop_names():
 
 
 def test_the_maintainers_split_tool_names_a_wrong_reference_folder_in_one_line(tmp_path, capsys):
-    from dataset.splits import main
+    from dataset.shipped import main
     from util.cli import run_main
 
     with pytest.raises(SystemExit) as info:
@@ -193,7 +184,7 @@ def write_reference(folder: Path, potsdam_val: int = 3) -> None:
 
 
 def test_the_maintainers_split_tool_rewrites_lists_that_differ_only_when_asked_by_name(tmp_path, capfd):
-    from dataset.splits import main
+    from dataset.shipped import main
     from tests.train_fixtures import assert_one_line_error, invoke, snapshot
 
     reference, out = tmp_path / "reference", tmp_path / "out"
@@ -204,7 +195,7 @@ def test_the_maintainers_split_tool_rewrites_lists_that_differ_only_when_asked_b
     assert main(argv) == 0 and "potsdam unchanged" in capfd.readouterr().out
     write_reference(reference, potsdam_val=5)
     code, err = invoke(lambda: main(argv), capfd)
-    assert_one_line_error(code, err, [f"{out / 'potsdam' / 'val.txt'} would change", "--replace-splits"])
+    assert_one_line_error(code, err, [f"{out / 'potsdam' / 'val.txt'} would change", "--replace-lists"])
     assert snapshot(out) == before
-    assert main([*argv, "--replace-splits"]) == 0
+    assert main([*argv, "--replace-lists"]) == 0
     assert (out / "potsdam" / "val.txt").read_text() == "images/top_potsdam_2_10_5.png masks/top_potsdam_2_10_5.png\n"

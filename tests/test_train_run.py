@@ -127,29 +127,32 @@ def test_supervised_run_on_a_fully_labelled_split_takes_its_epoch_from_the_label
     assert load_own_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 2
 
 
-def test_sigterm_stops_the_run_while_main_runs_and_the_callers_handler_is_back_after(data, tmp_path, monkeypatch):
-    """main's SIGTERM handler (stop at the next iteration, save, exit) lives as long as main: afterwards, also
-    after an error, SIGTERM does what the caller had it do."""
+def signal_after(n: int, signum: int = signal.SIGTERM, then: Exception | None = None):
+    """train.train_step that sends this process `signum` after step `n` (and raises `then` there, if given)."""
+    original = train.train_step
+
+    def step(state, cfg, micro, rank=0):
+        losses = original(state, cfg, micro, rank)
+        if state.iteration == n:
+            signal.raise_signal(signum)
+            if then is not None:
+                raise then
+        return losses
+
+    return step
+
+
+def test_the_runs_signal_handlers_live_as_long_as_main_also_after_an_error(data, tmp_path, monkeypatch):
+    """main's handlers (stop at the end of the step, save, exit) live as long as main: afterwards, also after an
+    error, SIGTERM does what the caller had it do."""
     received = []
     callers = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        mine = signal.getsignal(signal.SIGTERM)
-        stops = []
-
-        def run_then_fail(self):
-            signal.raise_signal(signal.SIGTERM)
-            stops.append(self.should_stop())
-            raise RuntimeError("failed mid-run")
-
-        monkeypatch.setattr(train.Trainer, "run", run_then_fail)
+        monkeypatch.setattr(train, "train_step", signal_after(1, then=RuntimeError("failed mid-run")))
         with pytest.raises(RuntimeError, match="failed mid-run"):
             run(data, tmp_path / "failed", method="supervised", epochs=1)
-        assert stops == [True] and received == []  # the trainer got it, not the caller
-        assert signal.getsignal(signal.SIGTERM) is mine
-
-        monkeypatch.setattr(train.Trainer, "run", lambda self: True)
-        assert run(data, tmp_path / "returned", method="supervised", epochs=1) == 0
-        assert signal.getsignal(signal.SIGTERM) is mine
+        assert received == []  # the run got it, not the caller
+        assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGINT) is not None
         signal.raise_signal(signal.SIGTERM)
         assert received == [signal.SIGTERM]
     finally:
@@ -167,13 +170,13 @@ def uninterrupted(data, tmp_path_factory) -> dict:
 @slow
 def test_stopped_run_resumes_to_the_same_weights_as_an_uninterrupted_one(data, uninterrupted, tmp_path, monkeypatch):
     full = uninterrupted
-    # Stop (as on SIGTERM) after 3 of 8 iterations, mid-epoch; then run the same command again.
-    original = train.Trainer.should_stop
-    monkeypatch.setattr(train.Trainer, "should_stop", lambda self: self.iteration == 3 or original(self))
+    # SIGTERM after 3 of 8 iterations, mid-epoch; then run the same command again.
+    original = train.train_step
+    monkeypatch.setattr(train, "train_step", signal_after(3))
     assert run(data, tmp_path / "resumed") == 0
     stopped = load_own_checkpoint(tmp_path / "resumed" / "latest.pth")
     assert stopped["iteration"] == 3
-    monkeypatch.setattr(train.Trainer, "should_stop", original)
+    monkeypatch.setattr(train, "train_step", original)
     assert run(data, tmp_path / "resumed") == 0
     resumed = load_own_checkpoint(tmp_path / "resumed" / "latest.pth")
     assert resumed["iteration"] == full["iteration"] == 8
@@ -192,10 +195,10 @@ def test_a_run_accumulating_forwards_says_so_and_resumes_exactly_mid_epoch(data,
     assert "global batch 4 = 1 process(es) x 2 crops x 2 accumulated" in (tmp_path / "full" / "train.log").read_text()
     assert (tmp_path / "full" / "config.yaml").read_text().startswith(
         "# trained with global batch 4 = 1 process(es) x 2 crops x 2 accumulated\n")
-    original = train.Trainer.should_stop
-    monkeypatch.setattr(train.Trainer, "should_stop", lambda self: self.iteration == 3 or original(self))
+    original = train.train_step
+    monkeypatch.setattr(train, "train_step", signal_after(3))
     assert run(data, tmp_path / "resumed", *accumulate, method="fixmatch") == 0
-    monkeypatch.setattr(train.Trainer, "should_stop", original)
+    monkeypatch.setattr(train, "train_step", original)
     assert load_own_checkpoint(tmp_path / "resumed" / "latest.pth")["iteration"] == 3
     assert run(data, tmp_path / "resumed", *accumulate, method="fixmatch") == 0
     assert_same_weights(full, load_own_checkpoint(tmp_path / "resumed" / "latest.pth"))
@@ -206,17 +209,15 @@ def test_nonfinite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint
     save = tmp_path / "nan"
     assert run(data, save, epochs=1) == 0
     before = (save / "latest.pth").read_bytes()
-    original = train.Trainer.step
+    original = train.train_step
 
-    def poisoned(self, batch):
-        losses = original(self, batch)
-        if self.iteration == 5:
+    def poisoned(state, cfg, micro, rank=0):
+        losses = original(state, cfg, micro, rank)
+        if state.iteration == 6:  # the step of iteration 5 has just been made
             losses["loss_dis"] = torch.tensor(float("nan"))
-            self.nonfinite[-1] = torch.ones_like(self.nonfinite[-1])
-            self.loss_names = list(losses)
         return losses
 
-    monkeypatch.setattr(train.Trainer, "step", poisoned)
+    monkeypatch.setattr(train, "train_step", poisoned)
     with pytest.raises(train.NonFiniteLoss, match="iteration 5"):
         run(data, save, "train.epochs=2", "--resume-changed")
     assert (save / "latest.pth").read_bytes() == before
@@ -319,14 +320,12 @@ def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tm
 
 @slow
 def test_a_nonfinite_loss_before_any_checkpoint_does_not_name_one(data, tmp_path, monkeypatch):
-    original = train.Trainer.step
+    original = train.train_step
 
-    def poisoned(self, batch):
-        losses = original(self, batch)
-        self.nonfinite[-1] = torch.ones_like(self.nonfinite[-1])
-        return losses
+    def poisoned(state, cfg, micro, rank=0):
+        return {**original(state, cfg, micro, rank), "loss": torch.tensor(float("inf"))}
 
-    monkeypatch.setattr(train.Trainer, "step", poisoned)
+    monkeypatch.setattr(train, "train_step", poisoned)
     with pytest.raises(train.NonFiniteLoss, match="no checkpoint was written yet") as info:
         run(data, tmp_path / "nan", "train.log_interval=1", epochs=1)
     assert "latest.pth" not in str(info.value)
@@ -337,19 +336,18 @@ def test_resume_restores_the_iteration_so_schedule_ema_and_draws_go_on_where_the
     uninterrupted trainer's bit for bit (lr, EMA ratio and the step's random draws all follow the iteration)."""
     from scripts.costs import step_batch
     from tests.train_fixtures import step_trainer
-    from util.checkpoint import atomic_save
+    from util.run import Progress, resume_training, save_checkpoint
 
     full = step_trainer("cpu", "train.method=unimatch_v2")
     batch = step_batch(full)
     for _ in range(3):
-        full.step(dict(batch))
-        full.iteration += 1
-    atomic_save(full.state(0), tmp_path / "latest.pth")
+        full.run(dict(batch))
+    save_checkpoint(tmp_path / "latest.pth", full.state, 0, 1, Progress("student"), 0.0, full.cfg, {})
     resumed = step_trainer("cpu", "train.method=unimatch_v2")
-    resumed.resume(tmp_path / "latest.pth")
+    resume_training(tmp_path / "latest.pth", resumed.state, resumed.cfg, 1, Progress("student"), {})
     assert resumed.iteration == 3
-    full.step(dict(batch))
-    resumed.step(dict(batch))
+    full.run(dict(batch))
+    resumed.run(dict(batch))
     assert_same_weights({"model": full.model.state_dict(), "model_ema": full.ema.state_dict()},
                         {"model": resumed.model.state_dict(), "model_ema": resumed.ema.state_dict()})
 
@@ -374,3 +372,20 @@ def test_the_logged_mfu_is_model_flops_utilisation_of_the_first_steps_counted_fl
     logged = [line for line in (save / "train.log").read_text().splitlines() if ", mfu " in line]
     assert [float(line.split(", mfu ")[1].split(",")[0]) for line in logged] == \
         [pytest.approx(value, rel=1e-3) for _, _, value in calls]
+
+
+@slow
+def test_config_yaml_keeps_describing_the_weights_beside_it_after_a_resume_with_other_settings(data, tmp_path):
+    """--resume-changed records when the new settings began (config.yaml's header, progress.json, checkpoints);
+    a finished run cannot take settings that no step would train under."""
+    save = tmp_path / "run"
+    assert run(data, save, method="supervised", epochs=1) == 0
+    with pytest.raises(train.ConfigError, match="would train nothing; raise train.epochs"):
+        run(data, save, "train.lr=1e-3", "--resume-changed", method="supervised", epochs=1)
+    assert "train.lr" not in (save / "config.yaml").read_text().split("\n", 1)[0]
+    assert run(data, save, "--resume-changed", method="supervised", epochs=2) == 0
+    header = (save / "config.yaml").read_text().splitlines()[:2]
+    assert header[1] == "# settings changed at iteration 4: train.epochs 1 -> 2"
+    changes = json.loads((save / "progress.json").read_text())["settings_changes"]
+    assert changes == [{"iteration": 4, "changes": {"train.epochs": [1, 2]}}]
+    assert load_own_checkpoint(save / "latest.pth")["settings_changes"] == changes

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common import StepContext, StepSettings, mix, unsupervised_loss, weighted_total
+from methods.common import StepContext, mix, unsupervised_loss, weighted_total
 from methods.fixmatch import fixmatch_step
 from methods.rs_mtdf import rs_mtdf_step
 from methods.supervised import supervised_step
 from methods.unimatch_v2 import complementary_channel_masks, unimatch_v2_step
 from util.config import Config, LossWeights
 from util.ema import ema_update, make_ema
-from util.schedule import ema_ratio, poly_lr, set_lr
+from util.schedule import ema_ratio, poly_lr, set_poly_lr
 
 NCLASS, B, S = 3, 2, 4
 
@@ -25,11 +25,12 @@ def test_poly_lr_follows_the_formula_and_reaches_zero_at_the_end():
     assert poly_lr(1e-3, 100, 100) == 0.0
 
 
-def test_set_lr_gives_the_head_lr_multi_times_the_encoder_lr():
+def test_the_schedule_scales_each_groups_own_base_lr():
     a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([{"params": [a], "lr_scale": 1.0}, {"params": [b], "lr_scale": 40.0}], lr=1.0)
-    set_lr(opt, 5e-6)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-6, 2e-4])
+    opt = torch.optim.AdamW([{"params": [a], "lr": 5e-6, "initial_lr": 5e-6},
+                             {"params": [b], "lr": 2e-4, "initial_lr": 2e-4}], lr=1.0)
+    set_poly_lr(opt, 50, 100, 0.9)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-6 * 0.5 ** 0.9, 2e-4 * 0.5 ** 0.9])
 
 
 def test_ema_ratio_sequence_starts_at_zero_and_is_capped():
@@ -119,21 +120,21 @@ def test_loss_weights_average_the_terms_present():
     assert weighted_total(LossWeights(x=1.0, u=0.0, dis=3.0), one, two, three).item() == pytest.approx((1 + 18) / 4)
 
 
-def test_step_settings_carry_the_configured_numbers():
-    cfg = Config.model_validate({"train": {"conf_thresh": 0.7, "loss_weights": {"x": 2.0, "u": 0.5, "dis": 3.0},
+def test_unimatch_v2_takes_its_channel_dropout_from_the_config():
+    """The step reads train.feature_drop where it uses it: p 0.3 scales kept channels by 1 / 0.7 and their
+    complement by 1 / 0.3, on all but int(8 x (1 - 0.25)) = 6 of 8 pairs."""
+    cfg = Config.model_validate({"train": {"method": "unimatch_v2", "conf_thresh": 0.0,
                                            "feature_drop": {"channel_p": 0.3, "pair_fraction": 0.25}},
-                                 "distill": {"weights": {"dino": 0.2, "clip": 0.8}}})
-    settings = StepSettings.from_config(cfg)
-    assert settings.conf_thresh == 0.7
-    assert settings.loss_weights == LossWeights(x=2.0, u=0.5, dis=3.0)
-    assert dict(settings.distill_weights) == {"dino": 0.2, "clip": 0.8}
-    assert (settings.channel_p, settings.pair_fraction) == (0.3, 0.25)
-    with pytest.raises(TypeError):
-        settings.distill_weights["dino"] = 1.0  # read-only: every step sees the numbers the run started with
-    # The defaults are the method's: threshold 0.95, 1:1:1 terms, teachers 0.5 each, UniMatch V2's dropout.
-    default = StepSettings.from_config(Config())
-    assert default == StepSettings(0.95, LossWeights(x=1.0, u=1.0, dis=1.0), default.distill_weights, 0.5, 0.5)
-    assert dict(default.distill_weights) == {"dino": 0.5, "clip": 0.5}
+                                 "teachers": {"dino": {"enabled": False}, "clip": {"enabled": False}},
+                                 "distill": {"fusion_weights": {"student": 1.0, "dino": 0.0, "clip": 0.0}}})
+    student = FakeSegmenter(0)
+    batch = make_batch(n_strong=2)
+    batch = {k: torch.cat([v] * 4) for k, v in batch.items()}  # 8 pairs
+    unimatch_v2_step(make_ctx(cfg, student, FakeSegmenter(1)), batch)
+    view1 = student.feature_masks[-1][8:16]
+    dropped = (view1 != 1).any(1)
+    assert dropped.sum().item() == 2
+    assert view1[dropped].unique().tolist() == pytest.approx([0.0, 1 / 0.7])
 
 
 class FakeSegmenter(nn.Module):
@@ -165,7 +166,7 @@ def make_batch(n_strong: int = 1) -> dict:
 
 
 def make_ctx(cfg: Config, student: FakeSegmenter, ema: FakeSegmenter) -> StepContext:
-    return StepContext(settings=StepSettings.from_config(cfg), student=student.forward_train, ema=ema, teachers=None,
+    return StepContext(cfg=cfg, student=student.forward_train, ema=ema, teachers=None,
                        generator=torch.Generator().manual_seed(1), embed_dim=8)
 
 

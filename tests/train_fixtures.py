@@ -1,5 +1,5 @@
 """Shared by the tests of the entry points: a tiny labelled/unlabelled/val dataset on disk, a tiny-model
-config, a Trainer without data for single steps, and the checks of a refused command (exit code 2, one
+config, a training state without data for single steps, and the checks of a refused command (exit code 2, one
 `error:` line, nothing left behind)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from util.cli import run_main
 if TYPE_CHECKING:
     import torch
 
-    from train import Trainer
+    from scripts.costs import Step
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -64,7 +64,7 @@ def tiny_overrides(root: Path, splits: Path, save: Path, method: str = "rs_mtdf"
     """Overrides of configs/demo.yaml for a run of a few seconds on a CPU."""
     teachers = method == "rs_mtdf"
     fusion = "{student: 0.8, dino: 0.1, clip: 0.1}" if teachers else "{student: 1.0, dino: 0.0, clip: 0.0}"
-    return [f"dataset.root={root}", f"dataset.splits={splits}", "dataset.crop_size=42",
+    return [f"dataset.root={root}", f"dataset.lists={splits}", "dataset.crop_size=42",
             f"train.method={method}", f"train.epochs={epochs}", "train.batch_size=2", "train.num_workers=0",
             "train.precision=fp32", "train.log_interval=2", "train.conf_thresh=0.5",
             f"teachers.dino.enabled={str(teachers).lower()}", f"teachers.clip.enabled={str(teachers).lower()}",
@@ -72,19 +72,13 @@ def tiny_overrides(root: Path, splits: Path, save: Path, method: str = "rs_mtdf"
             "eval.num_visualize=1", "train.supervised_protocol=same_iterations", f"save_path={save}"]
 
 
-def step_trainer(device: str | torch.device = "cpu", *overrides: str) -> Trainer:
-    """A Trainer of the demo config at TINY_STEP size plus `overrides`, without data: feed it batches."""
-    import torch
-
-    from train import Trainer
+def step_trainer(device: str | torch.device = "cpu", *overrides: str) -> Step:
+    """The training state of the demo config at TINY_STEP size plus `overrides`, without data: feed it batches
+    (`.run(batch)` is one optimizer step of methods/step.py's train_step)."""
+    from scripts.costs import step_of
     from util.config import load_config
-    from util.dist import DistInfo
 
-    cfg = load_config(DEMO, TINY_STEP + list(overrides))
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device(device), is_main=True)
-    t = Trainer(cfg, info, with_data=False)
-    t.total_iters = 100
-    return t
+    return step_of(load_config(DEMO, TINY_STEP + list(overrides)), device, total_iters=100)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """What every layer agrees on: each dataset's classes, palette and scoring exclusions, and the pixel conventions.
 
 Plain data, no torch: the config validates dataset names and class indices against it, the model and the
-methods read the label and normalisation conventions from it.
+methods read the label and normalisation conventions from it. An entry is the pure-data half of a dataset:
+its spec (dataset/spec.py: finder, label, crop and split rules) holds it, but it lives here because the
+layers below dataset/ need it and may not import dataset/. An entry without a spec is a dataset of one's own
+tiles and lists, which training, evaluation and prediction accept.
 """
 
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ class DatasetInfo:
     # Classes whose ground truth is left out of the score by the DWL evaluation protocol (docs/method.md §5).
     eval_exclude: tuple[int, ...] = ()
     # Ground resolution of the dataset's imagery in cm per pixel, as its publishers describe it (prepare cuts
-    # tiles without resampling, so a model trained on them expects this): what eval/export.py writes into an
+    # tiles without resampling, so a model trained on them expects this): what deploy/export.py writes into an
     # ONNX file's `resolution` for QGIS's Deepness plugin, which resamples a scene to it before tiling.
     resolution_cm: float | None = None
 

@@ -8,13 +8,14 @@ one wins), and validated the same way.
 A loaded config is frozen, and its paths are absolute (`~` expanded, relative ones taken from the current
 folder), so a run's saved config.yaml means the same files from any folder.
 
-The config also owns the vocabulary it validates: the dataset catalogue (util/catalog.py), the method
-names (methods/__init__.py registers a step for each and checks its registry against them), and which keys
-change the model, which may change freely on resume.
+The config also owns the vocabulary it validates: the dataset catalogue (util/catalog.py), the method names
+(registered by methods/__init__.py, each method declared in its own file), and which keys change the model,
+which may change freely on resume.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -58,15 +59,32 @@ def _not_empty(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_not_empty)]
 
 
-# The training methods, in the order tables list them (methods/__init__.py registers one step for each), and
-# those that distil towards the frozen teachers (they get teachers, and the student translators for them).
-METHOD_NAMES = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
-DISTILLING_METHODS = ("rs_mtdf",)
+# ----------------------------------------------------------------------------------------------------------
+# The training methods. Each declares itself in its own file under methods/ (its step, whether it distils towards
+# the teachers, its batch rule), and methods/__init__.py registers it here, in the order tables list them. The
+# config sits below methods/ and never imports it; every program that loads a config imports methods first, and
+# validating a method name before that is a loud internal error, not a silent pass.
+
+_DISTILS: dict[str, bool] = {}
+
+
+def register_method(name: str, distils: bool) -> None:
+    """Make `name` a valid train.method; `distils`: its model carries translators for the enabled teachers."""
+    if name in _DISTILS:
+        raise RuntimeError(f"method '{name}' is registered twice")
+    _DISTILS[name] = distils
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered methods, in the order tables list them."""
+    if not _DISTILS:
+        raise RuntimeError("no training method is registered: import methods before loading a config")
+    return tuple(_DISTILS)
 
 
 def method_distils(name: str | None) -> bool:
     """Whether method `name` distils towards the frozen teachers (False for names that are no method)."""
-    return name in DISTILLING_METHODS
+    return name in method_names() and _DISTILS[name or ""]
 
 
 class Section(BaseModel):
@@ -117,12 +135,20 @@ def _check_range(pair: tuple[float, float], low: float, high: float) -> tuple[fl
     return pair
 
 
+# Where a dataset's prepared tiles are by default (dataset.root, and dataset.prepare's --out), where they were
+# before they moved out of the package (named by the error when tiles are not found), and its split lists.
+TILES_DEFAULT = "data/{name}"
+TILES_BEFORE = "dataset/{name}"
+LISTS_DEFAULT = "splits/{name}"
+
+
 class DatasetConfig(Section):
     name: str = "loveda"
-    # The prepared tiles (--out of dataset.prepare) and the split lists; left out: dataset/<name>, splits/<name>.
-    root: PathText = "dataset/loveda"
-    splits: PathText = "splits/loveda"
-    # Labelled share in percent: the folder splits/<dataset>/<split>/ holding labeled.txt and unlabeled.txt.
+    # The prepared tiles (--out of dataset.prepare) and the folder of split lists; left out: data/<name>,
+    # splits/<name> (the shipped lists).
+    root: PathText = TILES_DEFAULT.format(name="loveda")
+    lists: PathText = LISTS_DEFAULT.format(name="loveda")
+    # Labelled share in percent: the folder <lists>/<split>/ holding labeled.txt and unlabeled.txt.
     split: str = "10"
     crop_size: int = Field(518, gt=0)
     # Classes dropped from the score; null takes the dataset's protocol (docs/method.md §5, DWL). A tuple, as frozen as
@@ -146,7 +172,8 @@ class DatasetConfig(Section):
     @classmethod
     def _folders_follow_the_name(cls, values: Any) -> Any:
         if isinstance(values, dict) and isinstance(values.get("name"), str):
-            values = {"root": f"dataset/{values['name']}", "splits": f"splits/{values['name']}", **values}
+            name = values["name"]
+            values = {"root": TILES_DEFAULT.format(name=name), "lists": LISTS_DEFAULT.format(name=name), **values}
         return values
 
     @model_validator(mode="after")
@@ -166,6 +193,17 @@ class DatasetConfig(Section):
     @property
     def excluded_classes(self) -> tuple[int, ...]:
         return tuple(self.eval_exclude) if self.eval_exclude is not None else DATASETS[self.name].eval_exclude
+
+    def moved_root_hint(self) -> str:
+        """For an error about tiles not found: where the default root moved from, if `root` is that default, is
+        not there, and the old default folder is (else '')."""
+        before = absolute_path(TILES_BEFORE.format(name=self.name))
+        root = absolute_path(self.root)
+        if root != absolute_path(TILES_DEFAULT.format(name=self.name)) or os.path.exists(root) \
+                or not os.path.isdir(before):
+            return ""
+        return (f"; the default dataset.root moved from {TILES_BEFORE.format(name=self.name)} to "
+                f"{TILES_DEFAULT.format(name=self.name)}: set dataset.root={before}, or move that folder to {root}")
 
 
 class ModelConfig(Section):
@@ -252,7 +290,7 @@ class LossWeights(Section):
 
 
 class TrainConfig(Section):
-    # One of METHOD_NAMES: supervised | fixmatch | unimatch_v2 | rs_mtdf.
+    # A registered method (methods/): supervised | fixmatch | unimatch_v2 | rs_mtdf.
     method: str = "rs_mtdf"
     epochs: int = Field(60, gt=0)
     # Labelled crops per optimizer step over all processes (the unlabelled batch is as large): the published
@@ -306,8 +344,9 @@ class TrainConfig(Section):
     @field_validator("method")
     @classmethod
     def _registered(cls, v: str) -> str:
-        if v not in METHOD_NAMES:
-            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(METHOD_NAMES)}")
+        names = method_names()
+        if v not in names:
+            raise ValueError(f"unknown method '{v}'; choose one of {', '.join(names)}")
         return v
 
     @field_validator("betas")
@@ -468,8 +507,12 @@ MODEL_KEYS = ("dataset.name", "model.backbone", "train.method", "teachers.dino.e
 FREE_KEYS = ("save_path", "model.pretrained", "model.grad_checkpointing", "train.num_workers", "train.log_interval",
              "train.checkpoint_interval", "train.compile", "train.channels_last", "train.skip_nonfinite",
              "eval.batch_size", "eval.num_visualize")
+# Keys renamed since runs saved their config: {old dotted key: new}. A config file or override that uses an old
+# key is refused, naming the new one; a run's saved config (its config.yaml, its checkpoints' config) written
+# before a rename is read with the old key taken for the new one (`upgrade_saved`).
+RENAMED_KEYS = {"dataset.splits": "dataset.lists"}
 # The keys that hold file or folder paths: absolute once loaded.
-PATH_KEYS = ("dataset.root", "dataset.splits", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights",
+PATH_KEYS = ("dataset.root", "dataset.lists", "model.pretrained", "teachers.dino.weights", "teachers.clip.weights",
              "save_path")
 
 
@@ -534,13 +577,22 @@ def _field_names(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _closest(word: str, valid: list[str]) -> str | None:
+    """The valid key `word` most likely stands for, if any is close enough to suggest."""
+    # difflib's own default cutoff: at 0.5, 'nclass' (not a key: the catalogue decides it) would get 'lists'.
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _format_error(err: ErrorDetails, source: str) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc)
+    if err["type"] == "extra_forbidden" and key in RENAMED_KEYS:
+        return f"{source}: unknown key '{key}' (did you mean '{RENAMED_KEYS[key]}'? it was renamed)"
     if err["type"] == "extra_forbidden":
         valid = _field_names(Config, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+        close = _closest(loc[-1], valid)
+        prefix = ".".join(loc[:-1] + (close,)) if close else None
         hint = f" (did you mean '{prefix}'?)" if prefix else f" (valid keys here: {', '.join(valid)})"
         return f"{source}: unknown key '{key}'{hint}"
     message = err["msg"].removeprefix("Value error, ")
@@ -578,13 +630,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def _check_override_key(path: list[str], where: str) -> None:
     """Reject an override whose key the schema does not have, naming the closest valid key."""
+    if ".".join(path) in RENAMED_KEYS:
+        raise ConfigError(f"{where}: unknown key '{'.'.join(path)}' (did you mean '{RENAMED_KEYS['.'.join(path)]}'? "
+                          f"it was renamed)")
     for depth, part in enumerate(path):
         valid = _field_names(Config, tuple(path[:depth]))
         if not valid:
             return  # below a free-form mapping such as distill.weights: the schema checks the value
         if part not in valid:
-            close = difflib.get_close_matches(part, valid, n=1, cutoff=0.5)
-            hint = (f" (did you mean '{'.'.join(path[:depth] + [close[0]])}'?)" if close
+            close = _closest(part, valid)
+            hint = (f" (did you mean '{'.'.join(path[:depth] + [close])}'?)" if close
                     else f" (valid keys here: {', '.join(valid)})")
             raise ConfigError(f"{where}: unknown key '{'.'.join(path)}'{hint}")
 
@@ -661,9 +716,51 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
+# A run folder: its resolved config beside its progress (util/run.py writes both).
+RUN_CONFIG, RUN_PROGRESS = "config.yaml", "progress.json"
+
+
+def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (nested mappings) with every key renamed since (RENAMED_KEYS) under its new name;
+    where both are there, the new one stays. The one place old saved configs are mapped to today's keys."""
+    raw = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.items():
+        *old_sections, old_key = old.split(".")
+        holder: Any = raw
+        for part in old_sections:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or old_key not in holder:
+            continue
+        value = holder.pop(old_key)
+        *new_sections, new_key = new.split(".")
+        target = raw
+        for part in new_sections:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target.setdefault(new_key, value)
+    return raw
+
+
+def is_run_config(path: str | os.PathLike) -> bool:
+    """Whether `path` is the config.yaml of a run folder (beside its progress.json): a saved, resolved config."""
+    path = Path(path).expanduser()
+    return path.name == RUN_CONFIG and (path.parent / RUN_PROGRESS).is_file()
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's saved config.yaml as a mapping, in today's keys (`upgrade_saved`)."""
+    return upgrade_saved(read_yaml(path))
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute."""
-    raw = read_yaml(path)
+    """Read a YAML config, validate it, apply `key.sub=value` overrides, validate again, make paths absolute.
+
+    A run folder's config.yaml (`is_run_config`) is read in today's keys, so that a run saved before a key was
+    renamed can still be scored, exported and resumed from it; anywhere else an old key is refused.
+    """
+    raw = read_run_config(path) if is_run_config(path) else read_yaml(path)
     base = _validate(raw, str(path))
     cfg = _validate(apply_overrides(raw, list(overrides or []), base.to_dict()), f"{path} with overrides")
     return with_absolute_paths(cfg)
@@ -690,66 +787,17 @@ def save_config(cfg: Config, path: str | os.PathLike, note: str = "") -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line: what a config resolves to
-
-
-def lookup(tree: dict[str, Any], key: str) -> Any:
-    """The value at dotted `key` of a resolved config: a leaf, a section or a mapping, or an entry of a mapping
-    (distill.fusion_weights.clip); a ConfigError naming the closest key where there is none."""
-    node: Any = tree
-    for depth, part in enumerate(parts := key.split(".")):
-        if not isinstance(node, dict) or part not in node:
-            where = ".".join(parts[:depth])
-            if isinstance(node, dict) and where:
-                raise ConfigError(f"--get {key}: {where} has no '{part}' (it holds {', '.join(map(str, node))})")
-            names = [*flatten(tree), *_section_keys(tree), "run_dir"]
-            close = difflib.get_close_matches(key, names, n=1)
-            raise ConfigError(f"--get {key}: no such key" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        node = node[part]
-    return node
-
-
-def _section_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in tree.items():
-        if isinstance(value, dict):
-            keys += [f"{prefix}{name}", *_section_keys(value, f"{prefix}{name}.")]
-    return keys
-
-
-def shown_value(value: Any) -> str:
-    """A value as YAML writes it (null, true, [0.9, 0.999]; a mapping as a block), a string as it is (a path a
-    shell script reads)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return yaml.safe_dump(value, sort_keys=False).rstrip("\n")
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
+# The command that printed a resolved config moved to train.py (it needs the registered methods)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print a config as train.py resolves it (every key, paths absolute), or one value of it (--get)."""
-    import argparse
+    """`python -m util.config` was the way to see a resolved config: say where it went."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m util.config", description=main.__doc__)
-    parser.add_argument("--config", required=True, help="YAML config file (configs/*.yaml)")
-    parser.add_argument("--get", metavar="KEY", help="print only this value: a dotted key (a section or a mapping "
-                                                     "prints as YAML), or run_dir (the run folder save_path names)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, as train.py takes them")
-    args = parser.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.get is None:
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        elif args.get == "run_dir":
-            print(cfg.run_dir)
-        else:
-            print(shown_value(lookup(cfg.to_dict(), args.get)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"error: python -m util.config moved: run python train.py {args} --get all (or --get KEY, --get run_dir)",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ where a score came from.
     <run>/train.log, tb/  what users watch
 
 Every checkpoint carries the run's id (made once, at the run's first start), the iteration and epoch it was
-saved at, and the config. eval/eval.py copies that identity, the file's SHA-256 and the digest of the split
-list it scored into metrics.json, so a score can always be matched to what produced it
+saved at, and the config. eval/eval.py copies that identity, the file's SHA-256 and the digest of the list it
+scored into metrics.json, so a score can always be matched to what produced it
 (`evaluation_problem`): a table never shows a score of a checkpoint that best.pth no longer is.
 """
 
@@ -20,26 +20,35 @@ import copy
 import json
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from util.checkpoint import load_own_checkpoint
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from util.checkpoint import atomic_save, load_own_checkpoint
 from util.config import (
     MODEL_KEYS,
+    RUN_CONFIG,
+    RUN_PROGRESS,
     Config,
     config_differences,
     describe_differences,
     model_differences,
-    read_yaml,
+    read_run_config,
     save_config,
     setting_differences,
     under,
+    upgrade_saved,
 )
 from util.errors import WeightsError
 from util.io import FolderLock, check_output_folder, file_sha256, remove_stale_temporaries, write_text
+from util.logging import code_version
 
-CONFIG, PROGRESS, LATEST, BEST, LOCK = "config.yaml", "progress.json", "latest.pth", "best.pth", ".lock"
+CONFIG, PROGRESS, LATEST, BEST, LOCK = RUN_CONFIG, RUN_PROGRESS, "latest.pth", "best.pth", ".lock"
 # Resuming under other values of these is refused outright: the saved weights or optimizer state would not
 # fit (another model, another set of trained parameters).
 ARCHITECTURE_KEYS = (*MODEL_KEYS, "model.lock_backbone")
@@ -68,12 +77,15 @@ class Progress:
         default_factory=lambda: {w: {"miou": None, "epoch": None} for w in WEIGHT_SETS})
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: dict[str, int] | None = None
+    # Settings changed on a resume (--resume-changed): [{"iteration": the first step under them, "changes":
+    # {key: [before, after]}}], so that config.yaml (the current settings) never hides what earlier steps used.
+    settings_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, epoch: int, iteration: int, scores: dict[str, float]) -> bool:
         """Add the evaluation after `epoch` (1-based); True when best.pth must now hold these weights.
 
-        Each weight set's best is the maximum over epochs, ties going to the later epoch as in the reference
-        (is_best = mIoU >= previous best).
+        Each weight set's best is the maximum over epochs, ties going to the later epoch as in the reference's
+        semi-supervised scripts (is_best = mIoU >= previous best; its supervised.py keeps the earlier one).
         """
         self.history.append({"epoch": epoch, **scores})
         improved = {w: self.best[w]["miou"] is None or scores[w] >= self.best[w]["miou"] for w in scores}
@@ -94,12 +106,25 @@ class Progress:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of it (the keys progress.json shows too)."""
         return {"run_id": self.run_id, "selected_by": self.best_by, "selected_on": self.best_on,
-                "best": copy.deepcopy(self.best),
-                "history": list(self.history), "best_checkpoint": self.best_checkpoint}
+                "best": copy.deepcopy(self.best), "history": list(self.history),
+                "best_checkpoint": self.best_checkpoint, "settings_changes": copy.deepcopy(self.settings_changes)}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.run_id, self.best, self.history = ckpt["run_id"], ckpt["best"], ckpt["history"]
         self.best_checkpoint = ckpt["best_checkpoint"]
+        self.settings_changes = list(ckpt.get("settings_changes", []))
+
+    def record_changes(self, iteration: int, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Settings that change from step `iteration` on (a resume under --resume-changed)."""
+        if changes:
+            self.settings_changes.append({"iteration": iteration,
+                                          "changes": {key: list(pair) for key, pair in changes.items()}})
+
+    def describe_changes(self) -> str:
+        """'settings changed at iteration 3000: train.epochs 60 -> 80' per resume that changed them."""
+        return "\n".join(f"settings changed at iteration {entry['iteration']}: "
+                         + ", ".join(f"{key} {before} -> {after}" for key, (before, after) in entry["changes"].items())
+                         for entry in self.settings_changes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,7 +154,7 @@ class RunFolder:
             return
         try:
             saved = load_own_checkpoint(self.best).get("config")
-            same_run = isinstance(saved, dict) and not config_differences(saved, cfg.to_dict())
+            same_run = isinstance(saved, dict) and not config_differences(upgrade_saved(saved), cfg.to_dict())
         except WeightsError:
             same_run = False
         if not same_run:
@@ -146,12 +171,12 @@ class RunFolder:
             f"save_path (or --save-path)"))
         remove_stale_temporaries(self.path)
 
-    def close(self, keep: bool) -> None:
-        """Unlock; without `keep` (a run refused before it wrote anything) a folder this run made goes too."""
+    def close(self) -> None:
+        """Unlock; a folder this run made and left empty (a run refused before it wrote anything) goes too."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-        if not keep and self.created:
+        if self.created:
             try:
                 self.path.rmdir()
             except OSError:
@@ -163,6 +188,102 @@ class RunFolder:
 
     def write_progress(self, progress: dict[str, Any]) -> None:
         write_text(self.path / PROGRESS, json.dumps(progress, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training state, and the checkpoint that keeps it
+
+
+@dataclass
+class TrainState:
+    """What one optimizer step reads and updates (methods/step.py), and what latest.pth keeps of it."""
+
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    # The frozen teachers, model.teachers.Teachers (None where the method does not distil): called on the student's
+    # batch, they give {name: features}; built from their files, never saved.
+    teachers: Any
+    # What the step trains through: the model's training forward, wrapped by DDP (`ddp`, for its no_sync) and
+    # torch.compile where they are used.
+    forward: Callable[..., Any]
+    ddp: DistributedDataParallel | None
+    # Autocast's dtype (None: fp32), and the optimizer steps of the whole run (the schedules' T).
+    amp_dtype: torch.dtype | None
+    total_iters: int
+    iteration: int = 0
+    skipped_steps: int = 0
+
+
+def training_checkpoint(state: TrainState, epoch: int, iters_per_epoch: int, progress: Progress, wall_seconds: float,
+                        cfg: Config, split_lists: dict[str, str]) -> dict[str, Any]:
+    """Everything needed to continue exactly, and which run and moment it is; no teacher weights."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"model": state.model.state_dict(), "model_ema": state.ema.state_dict(),
+            "optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(),
+            "epoch": epoch, "iteration": state.iteration, "iters_per_epoch": iters_per_epoch, **progress.state(),
+            "wall_seconds": wall_seconds, "skipped_steps": state.skipped_steps, "rng": rng, "config": cfg.to_dict(),
+            "split_lists": split_lists, "version": code_version()}
+
+
+def save_checkpoint(path: Path, *args: Any) -> None:
+    """Write `training_checkpoint(*args)` to `path` atomically."""
+    atomic_save(training_checkpoint(*args), path)
+
+
+def resume_training(path: Path, state: TrainState, cfg: Config, iters_per_epoch: int, progress: Progress,
+                    split_lists: dict[str, str], allow_changed: bool = False) -> tuple[dict[str, tuple], float]:
+    """Continue `state` and `progress` from the checkpoint at `path`: the settings that changed since it was
+    written (see resume_differences), and the training seconds it had run."""
+    ckpt = load_own_checkpoint(path)
+    if not {"config", "iteration", "optimizer", "run_id"} <= set(ckpt):
+        raise WeightsError(f"{path} is not a checkpoint of this trainer (no training state: the authors' "
+                           f"release?); evaluate it with eval/eval.py, and use another save_path for a new run")
+    changed = resume_differences(ckpt["config"], cfg, path, allow_changed, ckpt.get("split_lists"), split_lists)
+    if ckpt["iters_per_epoch"] != iters_per_epoch:
+        raise WeightsError(f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this "
+                           f"run has {iters_per_epoch} (batch size, split or process count changed)")
+    state.model.load_state_dict(ckpt["model"])
+    state.ema.load_state_dict(ckpt["model_ema"])
+    load_optimizer_state(state.optimizer, ckpt["optimizer"])
+    state.scaler.load_state_dict(ckpt["scaler"])
+    state.iteration, state.skipped_steps = ckpt["iteration"], ckpt["skipped_steps"]
+    progress.load_state(ckpt)
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return changed, ckpt["wall_seconds"]
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """AdamW's moments and step counts from a checkpoint; the group settings that this run decides stay its own.
+
+    load_state_dict restores every group setting: `fused` (this device's choice) and `initial_lr` (this config's
+    base lr of the group) are kept, and a checkpoint written before `initial_lr` existed (its groups carried an
+    `lr_scale`) loads the same way.
+    """
+    current = optimizer.param_groups
+    groups = [{**{k: v for k, v in g.items() if k != "lr_scale"}, "fused": now["fused"],
+               "initial_lr": now["initial_lr"]} for g, now in zip(saved["param_groups"], current)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+    match_parameter_layout(optimizer)
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every optimizer state tensor its parameter's memory layout.
+
+    A checkpoint keeps the layout its run had: contiguous moments from a run without channels-last (or from a
+    CPU) meet channels-last convolution weights when resumed on a GPU. Fused AdamW walks parameter and
+    moments as flat memory, so mismatched layouts pair the wrong elements (measured: updates off by 1.6e-3
+    after one step); the multi-tensor AdamW is unaffected.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def split_list_differences(recorded: Any, current: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -184,6 +305,7 @@ def resume_differences(saved: dict[str, Any], cfg: Config, path: Path, allow_cha
     Another model is refused; other settings or lists need `allow_changed` (--resume-changed), and are then
     returned so that the caller logs them.
     """
+    saved = upgrade_saved(saved)
     model = model_differences(saved, cfg.to_dict(), ARCHITECTURE_KEYS)
     if model:
         raise WeightsError(f"{path} belongs to a run of another model ({describe_differences(model)}); use another "
@@ -215,6 +337,11 @@ def read_progress(folder: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def scored_subset(metrics: dict[str, Any]) -> Any:
+    """Which subset (val, test) a metrics.json scored: its 'subset', or 'split' in files written before the rename."""
+    return metrics.get("subset", metrics.get("split"))
+
+
 def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_list: Path | None) -> str | None:
     """Why `metrics` (an eval/eval.py metrics.json) is not a score of this run's current best.pth, in a few
     words; None when it is.
@@ -231,8 +358,8 @@ def evaluation_problem(progress: dict[str, Any], metrics: dict[str, Any], test_l
     if source.get("iteration") != best.get("iteration"):
         return (f"scored {Path(str(source.get('path'))).name} at iteration {source.get('iteration')}, but best.pth "
                 f"is the one of iteration {best.get('iteration')}")
-    if test_list is not None and metrics.get("split") == "test":
-        recorded = metrics.get("split_list_sha256")
+    if test_list is not None and scored_subset(metrics) == "test":
+        recorded = metrics.get("subset_list_sha256", metrics.get("split_list_sha256"))
         if not test_list.is_file():
             return f"the run's test list {test_list} is gone"
         if recorded != file_sha256(test_list):
@@ -250,7 +377,7 @@ def saved_setting_differences(folder: str | os.PathLike, cfg: Config,
     path = Path(folder) / CONFIG
     if not path.is_file():
         return {}
-    diffs: dict[str, tuple[Any, Any]] = setting_differences(read_yaml(path), cfg.to_dict())
+    diffs: dict[str, tuple[Any, Any]] = setting_differences(read_run_config(path), cfg.to_dict())
     if split_lists is not None:
         diffs.update(split_list_differences((read_progress(folder) or {}).get("split_lists"), split_lists))
     return diffs
@@ -267,7 +394,7 @@ def protocol_evaluation(folder: str | os.PathLike, test_list: Path, mode: str = 
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (isinstance(metrics, dict) and metrics.get("split") == "test" and metrics.get("mode") == mode
+        if (isinstance(metrics, dict) and scored_subset(metrics) == "test" and metrics.get("mode") == mode
                 and metrics.get("weights") == progress.get("selected_by")
                 and evaluation_problem(progress, metrics, test_list) is None):
             return metrics_file.parent

@@ -10,10 +10,11 @@ def poly_lr(base_lr: float, iteration: int, total: int, power: float = 0.9) -> f
     return base_lr * (1 - iteration / total) ** power
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Give every parameter group `lr` times its `lr_scale` (1 for the encoder, lr_multi for the rest)."""
+def set_poly_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, power: float) -> None:
+    """Give every parameter group its own base lr (`initial_lr`, set where the groups are made: the encoder at
+    train.lr, the rest at train.lr x train.lr_multi) on the poly schedule at `iteration`."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = poly_lr(group["initial_lr"], iteration, total, power)
 
 
 def ema_ratio(iteration: int, cap: float) -> float:

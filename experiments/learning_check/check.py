@@ -46,6 +46,7 @@ from dataset.images import open_labels, rgb_array
 from dataset.splits import read_list, split_file, training_list_digests
 from dataset.transforms import colour_augment, normalize
 from eval.metrics import ConfusionMatrix
+from methods import METHODS
 from util.cli import path_arg, run_main
 from util.config import AugmentConfig, describe_differences, load_config, method_distils
 from util.errors import ConfigError, DataError
@@ -103,7 +104,7 @@ def make_data(work: Path) -> None:
     run([sys.executable, "-m", "experiments.learning_check.scenes", "--out", str(raw), "--size", str(SCENE_SIZE),
          "--count", str(TRAIN_SCENES), "--val-count", str(VAL_SCENES), "--seed", str(DATA_SEED)])
     run([sys.executable, "-m", "dataset.prepare", "loveda", "--raw", str(raw), "--out", str(work / "loveda"),
-         "--splits", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
+         "--lists", str(splits), "--resplit", "--seed", "0", "--workers", "2"])
     labelled = [line for line in read_list(split_file(splits, "labeled", "1")) if line.strip()]
     everything = sorted(set(labelled) | {line for line in read_list(split_file(splits, "unlabeled", "1"))
                                          if line.strip()})
@@ -457,7 +458,7 @@ def jobs(work: Path, quick: bool, seeds: tuple[int, ...] = (0, 1, 2)) -> list[tu
                           "distill.fusion_weights={student: 0.8, dino: 0.2, clip: 0}"],
                  "clip": [*teach, "teachers.dino.enabled=false",
                           "distill.fusion_weights={student: 0.8, dino: 0, clip: 0.2}"]}
-    methods = ("supervised", "fixmatch", "unimatch_v2", "rs_mtdf")
+    methods = tuple(METHODS)
     if quick:
         plan = [(m, "1", 0, teach if method_distils(m) else []) for m in ("supervised", "fixmatch", "rs_mtdf")]
         plan.append(("rs_mtdf-random", "1", 0, teach_rand))
@@ -479,21 +480,21 @@ def run_one(work: Path, name: str, overrides: list[str], threads: int) -> subpro
     is refused in one line."""
     run_dir = work / "runs" / name
     # The data of this work folder, whatever config.yaml names (its default is exp/learning_check).
-    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.splits={work / 'splits'}", *overrides,
+    overrides = [f"dataset.root={work / 'loveda'}", f"dataset.lists={work / 'splits'}", *overrides,
                  f"save_path={run_dir}"]
     cfg = load_config(CONFIG, overrides)
-    diffs = saved_setting_differences(run_dir, cfg, training_list_digests(cfg.dataset.splits, cfg.dataset.split))
+    diffs = saved_setting_differences(run_dir, cfg, training_list_digests(cfg.dataset.lists, cfg.dataset.split))
     if diffs:
         raise ConfigError(f"{run_dir} holds a run with other settings ({describe_differences(diffs)}); use another "
                           f"--work, or remove the run")
-    if protocol_evaluation(run_dir, split_file(cfg.dataset.splits, "test")) is not None:
+    if protocol_evaluation(run_dir, split_file(cfg.dataset.lists, "test")) is not None:
         return None
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONWARNINGS": "ignore"}
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = (f"{sys.executable} train.py --config {CONFIG} " + " ".join(f"'{o}'" for o in overrides)
            + f" && {sys.executable} eval/eval.py --config {run_dir / 'config.yaml'} --checkpoint {run_dir / 'best.pth'}"
-           + f" --split test --out {run_dir / 'eval_test'}")
+           + f" --subset test --out {run_dir / 'eval_test'}")
     log = open(run_dir / "run.log", "a")
     print(f"start {name}", flush=True)
     return subprocess.Popen(["sh", "-c", cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -543,7 +544,7 @@ def pseudo_label_quality(work: Path, runs: list[str], thresh: float = 0.95) -> d
             continue
         cfg = load_config(run_dir / "config.yaml")
         root = Path(cfg.dataset.root)
-        lines = split_file(cfg.dataset.splits, "unlabeled", cfg.dataset.split).read_text().split("\n")
+        lines = split_file(cfg.dataset.lists, "unlabeled", cfg.dataset.split).read_text().split("\n")
         pairs = [line.split() for line in lines if line.strip()]
         imgs = torch.from_numpy(np.stack([rgb_array(root / a) for a, _ in pairs]))
         masks = torch.from_numpy(np.stack([open_labels(root / b) for _, b in pairs])).long()

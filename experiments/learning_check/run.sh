@@ -9,8 +9,8 @@
 #   1. domain-shifted synthetic scenes in LoveDA's layout -> 3,200 train tiles and the split lists (scenes.py)
 #   2. stand-in DINOv2 / CLIP teachers and the weaker student stand-in, pretrained on a disjoint pool of scenes
 #      (three at once, one thread each), saved in the official formats, plus random-init teachers for the control
-#   3. the runs through train.py and eval/eval.py (test split, best.pth), two at a time, one thread each
-#   4. eval/report.py over the runs, and a short summary table
+#   3. the runs through train.py and eval/eval.py (test subset, best.pth), two at a time, one thread each
+#   4. scripts/report.py over the runs, and a short summary table
 # WORK (default exp/learning_check) holds everything generated; PARALLEL (default 2) runs at once.
 set -eu
 cd "$(dirname "$0")/../.."
@@ -38,7 +38,7 @@ python experiments/learning_check/check.py teachers --work "$WORK"
 stamp "teachers ready"
 python experiments/learning_check/check.py runs --work "$WORK" --parallel "$PARALLEL" $QUICK
 stamp "runs finished"
-python eval/report.py "$WORK/runs" --out "$WORK/report"
+python scripts/report.py "$WORK/runs" --out "$WORK/report"
 python experiments/learning_check/check.py summary --work "$WORK"
 if [ "${DIAGNOSE:-0}" = 1 ]; then
     python experiments/learning_check/check.py diagnose --work "$WORK"

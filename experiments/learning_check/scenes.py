@@ -1,7 +1,7 @@
 """Synthetic LoveDA-layout scenes whose classes are told apart by texture, shape and context, not by colour.
 
     python -m experiments.learning_check.scenes --out /tmp/raw_shift --size 168 --count 50 --seed 0
-    python -m dataset.prepare loveda --raw /tmp/raw_shift --out /tmp/shift --splits /tmp/shift_splits
+    python -m dataset.prepare loveda --raw /tmp/raw_shift --out /tmp/shift --lists /tmp/shift_splits
 
 The demo's scenes (dataset/synthetic.py) give every class its own mean colour, so colour alone labels a
 pixel and a colour-jittered strong view teaches the wrong invariance. Here every scene is drawn from its

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.scenes import RasterScene, Scene
+from deploy.scenes import RasterScene, Scene
 from eval.visualize import colorize, overlay
 from util.catalog import IGNORE_INDEX
 from util.io import commit, save_png, temporary_path, write_bytes

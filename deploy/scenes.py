@@ -1,5 +1,5 @@
 """Predict's scenes: reading a scene's red, green and blue as the model's 8-bit input, and which of its pixels
-hold data, as the file declares them or the command line says (eval/inputs.py finds the files).
+hold data, as the file declares them or the command line says (deploy/inputs.py finds the files).
 
 Bands. A TIFF or VRT (read through GDAL) is read by what its bands declare (their colour interpretation):
 bands declared red, green and blue are read as such, in whatever positions; bands that declare no colour
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dataset.images import rgb_array
-from eval.inputs import PIL_SUFFIXES
+from deploy.inputs import PIL_SUFFIXES
 from util.errors import DataError, short_reason
 from util.io import open_image
 
@@ -59,7 +59,7 @@ DEFAULT_PERCENTILES = (2.0, 98.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# How scenes are read: --bands, --scale (parsed by eval/predict.py)
+# How scenes are read: --bands, --scale (parsed by deploy/predict.py)
 
 
 @dataclass(frozen=True)
