@@ -2,9 +2,15 @@
 
     python scripts/report.py exp/ [more folders ...] [--out report/]
 
-Walks the folders for run folders (config.yaml beside progress.json), reads each run's progress.json and the
-metrics.json of its evaluations, and writes report.md, report.json and report.png into --out (default
-<first folder>/report), together and atomically. mIoU in percent, mean ± sample standard deviation over seeds.
+Walks the folders (symbolic links followed) for run folders (config.yaml beside progress.json), reads each run's
+progress.json and the metrics.json of its evaluations, prints the table, and writes report.md, report.json and
+report.png into --out (default <first folder>/report), together and atomically; a failed write is one line
+after the table. mIoU in percent, mean ± sample standard deviation over seeds.
+
+A run is what it is, not where it sits: folders holding one run id (a copy, an archived copy, one folder reached
+through a link or two of the folders given) count once, the furthest on, the others listed with the reason.
+Nothing under the folders is left out without a line: folders that look like runs and cannot be counted, and
+evaluations outside run folders, are listed with why.
 
 Every number says where it came from. A test score counts only if its metrics.json scored this run's current
 best.pth (the run id and iteration that progress.json names) on the test list the run's config names, with
@@ -12,8 +18,8 @@ the same content; any other evaluation (of latest.pth, of an earlier best.pth, o
 under "Ignored evaluations" with the reason. The table shows each test score's mode and weights. Seeds are
 pooled into one row only where every other setting is the same and they trained on lists of the same content
 (progress.json's split_lists); runs that differ in more (FREE_KEYS aside: paths, workers, logging) get rows of
-their own, labelled with what differs. Folders that look like runs but
-cannot be read are listed, never fatal.
+their own, labelled with what differs. Folders that look like runs but cannot be read are listed, never
+fatal.
 """
 
 from __future__ import annotations
@@ -25,19 +31,20 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import io
 import json
 import math
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 from dataset.splits import split_file
 from methods import METHODS
 from util.cli import path_arg, run_main
 from util.config import FREE_KEYS, Config, flatten, method_distils, method_names, read_run_config, under
-from util.errors import UserError, short_reason
-from util.io import atomic_paths, check_output_folder, remove_stale_temporaries
+from util.errors import OutputError, UserError, short_reason
+from util.io import check_output_folder, write_files
 from util.run import CONFIG, PROGRESS, evaluation_problem, scored_subset
 
 REQUIRED = object()
@@ -54,6 +61,8 @@ class Run:
     """What the report needs of one run folder, mIoU values in percent."""
 
     folder: str
+    # What the run is, wherever its folder sits: progress.json's run id (copies of a folder share it).
+    run_id: str
     dataset: str
     method: str
     split: str
@@ -80,23 +89,50 @@ class Run:
 # Finding and reading runs
 
 
-def find_run_folders(roots: list[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Run folders under `roots` (sorted), and folders holding one of config.yaml and progress.json only."""
-    found: list[Path] = []
-    orphans: list[tuple[str, str]] = []
+@dataclass
+class Found:
+    """What a walk of the folders found: each run folder once (as first reached), the folders that look like
+    runs but cannot be one, and evaluations outside any run folder, each with why."""
+
+    runs: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    stray_evals: list[tuple[str, str]] = field(default_factory=list)
+
+
+def find_run_folders(roots: list[Path]) -> Found:
+    """Run folders under `roots` (sorted; symbolic links followed), each real folder once: one reached again (a
+    link to it, a root inside another, one folder given twice) is a line of `skipped`, as is a folder that looks
+    like a run without being one; metrics.json files outside run folders are lines of `stray_evals`."""
+    found = Found()
+    first: dict[str, Path] = {}  # real path -> the path it was first reached by
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            names = set(filenames)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             folder = Path(dirpath)
+            real = os.path.realpath(folder)
+            if real in first:
+                dirnames[:] = []
+                if first[real] != folder:
+                    found.skipped.append((str(folder), f"the same folder as {first[real]} (a symbolic link, or a "
+                                                       f"folder given twice): counted once, there"))
+                continue
+            first[real] = folder
+            # Links last: a folder is named by its own path where the walk can reach it both ways.
+            dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+            names = set(filenames)
+            checkpoints = sorted(names & {"latest.pth", "best.pth"})
             if CONFIG in names and PROGRESS in names:
-                if folder not in found:
-                    found.append(folder)
+                found.runs.append(folder)
             elif PROGRESS in names:
-                orphans.append((str(folder), f"has {PROGRESS} but no {CONFIG}"))
-            elif CONFIG in names and names & {"latest.pth", "best.pth", "train.log"}:
-                orphans.append((str(folder), f"has {CONFIG} but no {PROGRESS} (a run from before it existed?)"))
-    return found, orphans
+                found.skipped.append((str(folder), f"has {PROGRESS} but no {CONFIG}"))
+            elif CONFIG in names and (checkpoints or "train.log" in names):
+                found.skipped.append((str(folder), f"has {CONFIG} but no {PROGRESS} (a run from before it existed?)"))
+            elif checkpoints:
+                found.skipped.append((str(folder), f"has {' and '.join(checkpoints)} but no {CONFIG} or {PROGRESS}: "
+                                                   f"not a run folder train.py wrote"))
+            if "metrics.json" in names and not all((folder.parent / n).is_file() for n in (CONFIG, PROGRESS)):
+                found.stray_evals.append((str(folder), "not in a run folder: an evaluation counts from a folder "
+                                                       "directly inside its run's folder (beside progress.json)"))
+    return found
 
 
 def _lookup(raw: dict[str, Any], key: str, default: Any = REQUIRED) -> Any:
@@ -158,7 +194,17 @@ def read_config(folder: Path) -> dict[str, Any]:
             "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             "ablation": ablation_label(raw), "best_by": str(_lookup(raw, "train.best_by", Config().train.best_by)),
             "settings": {k: v for k, v in flatten(raw).items() if not under(k, FREE_KEYS + ("train.seed",))},
-            "test_list": split_file(lists, "test") if isinstance(lists, str) else None}
+            "test_list": split_file(lists, "test") if isinstance(lists, str) else None,
+            "home": run_home(raw, dataset, method, str(split))}
+
+
+def run_home(raw: dict[str, Any], dataset: str, method: str, split: str) -> str | None:
+    """The real path of the folder the run was trained in (its config's save_path), None where that is unknown."""
+    save_path = _lookup(raw, "save_path", None)
+    try:
+        return os.path.realpath(str(save_path).format(dataset=dataset, method=method, split=split))
+    except (KeyError, IndexError, ValueError):
+        return None
 
 
 def _number(value: Any, what: str) -> float | None:
@@ -203,7 +249,10 @@ def read_progress(path: Path) -> dict[str, Any]:
             raise SkipRun(f"{PROGRESS}: best.{which} is not an object")
         out[f"best_{which}"] = _number(entry.get("miou"), f"{PROGRESS} best.{which}.miou")
         out[f"best_{which}_epoch"] = _int(entry.get("epoch"), f"{PROGRESS} best.{which}.epoch")
-    out.update(finished=bool(data["finished"]), epoch=_int(data.get("epoch"), f"{PROGRESS} epoch"),
+    if not isinstance(data["run_id"], str) or not data["run_id"]:
+        raise SkipRun(f"{PROGRESS}: run_id is {data['run_id']!r}, not a run's id")
+    out.update(run_id=data["run_id"], finished=bool(data["finished"]),
+               epoch=_int(data.get("epoch"), f"{PROGRESS} epoch"),
                epochs=_int(data.get("epochs"), f"{PROGRESS} epochs"),
                iteration=_int(data.get("iteration"), f"{PROGRESS} iteration"),
                total_iters=_int(data.get("total_iters"), f"{PROGRESS} total_iters"),
@@ -241,7 +290,18 @@ def pick_test(evals: list[dict[str, Any]], selected_by: str) -> dict[str, Any] |
     return tests[0] if tests else None
 
 
-def read_run(folder: Path) -> tuple[Run, list[tuple[str, str]]]:
+class ReadRun(NamedTuple):
+    """A run as read from its folder: the Run, its evaluations not counted (folder, why), and what its
+    evaluations are judged by (progress.json as read, the test list its config names)."""
+
+    run: Run
+    ignored: list[tuple[str, str]]
+    progress: dict[str, Any]
+    test_list: Path | None
+    home: bool  # the folder is the one the run was trained in (its save_path), not a copy elsewhere
+
+
+def read_run(folder: Path) -> ReadRun:
     """One run folder and the evaluations in it that are ignored; raises SkipRun when it cannot be reported."""
     cfg = read_config(folder)
     state = read_progress(folder / PROGRESS)
@@ -256,7 +316,54 @@ def read_run(folder: Path) -> tuple[Run, list[tuple[str, str]]]:
     run = Run(folder=str(folder), dataset=cfg["dataset"], method=cfg["method"], split=cfg["split"], seed=cfg["seed"],
               ablation=cfg["ablation"], settings=settings, **state, evals=evals)
     run.test = pick_test(evals, run.selected_by)
-    return run, ignored
+    return ReadRun(run, ignored, raw, cfg["test_list"], os.path.realpath(folder) == cfg["home"])
+
+
+def count_once(read: list[ReadRun]) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Each run once, whatever folders hold it: folders of one run id (a copy, an archived copy beside the
+    original) are counted as the one furthest on (finished first, then the latest iteration; of equals, the one
+    it was trained in, else the first found), the others listed with why; the evaluations in the copies count
+    where they scored the run's best.pth, an evaluation found twice once. Returns the runs, the folders not
+    counted and the evaluations not counted, (folder, why) each."""
+    groups: dict[str, list[ReadRun]] = {}
+    for entry in read:
+        groups.setdefault(entry.run.run_id, []).append(entry)
+    runs, copies, ignored = [], [], []
+    for group in groups.values():
+        kept = max(group, key=lambda e: (e.run.finished, e.run.iteration or -1, e.home, -group.index(e)))
+        run = kept.run
+        ignored += kept.ignored
+        for other in group:
+            if other is kept:
+                continue
+            moment = (other.run.finished, other.run.iteration) == (run.finished, run.iteration)
+            copies.append((other.run.folder, (
+                f"a copy of the run in {run.folder} (run id {run.run_id}, the same iteration): counted there"
+                if moment else f"an earlier copy of the run in {run.folder} (run id {run.run_id}: iteration "
+                               f"{other.run.iteration} here, {run.iteration} there): counted there")))
+            evals, not_counted = read_evals(Path(other.run.folder), kept.progress, kept.test_list)
+            run.evals += evals
+            ignored += not_counted
+        run.evals, twice = once_each(run.evals)
+        ignored += twice
+        run.test = pick_test(run.evals, run.selected_by)
+        runs.append(run)
+    return runs, copies, ignored
+
+
+def once_each(evals: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The evaluations with every one found twice (a copied folder: the same scores of the same checkpoint)
+    kept once, and the second finds as (folder, why)."""
+    kept: list[dict[str, Any]] = []
+    again = []
+    for entry in evals:
+        content = {k: v for k, v in entry.items() if k != "folder"}
+        twin = next((k for k in kept if {key: v for key, v in k.items() if key != "folder"} == content), None)
+        if twin is None:
+            kept.append(entry)
+        else:
+            again.append((entry["folder"], f"the same evaluation as {twin['folder']} (a copy): counted once"))
+    return kept, again
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -442,7 +549,7 @@ def _line_label(row: dict[str, Any]) -> str:
     return row["method"] + ("" if row["ablation"] == "-" else f" ({row['ablation']})")
 
 
-def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path) -> None:
+def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path | BinaryIO) -> None:
     """Plot mIoU against labelled fraction: one subplot per dataset, one line per method (+ ablation)."""
     import matplotlib
 
@@ -482,17 +589,16 @@ def plot_report(rows: list[dict[str, Any]], key: str, title: str, path: Path) ->
 
 def write_report(out: Path, rows: list[dict[str, Any]], skipped: list[tuple[str, str]],
                  ignored: list[tuple[str, str]], roots: list[Path]) -> None:
-    """report.md, report.json and report.png: all rendered to temporary names, then renamed."""
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    """report.md, report.json and report.png, rendered first and written together (util.io.write_files)."""
     key, title = plot_metric(rows)
-    with atomic_paths(out / name for name in ("report.md", "report.json", "report.png")) as (md, js, png):
-        md.write_text(render_markdown(rows, skipped, ignored, roots, title))
-        summary = {"unit": "percent", "roots": [str(r) for r in roots], "plot": {"metric": key, "title": title},
-                   "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped],
-                   "ignored_evaluations": [{"folder": f, "reason": why} for f, why in ignored]}
-        js.write_text(json.dumps(summary, indent=2) + "\n")
-        plot_report(rows, key, title, png)
+    summary = {"unit": "percent", "roots": [str(r) for r in roots], "plot": {"metric": key, "title": title},
+               "rows": rows, "skipped": [{"folder": f, "reason": why} for f, why in skipped],
+               "ignored_evaluations": [{"folder": f, "reason": why} for f, why in ignored]}
+    png = io.BytesIO()
+    plot_report(rows, key, title, png)
+    write_files(out, {"report.md": render_markdown(rows, skipped, ignored, roots, title).encode("utf-8"),
+                      "report.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8"),
+                      "report.png": png.getvalue()})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -516,25 +622,29 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             raise UserError(f"folder not found: {folder}")
-    folders, skipped = find_run_folders(args.folders)
-    if not folders:
+    found = find_run_folders(args.folders)
+    if not found.runs:
         raise UserError(f"no run folder (config.yaml beside progress.json) under "
                         f"{', '.join(str(f) for f in args.folders)}")
     out = check_output_folder(args.out or args.folders[0] / "report", "--out")
-    runs, ignored = [], []
-    for folder in folders:
+    read, skipped = [], list(found.skipped)
+    for folder in found.runs:
         try:
-            run, not_counted = read_run(folder)
+            read.append(read_run(folder))
         except SkipRun as e:
             skipped.append((str(folder), str(e)))
-            continue
-        runs.append(run)
-        ignored += not_counted
+    runs, copies, ignored = count_once(read)
+    skipped, ignored = sorted(skipped + copies), found.stray_evals + ignored
     rows = build_rows(runs)
-    write_report(out, rows, sorted(skipped), ignored, args.folders)
+    # Shown before the files are written: a full disk loses the files, not what was tabulated.
     print(markdown_table(rows))
-    print(f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} folder(s) skipped, {len(ignored)} "
-          f"evaluation(s) ignored (see report.md); written to {out}")
+    counted = (f"{len(runs)} run(s) in {len(rows)} row(s), {len(skipped)} folder(s) skipped, {len(ignored)} "
+               f"evaluation(s) ignored")
+    try:
+        write_report(out, rows, skipped, ignored, args.folders)
+    except OutputError as e:
+        raise OutputError(f"{e}; the table above is what was computed: {counted}") from None
+    print(f"{counted} (see report.md); written to {out}")
     return 0
 
 

@@ -1,12 +1,16 @@
 """scripts/report.py: rows pooled over seeds that share every other setting, test scores that are provably of the
 run's best.pth on its test list, in-progress and ablation rows, skipped folders and ignored evaluations."""
 
+import errno
 import json
 import math
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+import util.io
 from scripts import report
 from util.cli import run_main
 from util.config import Config, save_config
@@ -306,3 +310,123 @@ def test_a_run_saved_before_dataset_lists_was_named_is_read_with_its_test_list(t
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("  lists: ", "  splits: "))
     read = report.read_config(run)
     assert read["test_list"] == splits / "test.txt" and "dataset.lists" in read["settings"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Each run counted once, whatever the folders
+
+
+@pytest.fixture
+def evaluated_run(tmp_path: Path, splits: Path) -> Path:
+    """exp/loveda/fixmatch/10: one finished run with a test evaluation of its best.pth."""
+    run = tmp_path / "exp" / "loveda" / "fixmatch" / "10"
+    make_config(run, "fixmatch", "10", 42, splits, save_path=str(tmp_path / "exp/{dataset}/{method}/{split}"))
+    make_progress(run, 50.0, 4, 49.0, 4)
+    make_eval(run, "eval_best_test", "test", "student", 45.0, 55.0, splits)
+    return run
+
+
+def report_of(*argv: str) -> tuple[dict, dict]:
+    """report.json of `scripts/report.py argv`, and {folder: reason} of its skipped folders and ignored evaluations."""
+    out = Path(argv[-1])
+    assert report.main([*argv[:-1], "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())
+    lines = {e["folder"]: e["reason"] for e in data["skipped"] + data["ignored_evaluations"]}
+    return data, lines
+
+
+def counted_runs(data: dict) -> list[str]:
+    return [r["folder"] for row in data["rows"] for r in row["runs"]]
+
+
+# How the folders are arranged -> the lines that name the second way to the run (folder relative to tmp: why).
+ARRANGEMENTS = {
+    "copied": {"exp/archive/fixmatch_10": "a copy of the run in",
+               "exp/archive/fixmatch_10/eval_best_test": "the same evaluation as"},
+    "copied and evaluated there": {"exp/archive/fixmatch_10": "a copy of the run in"},
+    "linked inside": {"exp/latest": "the same folder as"},
+    "linked from outside": {},
+    "root given twice": {"exp/../exp": "the same folder as"},
+    "root inside root": {},  # the same paths: nothing reached another way
+    "root through a link": {"link": "the same folder as"},
+}
+
+
+@pytest.mark.parametrize("arrangement", list(ARRANGEMENTS))
+def test_a_run_is_counted_once_however_its_folders_are_arranged(evaluated_run, tmp_path, arrangement):
+    import shutil
+
+    exp = tmp_path / "exp"
+    roots = [str(exp)]
+    if arrangement.startswith("copied"):
+        shutil.copytree(evaluated_run, exp / "archive" / "fixmatch_10")
+        if arrangement.endswith("evaluated there"):
+            shutil.rmtree(evaluated_run / "eval_best_test")  # the test score sits in the copy only
+    elif arrangement == "linked inside":
+        (exp / "latest").symlink_to(evaluated_run, target_is_directory=True)
+    elif arrangement == "linked from outside":
+        elsewhere = tmp_path / "scratch" / "run"
+        elsewhere.parent.mkdir()
+        shutil.move(evaluated_run, elsewhere)
+        evaluated_run.symlink_to(elsewhere, target_is_directory=True)
+    elif arrangement == "root given twice":
+        roots.append(str(tmp_path / "exp" / ".." / "exp"))
+    elif arrangement == "root inside root":
+        roots.append(str(exp / "loveda"))
+    else:
+        (tmp_path / "link").symlink_to(exp, target_is_directory=True)
+        roots.append(str(tmp_path / "link"))
+    data, lines = report_of(*roots, str(tmp_path / "out"))
+    assert counted_runs(data) == [str(evaluated_run)]
+    assert data["rows"][0]["test_miou"]["values"] == [45.0]
+    expected = {str(tmp_path / folder): why for folder, why in ARRANGEMENTS[arrangement].items()}
+    assert set(lines) == set(expected) and all(why in lines[f] for f, why in expected.items()), lines
+
+
+def test_an_earlier_copy_of_a_run_is_named_and_the_later_one_counted(evaluated_run, tmp_path):
+    import shutil
+
+    archive = tmp_path / "exp" / "old" / "fixmatch_10"
+    shutil.copytree(evaluated_run, archive)
+    progress = json.loads((archive / "progress.json").read_text())
+    (archive / "progress.json").write_text(json.dumps({**progress, "iteration": 80, "finished": False}))
+    data, lines = report_of(str(tmp_path / "exp"), str(tmp_path / "out"))
+    assert counted_runs(data) == [str(evaluated_run)] and data["rows"][0]["in_progress"] == []
+    assert lines[str(archive)] == (f"an earlier copy of the run in {evaluated_run} (run id {progress['run_id']}: "
+                                   f"iteration 80 here, 160 there): counted there")
+    assert "the same evaluation as" in lines[str(archive / "eval_best_test")]
+
+
+def test_nothing_under_the_folders_is_left_out_without_a_line(evaluated_run, tmp_path, splits):
+    exp = tmp_path / "exp"
+    (exp / "weights_only").mkdir()
+    (exp / "weights_only" / "best.pth").write_bytes(b"")
+    (exp / "scores" / "eval_x").mkdir(parents=True)
+    (exp / "scores" / "eval_x" / "metrics.json").write_text("{}")
+    hidden = exp / ".trash" / "seed43"
+    make_config(hidden, "fixmatch", "10", 43, splits)
+    make_progress(hidden, 52.0, 4, 51.0, 4)
+    data, lines = report_of(str(exp), str(tmp_path / "out"))
+    assert sorted(counted_runs(data)) == sorted([str(evaluated_run), str(hidden)])  # a run in a hidden folder is a run
+    assert "has best.pth but no config.yaml or progress.json" in lines[str(exp / "weights_only")]
+    assert "not in a run folder" in lines[str(exp / "scores" / "eval_x")]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_failed_write_is_one_line_after_the_table_and_leaves_nothing(evaluated_run, tmp_path, monkeypatch, capsys,
+                                                                       code):
+    @contextmanager
+    def failing(targets):
+        raise OSError(code, os.strerror(code))
+        yield  # a generator: what contextmanager takes
+
+    monkeypatch.setattr(util.io, "atomic_paths", failing)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: report.main([str(tmp_path / "exp"), "--out", str(out)]))
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and not out.exists()
+    assert "| loveda | fixmatch |" in captured.out  # the table was shown before the write
+    assert captured.err == (f"error: could not write report.md, report.json, report.png into {out}: "
+                            f"{os.strerror(code)}; none of them was written; the table above is what was computed: "
+                            f"1 run(s) in 1 row(s), 0 folder(s) skipped, 0 evaluation(s) ignored\n")
