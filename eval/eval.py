@@ -5,8 +5,9 @@
     torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the subset
 
 Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (the teachers
-never enter a checkpoint). Writes metrics.json, metrics.md and confusion_matrix.png into --out (default
-<checkpoint dir>/eval_<checkpoint name>_<subset>_<mode>_<weights>), together and atomically, after scoring.
+never enter a checkpoint). Prints the scores, then writes metrics.json, metrics.md and confusion_matrix.png into
+--out (default <checkpoint dir>/eval_<checkpoint name>_<subset>_<mode>_<weights>), together and atomically: a
+full disk or a quota is one line after the scores, and no file is written.
 metrics.json says what produced the scores: the checkpoint (path, SHA-256, run id, iteration, epoch), the
 subset, its list and the list's SHA-256, mode, window, stride, blend, weights and excluded classes;
 scripts/report.py and scripts/reproduce.py use a score only for the checkpoint and list it names.
@@ -24,6 +25,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: Python put eval
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # would shadow the package; the repository root instead
 
 import argparse
+import io
 import json
 import os
 from typing import TYPE_CHECKING, Literal
@@ -39,8 +41,8 @@ from util.catalog import DATASETS
 from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
 from util.dist import cleanup, init_distributed
-from util.errors import ConfigError, DataError, WeightsError
-from util.io import atomic_paths, check_output_folder, file_sha256, remove_stale_temporaries
+from util.errors import ConfigError, DataError, OutputError, WeightsError
+from util.io import check_output_folder, file_sha256, write_files
 
 if TYPE_CHECKING:
     from model.convert import LoadedWeights
@@ -96,20 +98,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
-    """metrics.json, metrics.md and confusion_matrix.png: all rendered to temporary names, then renamed."""
-    out.mkdir(parents=True, exist_ok=True)
+    """metrics.json, metrics.md and confusion_matrix.png, rendered first and written together
+    (util.io.write_files: all or none; a failure is one OutputError)."""
     names = DATASETS[cfg.dataset.name].class_names
     per_class = {name: {"iou": result["iou"][c], "f1": result["f1"][c], "included": result["included"][c]}
                  for c, name in enumerate(names)}
     summary = {"unit": "percent", **report, "classes": per_class, "classes_in_mean": result["classes_in_mean"],
                **{k: result[k] for k in ("miou", "mean_f1", "oa", "kappa", "pixels", "confusion_matrix")}}
     title = f"# {report['checkpoint']['path']} ({report['subset']}, {report['mode']}, {report['weights']})"
-    names_out = ("metrics.json", "metrics.md", "confusion_matrix.png")
-    remove_stale_temporaries(out)
-    with atomic_paths(out / name for name in names_out) as (json_tmp, md_tmp, png_tmp):
-        json_tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        md_tmp.write_text(f"{title}\n\n{metrics_table(result, names)}\n")
-        plot_confusion_matrix(result["confusion_matrix"], names, png_tmp, excluded=cfg.dataset.excluded_classes)
+    png = io.BytesIO()
+    plot_confusion_matrix(result["confusion_matrix"], names, png, excluded=cfg.dataset.excluded_classes)
+    write_files(out, {"metrics.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8"),
+                      "metrics.md": f"{title}\n\n{metrics_table(result, names)}\n".encode(),
+                      "confusion_matrix.png": png.getvalue()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                       "stride": stride, "blend": cfg.eval.blend if mode == "sliding_window" else None,
                       "weights": loaded.which, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}
-            write_outputs(out, result, cfg, report)
+            # Shown before the files are written: a full disk loses the files, not the scores.
             print(metrics_table(result, DATASETS[cfg.dataset.name].class_names))
+            try:
+                write_outputs(out, result, cfg, report)
+            except OutputError as e:
+                raise OutputError(f"{e}; the scores above are what was computed") from None
             print(f"written to {out}")
     finally:
         cleanup()

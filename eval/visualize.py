@@ -6,6 +6,7 @@ Written as PNG files by util.io.save_png (atomically).
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import matplotlib
 import numpy as np
@@ -44,9 +45,10 @@ def sample_panel(img: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, pale
     return np.concatenate(panels, axis=1)
 
 
-def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple[str, ...], path: str | os.PathLike,
-                          excluded: tuple[int, ...] = ()) -> None:
-    """Save a row-normalised confusion matrix (rows ground truth) with class names on both axes."""
+def plot_confusion_matrix(mat: np.ndarray | list, class_names: list[str] | tuple[str, ...],
+                          path: str | os.PathLike | BinaryIO, excluded: tuple[int, ...] = ()) -> None:
+    """Save a row-normalised confusion matrix (rows ground truth) with class names on both axes, as a PNG
+    file or into a binary stream."""
     import matplotlib.pyplot as plt
 
     mat = np.asarray(mat, dtype=np.float64)

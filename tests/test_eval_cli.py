@@ -1,9 +1,12 @@
 """eval/eval.py and deploy/predict.py: outputs, flags, and one-line errors (stub model and dataset stand in)."""
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,10 @@ from PIL import Image
 
 import deploy.predict as predict_cli
 import eval.eval as eval_cli
+import util.io
 from model.convert import LoadedWeights
 from util.catalog import DATASETS
+from util.cli import run_main
 from util.errors import ConfigError, DataError, WeightsError
 from util.io import file_sha256
 
@@ -84,6 +89,29 @@ def test_eval_writes_metrics_table_and_confusion_matrix(tmp_path, stubs, capsys)
     assert "| mIoU |" in (out / "metrics.md").read_text() and "| mIoU |" in capsys.readouterr().out
     with Image.open(out / "confusion_matrix.png") as im:
         assert im.format == "PNG"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_eval_shows_the_scores_before_a_failed_write_and_saves_nothing(tmp_path, stubs, monkeypatch, capsys, code):
+    @contextmanager
+    def failing(targets):
+        raise OSError(code, os.strerror(code))
+        yield  # a generator: what contextmanager takes
+
+    monkeypatch.setattr(util.io, "atomic_paths", failing)
+    cfg = write_config(tmp_path)
+    ckpt = tmp_path / "run" / "best.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt)]))
+    captured = capsys.readouterr()
+    out = tmp_path / "run" / "eval_best_val_original_student"
+    assert info.value.code == 2 and not out.exists()
+    assert "| mIoU |" in captured.out  # what was computed, on screen
+    assert captured.err.endswith(f"error: could not write metrics.json, metrics.md, confusion_matrix.png into {out}: "
+                                 f"{os.strerror(code)}; none of them was written; the scores above are what was "
+                                 f"computed\n")
 
 
 def test_eval_flags_become_config_overrides():
