@@ -11,8 +11,10 @@ as GDAL numbers them) overrides all of that, and is the way to read a 1- or 2-ba
 Scaling (`--scale`). The model takes 8-bit RGB. 8-bit bands are read as they are unless a rule is asked
 for; other types (16-bit, 32-bit, float) are stretched by default (`auto`) from the 2nd to the 98th
 percentile of each band (`percentile`), as GIS viewers show such scenes, from a bounded sample of the
-scene's pixels that hold data. `minmax` takes the sample's extremes, `LOW,HIGH` fixed values for every band,
-`none` the values as they are (clipped to 0-255). The rule and the numbers are in `Scene.tags`.
+scene's pixels that hold data (a grid of windows over the scene; where its data is too small a part of it for
+the grid to find enough, every so many of its pixels holding data, read over the whole scene). `minmax` takes
+the sample's extremes, `LOW,HIGH` fixed values for every band, `none` the values as they are (clipped to
+0-255). The rule and the numbers are in `Scene.tags`.
 
 No data. A TIFF's nodata value or mask band marks no data, as GDAL reads them. A band declared alpha marks no
 data only where the file really means it: when it holds nothing but 0 and its type's maximum (GDAL declares
@@ -55,6 +57,12 @@ ALPHA_WINDOW = 64
 # else a grid of 16 x 16 full-resolution windows of 32 pixels (a few MB read on any scene, spread over it).
 STRETCH_GRID = 16
 STRETCH_WINDOW = 32
+STRETCH_PIXELS = (STRETCH_GRID * STRETCH_WINDOW) ** 2
+# Where those windows hold fewer pixels with data than this (a large scene whose data is a small part of it),
+# the sample is taken from the whole scene instead, read SCAN_PIXELS at a time: a stretch is never computed from
+# a handful of pixels, nor a scene refused while it holds data.
+MIN_STRETCH_PIXELS = 4096
+SCAN_PIXELS = 1 << 20
 DEFAULT_PERCENTILES = (2.0, 98.0)
 
 
@@ -116,7 +124,7 @@ class Stretch:
 
 def choose_stretch(scale: Scale, dtypes: set[str], sample: Callable[[], np.ndarray]) -> Stretch | None:
     """The stretch `scale` asks for bands of `dtypes` (None: read as they are, 8-bit); `sample()` gives the
-    (3, pixels) values that percentile and minmax are computed from, NaN where no data."""
+    (3, pixels) values of pixels holding data that percentile and minmax are computed from."""
     eight_bit = dtypes == {"uint8"}
     if scale.rule in ("auto", "none") and eight_bit:
         return None
@@ -126,9 +134,9 @@ def choose_stretch(scale: Scale, dtypes: set[str], sample: Callable[[], np.ndarr
         return Stretch(f"range {scale.low:g},{scale.high:g}", (scale.low,) * 3, (scale.high,) * 3)
     values = sample()
     if scale.rule == "minmax":
-        return Stretch("minmax", tuple(np.nanmin(values, 1)), tuple(np.nanmax(values, 1)))
+        return Stretch("minmax", tuple(values.min(1)), tuple(values.max(1)))
     low, high = (scale.low, scale.high) if scale.rule == "percentile" else DEFAULT_PERCENTILES
-    lows, highs = np.nanpercentile(values, [low, high], axis=1)
+    lows, highs = np.percentile(values, [low, high], axis=1)
     return Stretch(f"percentile {low:g},{high:g}", tuple(lows), tuple(highs))
 
 
@@ -278,7 +286,7 @@ def stretch_windows(height: int, width: int) -> Iterator[Window]:
     """The windows a stretch is computed from: the whole scene when it is small, else a grid of windows."""
     from rasterio.windows import Window
 
-    if height * width <= (STRETCH_GRID * STRETCH_WINDOW) ** 2:
+    if height * width <= STRETCH_PIXELS:
         return iter([Window(0, 0, width, height)])
     return sample_windows(height, width, STRETCH_GRID, STRETCH_WINDOW)
 
@@ -385,19 +393,48 @@ class RasterScene(Scene):
         return False
 
     def _sample(self) -> np.ndarray:
-        """(3, pixels) float64 values of the bands read, over `stretch_windows`; NaN where no data or not finite."""
-        parts = []
-        for window in stretch_windows(self.height, self.width):
-            values = self.src.read(self.bands, window=window, out_dtype="float64").reshape(3, -1)
-            valid = self._valid(window)
-            if valid is not None:
-                values[:, ~valid.ravel()] = np.nan
-            parts.append(values)
-        values = np.concatenate(parts, axis=1)
-        values[~np.isfinite(values)] = np.nan
-        if np.isnan(values).all(axis=1).any():
+        """(3, pixels) float64 values of the bands read that hold data, over `stretch_windows`; where those find
+        fewer than MIN_STRETCH_PIXELS (a large scene whose data covers a small part of it), over the whole
+        scene (`_scan_sample`). A DataError only where no pixel of the scene holds data."""
+        windows = list(stretch_windows(self.height, self.width))
+        values = np.concatenate([self._data_values(w) for w in windows], axis=1)
+        if values.shape[1] < MIN_STRETCH_PIXELS and len(windows) > 1:
+            found = values.shape[1]
+            values = self._scan_sample()
+            self.notes.append(f"the stretch's sample grid found {found:,} pixels holding data: the stretch was "
+                              f"taken from {values.shape[1]:,} read over the whole scene")
+        if not values.shape[1]:
             raise DataError(f"{self.path}: no pixel holding data to stretch its {self.dtypes} values by; give "
                             f"the range with --scale LOW,HIGH")
+        return values
+
+    def _data_values(self, window: Window) -> np.ndarray:
+        """(3, pixels) float64 values of `window`'s pixels that hold data (all three bands finite)."""
+        values = self.src.read(self.bands, window=window, out_dtype="float64").reshape(3, -1)
+        keep = np.isfinite(values).all(axis=0)
+        valid = self._valid(window)
+        if valid is not None:
+            keep &= valid.ravel()
+        return values[:, keep]
+
+    def _scan_sample(self) -> np.ndarray:
+        """Every step-th pixel holding data over the whole scene, read by bands of rows, the step doubling as
+        needed to keep at most STRETCH_PIXELS of them: (3, pixels) float64."""
+        from rasterio.windows import Window
+
+        rows = max(1, SCAN_PIXELS // self.width)
+        values, order = np.empty((3, 0)), np.empty(0, np.int64)
+        step, seen = 1, 0
+        for top in range(0, self.height, rows):
+            found = self._data_values(Window(0, top, self.width, min(rows, self.height - top)))
+            index = np.arange(seen, seen + found.shape[1])
+            seen += found.shape[1]
+            pick = index % step == 0
+            values, order = np.concatenate([values, found[:, pick]], axis=1), np.concatenate([order, index[pick]])
+            while values.shape[1] > STRETCH_PIXELS:
+                step *= 2
+                pick = order % step == 0
+                values, order = values[:, pick], order[pick]
         return values
 
     def read(self, top: int, bottom: int) -> torch.Tensor:

@@ -15,8 +15,9 @@ import rasterio
 from PIL import Image
 
 import deploy.predict as predict_cli
-from deploy.scenes import STRETCH_GRID, STRETCH_WINDOW, stretch_windows
+from deploy.scenes import STRETCH_GRID, STRETCH_WINDOW, Reading, Scale, open_scene, stretch_windows
 from tests.test_predict_geo import CRS, TRANSFORM, expected_mask, run, scene_pixels, tiny_model, write_config
+from util.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 H, W, BORDER = 80, 100, 6
@@ -157,6 +158,42 @@ def test_the_stretch_of_a_large_scene_is_computed_from_a_bounded_sample():
     assert {(w.row_off, w.col_off) for w in windows} >= {(0, 0), (20_000 - STRETCH_WINDOW, 30_000 - STRETCH_WINDOW)}
     [whole] = stretch_windows(H, W)
     assert (whole.height, whole.width) == (H, W)
+
+
+def test_a_large_scene_whose_data_the_sample_grid_misses_is_stretched_from_its_data(tmp_path):
+    # 600 x 600 pixels of no data (0) but for a 4 x 5 block in a gap between the grid's windows (rows 32-36): the
+    # grid finds no pixel holding data, the whole scene is read for it.
+    data = np.zeros((3, 600, 600), np.uint16)
+    block = np.arange(1000, 1020, dtype=np.uint16).reshape(4, 5)
+    data[:, 33:37, 300:305] = block
+    path = write_tif(tmp_path / "mostly_empty.tif", data, nodata=0)
+    assert not any(w.row_off <= 33 < w.row_off + w.height for w in stretch_windows(600, 600))
+    scene = open_scene(path, Reading())
+    try:
+        assert scene.stretch is not None
+        assert scene.stretch.low == pytest.approx((np.percentile(block, 2),) * 3)
+        assert scene.stretch.high == pytest.approx((np.percentile(block, 98),) * 3)
+        assert "the stretch's sample grid found 0 pixels holding data" in scene.note()
+    finally:
+        scene.close()
+
+
+def test_the_whole_scene_sample_keeps_every_step_th_pixel_with_data_within_the_bound(tmp_path, monkeypatch):
+    data = np.zeros((3, 600, 600), np.uint16)
+    data[:, 33:37, 300:305] = np.arange(1000, 1020, dtype=np.uint16).reshape(4, 5)
+    path = write_tif(tmp_path / "mostly_empty.tif", data, nodata=0)
+    monkeypatch.setattr("deploy.scenes.STRETCH_PIXELS", 8)  # 20 pixels hold data: every 4th is kept
+    scene = open_scene(path, Reading(scale=Scale("minmax")))
+    try:
+        assert (scene.stretch.low, scene.stretch.high) == ((1000.0,) * 3, (1016.0,) * 3)
+    finally:
+        scene.close()
+
+
+def test_a_scene_without_any_data_is_refused_by_its_stretch_in_one_line(tmp_path):
+    path = write_tif(tmp_path / "empty.tif", np.zeros((3, 600, 600), np.uint16), nodata=0)
+    with pytest.raises(DataError, match="no pixel holding data to stretch"):
+        open_scene(path, Reading())
 
 
 # ----------------------------------------------------------------------------------------------------------
