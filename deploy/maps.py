@@ -34,6 +34,18 @@ COG_RESAMPLING = {"mask": "NEAREST", "color": "NEAREST", "overlay": "AVERAGE"}
 COG_PREDICTOR = {"mask": "NO", "color": "YES", "overlay": "YES"}
 # The COG driver builds overviews in `<its output>.ovr.tmp` beside it, deleted when done: a kill leaves one.
 GDAL_OVERVIEW_SUFFIX = ".ovr.tmp"
+# No data (class 255) has a rendering of its own, never a class's colour (DeepGlobe's "unknown" is black). The
+# colour map paints it grey, in a value no class colour has in any band (`nodata_grey`), and declares that value
+# its nodata value: a GIS shows it transparent, and no class colour is taken for it. The overlay's pixels are the
+# image's, of any value, so no value can mark no data there without hiding data: it carries an alpha band, 0
+# where no data. PNGs, which have no nodata value, carry an alpha channel (colour map and overlay).
+PREFERRED_GREY = 128
+
+
+def nodata_grey(palette: tuple[tuple[int, int, int], ...]) -> int:
+    """The grey value nearest PREFERRED_GREY that no colour of `palette` has in any band (127 for LoveDA's)."""
+    used = {value for rgb in palette for value in rgb}
+    return min((v for v in range(1, 255) if v not in used), key=lambda v: (abs(v - PREFERRED_GREY), v))
 
 
 def legend_png(names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> bytes:
@@ -62,6 +74,10 @@ class Style:
     legend: bytes
     cog: bool  # GeoTIFFs cloud-optimised (--no-cog: plain tiled GeoTIFFs)
 
+    @property
+    def nodata_grey(self) -> int:
+        return nodata_grey(self.palette)
+
 
 class Outputs:
     """Receives a scene's class indices band of rows by band of rows, in order; `commit` makes the files
@@ -82,6 +98,17 @@ class Outputs:
     def abort(self) -> None:
         """Remove what a failed scene started."""
 
+    def pictures(self, labels: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The colour map and the overlay (H, W, 3) of class indices `labels` over the image `rgb` (H, W, 3), and
+        where the scene can have no data, its alpha (H, W): 0 where no data (painted `nodata_grey`), else 255."""
+        color = colorize(labels, self.style.palette)
+        alpha = None
+        if self.scene.validity_source:
+            nodata = labels == IGNORE_INDEX
+            color[nodata] = self.style.nodata_grey
+            alpha = np.where(nodata, 0, 255).astype(np.uint8)
+        return color, overlay(rgb, color, self.style.alpha), alpha
+
     def _legend(self) -> Path:
         path = self.out / f"{self.stem}_legend.png"
         write_bytes(path, self.style.legend)
@@ -99,22 +126,25 @@ class PngOutputs(Outputs):
         self.mask[top:top + len(labels)] = labels
 
     def commit(self) -> list[Path]:
-        color = colorize(self.mask, self.style.palette)
         rgb = self.scene.read(0, self.scene.height).permute(1, 2, 0).numpy()
+        color, blend, alpha = self.pictures(self.mask, rgb)
+        if alpha is not None:
+            color, blend = np.dstack([color, alpha]), np.dstack([blend, alpha])
         # Created only once there is something to put in it: a failure on the first image leaves nothing.
         self.out.mkdir(parents=True, exist_ok=True)
         paths = [self.out / f"{self.stem}_{kind}.png" for kind in PICTURES]
         tags = {**self.style.tags, **self.scene.tags()}  # the GeoTIFFs' tags, as PNG text
         save_png(self.mask, paths[0], tags)
         save_png(color, paths[1], tags)
-        save_png(overlay(rgb, color, self.style.alpha), paths[2], tags)
+        save_png(blend, paths[2], tags)
         return paths + [self._legend()]
 
 
 class GeoTiffOutputs(Outputs):
     """Georeferenced GeoTIFFs written by rows of 256 x 256 tiles as bands of rows arrive: <stem>_mask.tif
-    (uint8 class indices, colour table, nodata 255 where the input has no data), <stem>_color.tif and
-    <stem>_overlay.tif (RGB); the input's CRS, transform (or GCPs, RPCs) and size; deflate; class tags and
+    (uint8 class indices, colour table, nodata 255 where the input has no data), <stem>_color.tif (RGB; no
+    data grey, its nodata value) and <stem>_overlay.tif (RGB, and an alpha band where the input has no data);
+    the input's CRS, transform (or GCPs, RPCs) and size; deflate; class tags and
     the scene's (which bands were read as RGB, how they were scaled, what marked no data). Once complete, each
     is copied as a COG (`make_cog`) unless the style says not to."""
 
@@ -151,16 +181,20 @@ class GeoTiffOutputs(Outputs):
             base.update(crs=src.crs, transform=src.transform)
         with warnings.catch_warnings():  # an input georeferenced by GCPs alone has no transform
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            nodata = IGNORE_INDEX if self.scene.validity_source else None
-            self.ds["mask"] = rasterio.open(self.tiled["mask"], "w", count=1, nodata=nodata, **base)
-            for kind in ("color", "overlay"):
-                self.ds[kind] = rasterio.open(self.tiled[kind], "w", count=3, photometric="RGB", predictor=2, **base)
+            holes = self.scene.validity_source is not None
+            self.ds["mask"] = rasterio.open(self.tiled["mask"], "w", count=1, nodata=IGNORE_INDEX if holes else None,
+                                            **base)
+            self.ds["color"] = rasterio.open(self.tiled["color"], "w", count=3, photometric="RGB", predictor=2,
+                                             nodata=self.style.nodata_grey if holes else None, **base)
+            alpha = {"count": 4, "ALPHA": "YES"} if holes else {"count": 3}
+            self.ds["overlay"] = rasterio.open(self.tiled["overlay"], "w", photometric="RGB", predictor=2, **alpha,
+                                               **base)
         colormap = {c: (0, 0, 0, 0) for c in range(256)}
         colormap.update({c: (*rgb, 255) for c, rgb in enumerate(self.style.palette)})
         self.ds["mask"].write_colormap(1, colormap)
         self.ds["mask"].set_band_description(1, "class")
         for kind in ("color", "overlay"):
-            for band, name in enumerate(("red", "green", "blue"), 1):
+            for band, name in enumerate(("red", "green", "blue", "alpha")[:self.ds[kind].count], 1):
                 self.ds[kind].set_band_description(band, name)
         for ds in self.ds.values():
             if src.transform.is_identity and src.gcps[0]:
@@ -189,11 +223,12 @@ class GeoTiffOutputs(Outputs):
         rgb = self.scene.read(top, top + rows).numpy()
         for x0 in range(0, width, COLUMNS):
             x1 = min(x0 + COLUMNS, width)
-            color = colorize(labels[:, x0:x1], self.style.palette)
-            blend = overlay(rgb[:, :, x0:x1].transpose(1, 2, 0), color, self.style.alpha)
+            color, blend, alpha = self.pictures(labels[:, x0:x1], rgb[:, :, x0:x1].transpose(1, 2, 0))
             window = Window(x0, top, x1 - x0, rows)
             self.ds["color"].write(color.transpose(2, 0, 1), window=window)
-            self.ds["overlay"].write(blend.transpose(2, 0, 1), window=window)
+            self.ds["overlay"].write(blend.transpose(2, 0, 1), indexes=[1, 2, 3], window=window)
+            if alpha is not None:
+                self.ds["overlay"].write(alpha, 4, window=window)
         self.written += rows
 
     def commit(self) -> list[Path]:

@@ -24,8 +24,9 @@ refused; --bands R,G,B (1-based) chooses them instead, whatever they declare. 8-
 are; 16-bit, 32-bit and float bands are stretched to 0-255 from each band's 2nd to 98th percentile, taken
 from a bounded sample of the pixels holding data (--scale chooses another rule). No data (class 255, the
 mask's nodata) is where a nodata value, a mask band, or an alpha band or PNG alpha of only 0 and the maximum
-says; a band declared alpha that holds other values is data, with a note. Outputs are written by
-deploy/maps.py; temporary files that killed runs left in --out are removed.
+says; a band declared alpha that holds other values is data, with a note. No data has a rendering of its own:
+grey in the colour map (a value no class colour has, its nodata value), an alpha of 0 in the overlay and in PNGs.
+Outputs are written by deploy/maps.py; temporary files that killed runs left in --out are removed.
 
 Settings: window, stride, batch size and weights come from the config's eval section (flags override).
 Mode and blend are predict's own unless the command line gives them (--mode/--blend, or eval.mode=/
@@ -57,7 +58,7 @@ from tqdm import tqdm
 import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.transforms import normalize
 from deploy.inputs import collect_inputs
-from deploy.maps import Outputs, Style, legend_png, open_outputs
+from deploy.maps import Outputs, Style, legend_png, nodata_grey, open_outputs
 from deploy.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
@@ -148,7 +149,8 @@ def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[st
     tags = {"CLASS_NAMES": ",".join(info.class_names),
             **{f"CLASS_{c}": name for c, name in enumerate(info.class_names)},
             "CLASS_COLORS": ";".join(",".join(map(str, rgb)) for rgb in info.palette),
-            "NODATA_CLASS": str(IGNORE_INDEX), "DATASET": info.name, **provenance,
+            "NODATA_CLASS": str(IGNORE_INDEX), "NODATA_COLOR": ",".join([str(nodata_grey(info.palette))] * 3),
+            "DATASET": info.name, **provenance,
             "MODE": settings.mode, "BLEND": settings.blend if settings.mode == "sliding_window" else "",
             "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
             "TIFFTAG_SOFTWARE": "RS-MTDF deploy/predict.py"}

@@ -171,19 +171,43 @@ def test_a_map_says_which_checkpoint_made_it_as_eval_does(tmp_path, monkeypatch,
             assert png.text["CLASS_NAMES"] == tags["CLASS_NAMES"]
 
 
-def test_nodata_of_the_input_is_class_255_and_nodata_of_the_mask(tmp_path, stub, capfd):
+@pytest.mark.parametrize("dataset", ["loveda", "deepglobe"])  # DeepGlobe's "unknown" class is black
+def test_nodata_of_the_input_is_class_255_and_has_a_rendering_of_its_own_in_every_output(tmp_path, stub, capfd,
+                                                                                          dataset):
     path = tmp_path / "scene.tif"
     data = write_geotiff(path, 80, 90, nodata=0)
     data[:, :30, :40] = 0  # a no-data corner, as an orthophoto's collar
     with rasterio.open(path, "r+") as dst:
         dst.write(data)
+    nodata = np.zeros((80, 90), bool)
+    nodata[:30, :40] = True
+    Image.fromarray(data.transpose(1, 2, 0)).save(tmp_path / "plain.png")
+    rgba = np.dstack([data.transpose(1, 2, 0), np.where(nodata, 0, 255).astype(np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "cut.png")  # the same no data as a PNG alpha
     code, _, _ = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(path),
-                      "--out", str(tmp_path / "pred")], capfd)
+                      str(tmp_path / "cut.png"), str(tmp_path / "plain.png"), "--out", str(tmp_path / "pred"),
+                      f"dataset.name={dataset}"], capfd)
     assert code == 0
+    palette = DATASETS[dataset].palette
+    grey = {"loveda": 127, "deepglobe": 128}[dataset]  # the grey nearest 128 that no class colour has in any band
+    assert all(grey not in rgb for rgb in palette)
     with rasterio.open(tmp_path / "pred" / "scene_mask.tif") as ds:
         mask = ds.read(1)
-        assert ds.nodata == 255
-    assert (mask[:30, :40] == 255).all() and (mask[30:] < 7).all() and (mask[:, 40:] < 7).all()
+        assert ds.nodata == 255 and ds.tags()["NODATA_COLOR"] == f"{grey},{grey},{grey}"
+    assert ((mask == 255) == nodata).all()
+    with rasterio.open(tmp_path / "pred" / "scene_color.tif") as ds:
+        color = ds.read()
+        assert ds.nodata == grey  # declared: a GIS shows it transparent
+        assert ((color == grey).any(axis=0) == nodata).all()  # only no data has the value, in any band
+        assert (ds.dataset_mask() == np.where(nodata, 0, 255)).all()
+    with rasterio.open(tmp_path / "pred" / "scene_overlay.tif") as ds:
+        assert ds.count == 4 and ds.colorinterp[3].name == "alpha"
+        assert (ds.read(4) == np.where(nodata, 0, 255)).all() and (ds.dataset_mask() == ds.read(4)).all()
+    for kind in ("color", "overlay"):  # PNGs have no nodata value: an alpha channel
+        with Image.open(tmp_path / "pred" / f"cut_{kind}.png") as im:
+            assert im.mode == "RGBA" and (np.asarray(im)[..., 3] == np.where(nodata, 0, 255)).all()
+    with Image.open(tmp_path / "pred" / "plain_color.png") as im:
+        assert im.mode == "RGB"  # a scene without no data: no alpha
 
 
 def test_gcps_of_an_input_without_geotransform_are_kept(tmp_path, stub, capfd):
