@@ -75,6 +75,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 # written; a row of tiles of the input (read by several rows of windows) and of each output is what helps.
 GDAL_CACHE_MB = 64
 PREDICT_MODE, PREDICT_BLEND = "sliding_window", "gaussian"
+# A scene whose pixels are more than this many times larger or smaller on the ground than the model's gets a note.
+RESOLUTION_TOLERANCE = 1.5
 SCALE_CHOICES = "auto, percentile, percentile:LOW,HIGH, minmax, none, or LOW,HIGH (e.g. 0,10000)"
 
 
@@ -157,6 +159,23 @@ def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[st
     return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette), cog)
 
 
+def resolution_note(scene: Scene, cfg: Config) -> str:
+    """One note where the scene's pixels are more than RESOLUTION_TOLERANCE times larger or smaller on the ground
+    than the model's (its dataset's, util/catalog.py), else ''."""
+    model_cm = DATASETS[cfg.dataset.name].resolution_cm
+    scene_m = scene.metres_per_pixel()
+    if model_cm is None or scene_m is None:
+        return ""
+    model_m = model_cm / 100
+    ratio = scene_m / model_m
+    if 1 / RESOLUTION_TOLERANCE <= ratio <= RESOLUTION_TOLERANCE:
+        return ""
+    how = f"{ratio:.1f} times coarser" if ratio > 1 else f"{1 / ratio:.1f} times finer"
+    return (f"note: {scene.path}: {scene_m:.3g} m per pixel, {how} than the model's {model_m:g} m "
+            f"({cfg.dataset.name}); objects look another size than the model learned them: resample the scene to "
+            f"{model_m:g} m first (e.g. gdalwarp -tr {model_m:g} {model_m:g} -r bilinear IN.tif OUT.tif)")
+
+
 def remove_leftovers(out: Path) -> None:
     """Delete the temporary files that killed runs left in `out` (those of running writers stay), with a note."""
     removed = remove_stale_temporaries(out)
@@ -186,8 +205,9 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
             outputs: Outputs | None = None
             try:
                 scene = open_scene(path, reading)
-                if scene.notes:
-                    tqdm.write(scene.note(), file=sys.stderr)
+                for note in (scene.note(), resolution_note(scene, cfg)):
+                    if note:
+                        tqdm.write(note, file=sys.stderr)
                 outputs = open_outputs(out, scene, style)
                 predict_scene(model, scene, outputs, settings, device, amp_dtype, bar)
                 outputs.commit()

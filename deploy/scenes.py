@@ -170,6 +170,10 @@ class Scene:
         """Rows [top, bottom) of the data mask (False: no data), or None when every pixel holds data."""
         return None
 
+    def metres_per_pixel(self) -> float | None:
+        """The ground size of a pixel in metres where the scene's georeference gives it, else None."""
+        return None
+
     def note(self) -> str:
         """The one line that tells how the scene was read where that needs saying, else ''."""
         return f"note: {self.path}: {'; '.join(self.notes)}" if self.notes else ""
@@ -462,6 +466,21 @@ class RasterScene(Scene):
         if self.float_bands:
             valid &= np.isfinite(self.src.read(self.bands, window=window)).all(axis=0)
         return valid
+
+    def metres_per_pixel(self) -> float | None:
+        """The mean of a pixel's width and height in metres, where a geotransform places the scene in a projected
+        CRS (None in a geographic one: degrees are no fixed ground size, nor are GCPs or RPCs)."""
+        from rasterio.errors import CRSError
+
+        crs = self.src.crs
+        if crs is None or not crs.is_projected or self.src.transform.is_identity:
+            return None
+        try:
+            _, factor = crs.linear_units_factor
+        except CRSError:
+            return None
+        width, height = self.src.res
+        return (width + height) / 2 * factor
 
     def close(self) -> None:
         self.src.close()

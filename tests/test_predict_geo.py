@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOVEDA = DATASETS["loveda"]
 PALETTE = np.array(LOVEDA.palette, dtype=np.uint8)
 CRS = "EPSG:32633"  # UTM 33N: a projected CRS
-TRANSFORM = Affine(0.5, 0.0, 389_000.0, 0.0, -0.5, 5_819_000.0)  # 0.5 m pixels, north up
+TRANSFORM = Affine(0.3, 0.0, 389_000.0, 0.0, -0.3, 5_819_000.0)  # 0.3 m pixels (LoveDA's), north up
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -208,6 +208,28 @@ def test_nodata_of_the_input_is_class_255_and_has_a_rendering_of_its_own_in_ever
             assert im.mode == "RGBA" and (np.asarray(im)[..., 3] == np.where(nodata, 0, 255)).all()
     with Image.open(tmp_path / "pred" / "plain_color.png") as im:
         assert im.mode == "RGB"  # a scene without no data: no alpha
+
+
+@pytest.mark.parametrize(("metres", "crs", "noted"), [
+    (0.3, CRS, None), (0.44, CRS, None), (0.21, CRS, None),        # within 1.5 times LoveDA's 0.3 m: nothing said
+    (2.0, CRS, "2 m per pixel, 6.7 times coarser than the model's 0.3 m (loveda)"),
+    (0.05, CRS, "0.05 m per pixel, 6.0 times finer than the model's 0.3 m (loveda)"),
+    (0.3 / 0.3048, "EPSG:2263", None),                              # US survey feet: 0.3 m, converted
+    (6.0 / 0.3048, "EPSG:2263", "6 m per pixel, 20.0 times coarser"),
+    (0.00001, "EPSG:4326", None),                                   # degrees: no fixed ground size
+])
+def test_a_scene_far_from_the_models_resolution_gets_a_note_not_an_error(tmp_path, stub, capfd, metres, crs, noted):
+    path = tmp_path / "scene.tif"
+    write_geotiff(path, 40, 50, crs=crs, transform=Affine(metres, 0.0, 1000.0, 0.0, -metres, 2000.0))
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(path),
+                        "--out", str(tmp_path / "pred")], capfd)
+    assert code == 0 and (tmp_path / "pred" / "scene_mask.tif").is_file()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if "m per pixel" in line]
+    if noted is None:
+        assert lines == []
+    else:
+        [line] = lines
+        assert line.startswith(f"note: {path}: ") and noted in line and "resample" in line
 
 
 def test_gcps_of_an_input_without_geotransform_are_kept(tmp_path, stub, capfd):
