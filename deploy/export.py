@@ -46,7 +46,7 @@ from util.catalog import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from util.cli import add_config_args, config_from_args, path_arg, run_main
 from util.config import Config
 from util.errors import ConfigError, OutputError, UserError
-from util.io import atomic_path, check_output_folder, file_sha256, is_temporary
+from util.io import atomic_path, check_name_lengths, check_output_folder, file_sha256, is_temporary
 
 if TYPE_CHECKING:
     import onnx
@@ -252,7 +252,9 @@ def require_exporter() -> None:
 
 
 def check_out(out: Path) -> None:
-    """--out must name a .onnx file in a folder that exists or can be made and is writable; checked before work."""
+    """--out must name a .onnx file in a folder that exists or can be made and is writable, in names the file
+    system allows; checked before work."""
+    check_name_lengths(out, "--out", file=True)
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; name the file to write, e.g. {out / 'model.onnx'}")
     if out.suffix.lower() != ".onnx":

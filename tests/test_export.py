@@ -286,11 +286,12 @@ def test_an_out_that_cannot_be_the_file_is_one_line_before_the_model_loads(tmp_p
     ckpt.write_bytes(b"not read")
     (tmp_path / "folder").mkdir()
     (tmp_path / "file.txt").write_text("x")
-    for out, needles in ((tmp_path / "folder", ["--out", "is a folder"]),
-                         (tmp_path / "file.txt" / "m.onnx", ["is a file, not a folder"]),
-                         (tmp_path / "model.pth", ["*.onnx"])):
-        refused(export_argv(ckpt, out), tmp_path, capfd, [str(out.parent if out.suffix == ".onnx" else out),
-                                                            *needles])
+    for out, needles in ((tmp_path / "folder", ["--out", "is a folder", str(tmp_path / "folder")]),
+                         (tmp_path / "file.txt" / "m.onnx", ["is a file, not a folder", str(tmp_path / "file.txt")]),
+                         (tmp_path / "model.pth", ["*.onnx", str(tmp_path / "model.pth")]),
+                         (tmp_path / ("m" * 250 + ".onnx"), ["--out", "255 bytes", "file system allows"]),
+                         (tmp_path / ("d" * 256) / "m.onnx", ["--out", "256 bytes", "file system allows"])):
+        refused(export_argv(ckpt, out), tmp_path, capfd, needles)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
