@@ -58,7 +58,7 @@ from tqdm import tqdm
 import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.transforms import normalize
 from deploy.inputs import collect_inputs
-from deploy.maps import Outputs, Style, legend_png, nodata_grey, open_outputs
+from deploy.maps import GDAL_OVERVIEW_SUFFIX, Outputs, Style, legend_png, nodata_grey, open_outputs
 from deploy.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
@@ -66,8 +66,8 @@ from model.convert import LoadedWeights
 from util.catalog import DATASETS, IGNORE_INDEX
 from util.cli import add_config_args, config_from_args, run_main, user_path
 from util.config import Config
-from util.errors import ConfigError, DataError, UserError, short_reason
-from util.io import check_output_folder, file_sha256, remove_stale_temporaries
+from util.errors import ConfigError, DataError, OutputError, UserError, short_reason
+from util.io import check_name_lengths, check_output_folder, file_sha256, remove_stale_temporaries
 from util.precision import autocast_dtype
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -236,6 +236,17 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
 # Command line
 
 
+def check_output_names(out: Path, scene: Path) -> None:
+    """Refuse, before any work, a scene whose outputs' names would be longer than the file system allows: the
+    longest is GDAL's overview file beside the overlay's temporary COG (`.<stem>_overlay.tif.<pid>.tmp.ovr.tmp`)."""
+    try:
+        check_name_lengths(out / f"{scene.stem}_overlay.tif{GDAL_OVERVIEW_SUFFIX}", str(scene), file=True)
+    except OutputError:
+        raise OutputError(f"{scene}: its name is too long for its outputs' names in --out ({scene.stem}_overlay.tif "
+                          f"and the temporary files written first) on this file system; give the scene a shorter "
+                          f"name or link to it under one") from None
+
+
 def parse_bands(text: str) -> tuple[int, int, int]:
     """`--bands R,G,B` as three 1-based band numbers; a ConfigError for anything else."""
     parts = [part.strip() for part in text.split(",")]
@@ -338,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     paths = collect_inputs(inputs, out)
     check_output_folder(out, "--out")
+    for path in paths:
+        check_output_names(out, path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
     failures = predict_files(model, paths, out, cfg, device, settings, args.alpha,

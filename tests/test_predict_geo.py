@@ -488,6 +488,19 @@ def test_out_must_be_a_writable_folder_before_anything_runs(tmp_path, monkeypatc
         assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
+def test_a_scene_named_too_long_for_its_outputs_is_refused_before_anything_runs(tmp_path, monkeypatch, capfd):
+    def no_model(*args):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(predict_cli, "load_model", no_model)
+    scene = tmp_path / ("s" * 236 + ".tif")  # a legal name; <stem>_overlay.tif and its temporaries are not
+    write_geotiff(scene, 20, 20)
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(scene),
+                        "--out", str(tmp_path / "pred")], capfd)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {scene}: its name is too long"), err
+    assert not (tmp_path / "pred").exists()
+
+
 def test_inputs_from_list_files(tmp_path, stub, capfd):
     write_geotiff(tmp_path / "s" / "one.tif", 30, 30)
     write_geotiff(tmp_path / "s" / "two.tif", 30, 30)
