@@ -1,10 +1,10 @@
 """Predict's outputs: per scene the class mask, its colours in the dataset palette, the palette over the image
 and a legend, as PNGs or, for a georeferenced input, as cloud-optimised GeoTIFFs a GIS opens in place.
 
-Files appear under their names only once complete: PNGs are written whole (util.io.save_png), GeoTIFFs by rows
-of tiles into temporary files (util.io.temporary_path), made cloud-optimised by a copy through GDAL's COG
-driver (overviews and layout are GDAL's) and renamed over their names by `commit`; `abort` removes whatever a
-failed scene started.
+Files appear under their names only once complete: a scene's PNGs are written whole and together
+(util.io.write_files), GeoTIFFs by rows of tiles into temporary files (util.io.temporary_path), made
+cloud-optimised by a copy through GDAL's COG driver (overviews and layout are GDAL's) and renamed over their
+names by `commit`; `abort` removes whatever a failed scene started.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from deploy.scenes import RasterScene, Scene
 from eval.visualize import colorize, overlay
 from util.catalog import IGNORE_INDEX
-from util.io import commit, save_png, temporary_path, write_bytes
+from util.io import commit, png_bytes, temporary_path, write_bytes, write_files
 
 # GeoTIFF outputs: 256 x 256 tiles, written a full row of tiles at a time (each tile once, complete); the
 # colour and overlay of a row of tiles are computed COLUMNS pixels at a time.
@@ -130,14 +130,12 @@ class PngOutputs(Outputs):
         color, blend, alpha = self.pictures(self.mask, rgb)
         if alpha is not None:
             color, blend = np.dstack([color, alpha]), np.dstack([blend, alpha])
-        # Created only once there is something to put in it: a failure on the first image leaves nothing.
-        self.out.mkdir(parents=True, exist_ok=True)
-        paths = [self.out / f"{self.stem}_{kind}.png" for kind in PICTURES]
         tags = {**self.style.tags, **self.scene.tags()}  # the GeoTIFFs' tags, as PNG text
-        save_png(self.mask, paths[0], tags)
-        save_png(color, paths[1], tags)
-        save_png(blend, paths[2], tags)
-        return paths + [self._legend()]
+        # All four or none (the folder is made with them): a failure on the first image leaves nothing.
+        return write_files(self.out, {f"{self.stem}_mask.png": png_bytes(self.mask, tags),
+                                      f"{self.stem}_color.png": png_bytes(color, tags),
+                                      f"{self.stem}_overlay.png": png_bytes(blend, tags),
+                                      f"{self.stem}_legend.png": self.style.legend})
 
 
 class GeoTiffOutputs(Outputs):
@@ -242,8 +240,9 @@ class GeoTiffOutputs(Outputs):
             for kind in PICTURES:
                 make_cog(self.tiled[kind], self.tmp[kind], kind)
                 self.tiled[kind].unlink()
+        legend = self._legend()  # before the maps appear: a scene's maps are never there without it
         commit(list(self.tmp.values()), list(self.final.values()))
-        return list(self.final.values()) + [self._legend()]
+        return list(self.final.values()) + [legend]
 
     def abort(self) -> None:
         for ds in self.ds.values():

@@ -48,10 +48,13 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import errno
 import math
+import os
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -75,6 +78,8 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 # written; a row of tiles of the input (read by several rows of windows) and of each output is what helps.
 GDAL_CACHE_MB = 64
 PREDICT_MODE, PREDICT_BLEND = "sliding_window", "gaussian"
+# Errors that mean --out takes nothing more: the run stops rather than failing every scene after.
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # A scene whose pixels are more than this many times larger or smaller on the ground than the model's gets a note.
 RESOLUTION_TOLERANCE = 1.5
 SCALE_CHOICES = "auto, percentile, percentile:LOW,HIGH, minmax, none, or LOW,HIGH (e.g. 0,10000)"
@@ -112,8 +117,9 @@ def planned_windows(path: Path, settings: Settings) -> int:
 
 
 def predict_scene(model: Model, scene: Scene, outputs: Outputs, settings: Settings, device: torch.device,
-                  amp_dtype: torch.dtype | None, bar: tqdm) -> None:
-    """Run the model over `scene` and hand its class indices to `outputs`, band of rows by band of rows."""
+                  amp_dtype: torch.dtype | None, bar: tqdm) -> np.ndarray:
+    """Run the model over `scene` and hand its class indices to `outputs`, band of rows by band of rows; returns
+    how many pixels each class index got (256 counts, no data at IGNORE_INDEX)."""
     if settings.mode == "original":
         img = normalize(scene.read(0, scene.height).to(device).unsqueeze(0))
         bands = iter([(0, predict_logits(model, img, "original", amp_dtype=amp_dtype)[0])])
@@ -122,12 +128,40 @@ def predict_scene(model: Model, scene: Scene, outputs: Outputs, settings: Settin
         bands = predict_rows(model, scene.read, scene.height, scene.width, settings.window, settings.stride,
                              settings.batch_size, settings.blend, amp_dtype, device, transform=normalize,
                              progress=bar.update)
+    counts = np.zeros(256, np.int64)
     for top, probs in bands:
         labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
         valid = scene.valid(top, top + labels.shape[0])
         if valid is not None:
             labels[~valid] = IGNORE_INDEX
+        counts += np.bincount(labels.ravel(), minlength=256)
         outputs.write(top, labels)
+    return counts
+
+
+def class_shares(path: Path, counts: np.ndarray, names: tuple[str, ...]) -> str:
+    """One line of what a scene's map holds: its pixels and each class's share of them, no data apart."""
+    total = int(counts.sum())
+    shares = [f"{name} {100 * counts[c] / total:.1f} %" for c, name in enumerate(names) if counts[c]]
+    nodata = f"; no data {100 * counts[IGNORE_INDEX] / total:.1f} %" if counts[IGNORE_INDEX] else ""
+    return f"{path.name}: {total:,} px: {', '.join(shares) or 'no class'}{nodata}"
+
+
+def unwritable(error: BaseException) -> str | None:
+    """Why --out takes nothing more (a full disk, a quota, a read-only folder; a write GDAL could not make),
+    where `error` says so, else None: the run then stops instead of failing every scene after."""
+    from rasterio.errors import RasterioIOError
+
+    if isinstance(error, OSError) and error.errno in UNWRITABLE:
+        return os.strerror(error.errno)
+    texts = [str(error), str(error.__cause__ or "")]
+    known = next((os.strerror(code) for code in UNWRITABLE if any(os.strerror(code) in t for t in texts)), None)
+    if known:
+        return known
+    if isinstance(error, RasterioIOError) and "Write failed" in texts[0]:
+        # libtiff says why (a full disk, a quota) on stderr only; GDAL's exception names the failed write.
+        return f"GDAL could not write ({short_reason(error.__cause__ or error)}: a full disk or a quota?)"
+    return None
 
 
 def provenance_tags(checkpoint: str | Path, loaded: LoadedWeights) -> dict[str, str]:
@@ -157,6 +191,16 @@ def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[st
             "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
             "TIFFTAG_SOFTWARE": "RS-MTDF deploy/predict.py"}
     return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette), cog)
+
+
+def stopped(path: Path, out: Path, reason: str, written: list[Path], failures: list[str], total: int) -> str:
+    """The one line of a run stopped by --out taking nothing more: what was saved and what was not."""
+    saved = f"{len(written)} scene(s) written before it" + (f" (the last {written[-1].name})" if written else "")
+    failed = f", {len(failures)} failed earlier" if failures else ""
+    rest = total - len(written) - len(failures)
+    which = path.name if rest == 1 else f"{path.name} and the {rest - 1} after it"
+    return (f"could not write the maps of {path} into {out}: {reason}; stopped: {saved}{failed}, {rest} not written "
+            f"({which})")
 
 
 def resolution_note(scene: Scene, cfg: Config) -> str:
@@ -196,6 +240,7 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
     remove_leftovers(out)
     plan = [planned_windows(p, settings) for p in paths]
     failures: list[str] = []
+    written: list[Path] = []
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20), \
             tqdm(total=sum(plan), desc="predict", unit="win", dynamic_ncols=True) as bar:
         for path, planned in zip(paths, plan):
@@ -209,13 +254,19 @@ def predict_files(model: Model, paths: list[Path], out: Path, cfg: Config, devic
                     if note:
                         tqdm.write(note, file=sys.stderr)
                 outputs = open_outputs(out, scene, style)
-                predict_scene(model, scene, outputs, settings, device, amp_dtype, bar)
+                counts = predict_scene(model, scene, outputs, settings, device, amp_dtype, bar)
+                # What the map holds, shown before its files are committed (a full disk then loses the files).
+                tqdm.write(class_shares(path, counts, style.names))
                 outputs.commit()
+                written.append(path)
             # MemoryError: a header declaring more pixels than can be held (whole-image PNG outputs are kept in
             # memory); the scene is named and skipped like any unreadable one.
             except (UserError, OSError, ValueError, RasterioError, MemoryError) as e:
                 if outputs is not None:
                     outputs.abort()
+                reason = unwritable(e)
+                if reason is not None:
+                    raise OutputError(stopped(path, out, reason, written, failures, len(paths))) from None
                 message = str(e).splitlines()[0] if isinstance(e, UserError) else f"{path}: {short_reason(e)}"
                 failures.append(message)
                 tqdm.write(f"skipped {message}", file=sys.stderr)

@@ -131,7 +131,7 @@ def test_a_scene_whose_cog_copy_fails_leaves_nothing(tmp_path, stub, monkeypatch
     monkeypatch.setattr(maps, "make_cog", disk_full)
     write_geotiff(tmp_path / "in" / "scene.tif", 300, 280)
     code, _, err = predict(tmp_path, capfd, tmp_path / "in" / "scene.tif")
-    assert code == 2 and "1 of 1 scene(s) failed" in err and "No space left on device" in err
+    assert code == 2 and "could not write the maps of" in err and "No space left on device; stopped: 0 scene(s)" in err
     assert not (tmp_path / "pred").exists()  # made for this scene, emptied, removed
 
 

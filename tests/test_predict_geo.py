@@ -6,10 +6,12 @@ what is tested is everything around the model.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from rasterio.enums import Compression
 from rasterio.transform import Affine
 
 import deploy.predict as predict_cli
+import util.io
 from dataset.transforms import normalize
 from eval.inference import importance_map, predict_logits, predict_rows
 from model.convert import LoadedWeights
@@ -443,6 +446,63 @@ def test_failing_scenes_are_skipped_the_others_written_and_named_in_one_final_li
         [f"a_good_{k}.tif" for k in ("mask", "color", "overlay")] + ["a_good_legend.png"]
         + [f"f_good_{k}.png" for k in ("mask", "color", "overlay", "legend")]
         + [f"g_rgbir_{k}.tif" for k in ("mask", "color", "overlay")] + ["g_rgbir_legend.png"])
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_a_full_disk_stops_the_run_in_one_line_saying_what_was_saved(tmp_path, stub, capfd, monkeypatch, code):
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for name in ("a", "b", "c"):  # PNG scenes: each written as one group of files (util.io.write_files)
+        Image.fromarray(scene_pixels(30, 40, seed=ord(name)).transpose(1, 2, 0).copy()).save(tiles / f"{name}.png")
+    real = util.io.atomic_paths
+    calls = []
+
+    @contextmanager
+    def full_after_the_first(targets):
+        calls.append(targets)
+        if len(calls) > 1:
+            raise OSError(code, os.strerror(code))
+        with real(targets) as temporary:
+            yield temporary
+
+    monkeypatch.setattr(util.io, "atomic_paths", full_after_the_first)
+    out = tmp_path / "pred"
+    code_, stdout, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tiles), "--out",
+                              str(out)], capfd)
+    assert code_ == 2 and len(calls) == 2  # stopped at b: c was not predicted only to fail as well
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last == (f"error: could not write the maps of {tiles / 'b.png'} into {out}: {os.strerror(code)}; stopped: "
+                    f"1 scene(s) written before it (the last a.png), 2 not written (b.png and the 1 after it)")
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{k}.png" for k in ("color", "legend", "mask", "overlay")]
+    shares = [line for line in stdout.splitlines() if " px: " in line]
+    assert [line.split(":")[0] for line in shares] == ["a.png", "b.png"]  # b's map, shown though not saved
+    assert shares[1].startswith("b.png: 1,200 px: ") and " %" in shares[1]
+
+
+def test_a_write_gdal_could_not_make_stops_the_run_with_what_was_saved(tmp_path, stub, capfd, monkeypatch):
+    from rasterio.errors import RasterioIOError
+
+    import deploy.maps
+
+    for name in ("a", "b"):
+        write_geotiff(tmp_path / "tiles" / f"{name}.tif", 30, 40)
+    real = deploy.maps.make_cog
+
+    def fails_for_b(tiled, cog, kind):
+        if cog.name.startswith(".b_"):
+            raise RasterioIOError("Write failed. See previous exception for details.")
+        real(tiled, cog, kind)
+
+    monkeypatch.setattr(deploy.maps, "make_cog", fails_for_b)
+    out = tmp_path / "pred"
+    code, _, err = run(["--config", str(write_config(tmp_path)), "--checkpoint", "x", str(tmp_path / "tiles"),
+                        "--out", str(out)], capfd)
+    last = err.rstrip("\n").split("\n")[-1]
+    assert code == 2 and last.startswith(f"error: could not write the maps of {tmp_path / 'tiles' / 'b.tif'} into "
+                                         f"{out}: GDAL could not write (Write failed")
+    assert last.endswith("stopped: 1 scene(s) written before it (the last a.tif), 1 not written (b.tif)")
+    assert sorted(p.name for p in out.iterdir()) == [f"a_{k}" for k in ("color.tif", "legend.png", "mask.tif",
+                                                                        "overlay.tif")]
 
 
 def test_a_scene_that_breaks_midway_leaves_no_partial_files(tmp_path, stub, capfd):

@@ -244,9 +244,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def save_png(array: Any, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) numpy array as a PNG file, atomically (failures as in write_bytes), with
-    `text` as its metadata (UTF-8 iTXt chunks: what `Image.open(path).text` and `exiftool` show)."""
+def png_bytes(array: Any, text: dict[str, str] | None = None) -> bytes:
+    """A uint8 (H, W), (H, W, 3) or (H, W, 4) numpy array encoded as PNG, with `text` as its metadata (UTF-8 iTXt
+    chunks: what `Image.open(path).text` and `exiftool` show)."""
     import io
 
     from PIL import Image, PngImagePlugin
@@ -256,7 +256,12 @@ def save_png(array: Any, path: str | os.PathLike, text: dict[str, str] | None = 
         info.add_itxt(key, value)
     encoded = io.BytesIO()
     Image.fromarray(array).save(encoded, format="PNG", pnginfo=info)
-    write_bytes(path, encoded.getvalue())
+    return encoded.getvalue()
+
+
+def save_png(array: Any, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
+    """Write `png_bytes(array, text)` to `path` atomically (failures as in write_bytes)."""
+    write_bytes(path, png_bytes(array, text))
 
 
 def _fsync(path: Path) -> None:
