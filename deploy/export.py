@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 import methods  # noqa: F401  (registers the training methods a config may name)
+from deploy.deepness import overlap_percent, overlap_px
 from eval.inference import resolve_window
 from util.catalog import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from util.cli import add_config_args, config_from_args, path_arg, run_main
@@ -90,18 +91,6 @@ class DeployedSegmenter(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------
 # Deepness' conventions
-
-
-def deepness_overlap_px(tile: int, percent: int) -> int:
-    """The overlap in pixels Deepness derives from an overlap in percent (its ProcessingOverlap.get_overlap_px)."""
-    return int(tile * percent / 100 * 2) // 2
-
-
-def overlap_percent(tile: int, stride: int) -> int:
-    """The whole percent (what Deepness' tiles_overlap holds) whose overlap in Deepness is closest to
-    tile - stride, predict.py's overlap; of two as close, the one nearer the overlap's own percentage."""
-    want = tile - stride
-    return min(range(100), key=lambda p: (abs(deepness_overlap_px(tile, p) - want), abs(p - 100 * want / tile)))
 
 
 def deepness_metadata(cfg: Config, tile: int, percent: int, resolution_cm: float) -> dict[str, Any]:
@@ -299,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"for {info.name}: input '{INPUT}' RGB 0..1 (batch, 3, {tile}, {tile}), output '{OUTPUT}' "
                         f"class probabilities (batch, {info.nclass}, {tile}, {tile})")
     save(proto, out)
-    overlap = deepness_overlap_px(tile, percent)
+    overlap = overlap_px(tile, percent)
     print(f"written {out}: ONNX opset {OPSET}, {INPUT} (batch, 3, {tile}, {tile}) RGB 0..1 -> {OUTPUT} "
           f"(batch, {info.nclass}, {tile}, {tile}); ONNX Runtime matches PyTorch within {diff:.1e}")
     print(f"Deepness: Segmentor, tile {tile} px, overlap {percent} % ({overlap} px, stride {tile - overlap}; "

@@ -3,7 +3,8 @@
     python deploy/predict.py --config configs/potsdam.yaml --checkpoint best.pth --out pred/ INPUT...
         [--mode sliding_window|original] [--window 518] [--stride 345] [--blend gaussian|uniform]
         [--batch-size 16] [--weights student|ema] [--alpha 0.5] [--list FILE] [--bands R,G,B]
-        [--scale auto|percentile[:LOW,HIGH]|minmax|none|LOW,HIGH] [--no-cog] [key=value ...]
+        [--scale auto|percentile[:LOW,HIGH]|minmax|none|LOW,HIGH] [--no-cog] [--tiling predict|deepness]
+        [key=value ...]
 
 INPUT is an image file (GeoTIFF or TIFF, PNG, JPEG; also GDAL's .vrt), a folder of them (not recursive), or
 a list file `@scenes.txt` (one path per line, files or folders, relative to the current folder; blank
@@ -27,6 +28,10 @@ mask's nodata) is where a nodata value, a mask band, or an alpha band or PNG alp
 says; a band declared alpha that holds other values is data, with a note. No data has a rendering of its own:
 grey in the colour map (a value no class colour has, its nodata value), an alpha of 0 in the overlay and in PNGs.
 Outputs are written by deploy/maps.py; temporary files that killed runs left in --out are removed.
+
+`--tiling deepness` runs the tiles QGIS's Deepness plugin runs an exported model on instead of predict's windows
+(deploy/deepness.py: padded at the top and the right, each pixel the class of one tile, the overlap that
+deploy/export.py writes for the window and stride), so that Deepness' map can be compared with predict's.
 
 Settings: window, stride, batch size and weights come from the config's eval section (flags override).
 Mode and blend are predict's own unless the command line gives them (--mode/--blend, or eval.mode=/
@@ -60,6 +65,7 @@ from tqdm import tqdm
 
 import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.transforms import normalize
+from deploy.deepness import count_tiles, deepness_rows, overlap_percent, overlap_px
 from deploy.inputs import collect_inputs
 from deploy.maps import GDAL_OVERVIEW_SUFFIX, Outputs, Style, legend_png, nodata_grey, open_outputs
 from deploy.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
@@ -91,19 +97,31 @@ SCALE_CHOICES = "auto, percentile, percentile:LOW,HIGH, minmax, none, or LOW,HIG
 
 @dataclass(frozen=True)
 class Settings:
-    """How the model runs over a scene: mode, window, stride, blending, windows per forward."""
+    """How the model runs over a scene: mode, window, stride, blending, windows per forward, and whose tiling
+    (predict's sliding windows, or Deepness' tiles: deploy/deepness.py)."""
 
     mode: str
     window: int
     stride: int
     blend: str
     batch_size: int
+    tiling: str = "predict"
 
 
-def resolve_settings(cfg: Config, given: set[str]) -> Settings:
+def resolve_settings(cfg: Config, given: set[str], tiling: str = "predict") -> Settings:
     """Mode and blend: the command line's (`given` holds the eval keys it set), else predict's own defaults
-    (sliding_window, gaussian); window, stride and batch size: the config's, flags included."""
+    (sliding_window, gaussian); window, stride and batch size: the config's, flags included.
+
+    `tiling` deepness: the window is Deepness' tile and the stride the one Deepness takes from the overlap in
+    percent that deploy/export.py writes for this window and stride; no blending (each pixel takes one tile's
+    class), so a --blend, or --mode original, is refused."""
     window, stride = resolve_window(cfg)
+    if tiling == "deepness":
+        if "blend" in given or ("mode" in given and cfg.eval.mode != "sliding_window"):
+            raise ConfigError("--tiling deepness runs Deepness' tiles, each pixel given the class of one of them: "
+                              "--mode original and --blend (eval.mode, eval.blend) do not go with it")
+        stride = window - overlap_px(window, overlap_percent(window, stride))
+        return Settings("sliding_window", window, stride, "none", cfg.eval.batch_size, tiling)
     return Settings(mode=cfg.eval.mode if "mode" in given else PREDICT_MODE, window=window, stride=stride,
                     blend=cfg.eval.blend if "blend" in given else PREDICT_BLEND, batch_size=cfg.eval.batch_size)
 
@@ -113,30 +131,41 @@ def planned_windows(path: Path, settings: Settings) -> int:
     if settings.mode == "original":
         return 1
     size = scene_size(path)
-    return count_windows(*size, settings.window, settings.stride) if size else 0
+    if size is None:
+        return 0
+    count = count_tiles if settings.tiling == "deepness" else count_windows
+    return count(*size, settings.window, settings.stride)
 
 
 def predict_scene(model: Model, scene: Scene, outputs: Outputs, settings: Settings, device: torch.device,
                   amp_dtype: torch.dtype | None, bar: tqdm) -> np.ndarray:
     """Run the model over `scene` and hand its class indices to `outputs`, band of rows by band of rows; returns
     how many pixels each class index got (256 counts, no data at IGNORE_INDEX)."""
-    if settings.mode == "original":
+    if settings.tiling == "deepness":
+        bands = deepness_rows(model, scene.read, scene.height, scene.width, settings.window, settings.stride,
+                              settings.batch_size, normalize, device, amp_dtype, progress=bar.update)
+    elif settings.mode == "original":
         img = normalize(scene.read(0, scene.height).to(device).unsqueeze(0))
-        bands = iter([(0, predict_logits(model, img, "original", amp_dtype=amp_dtype)[0])])
+        bands = iter([(0, class_map(predict_logits(model, img, "original", amp_dtype=amp_dtype)[0]))])
         bar.update(1)
     else:
-        bands = predict_rows(model, scene.read, scene.height, scene.width, settings.window, settings.stride,
-                             settings.batch_size, settings.blend, amp_dtype, device, transform=normalize,
-                             progress=bar.update)
+        bands = ((top, class_map(probs)) for top, probs in
+                 predict_rows(model, scene.read, scene.height, scene.width, settings.window, settings.stride,
+                              settings.batch_size, settings.blend, amp_dtype, device, transform=normalize,
+                              progress=bar.update))
     counts = np.zeros(256, np.int64)
-    for top, probs in bands:
-        labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    for top, labels in bands:
         valid = scene.valid(top, top + labels.shape[0])
         if valid is not None:
             labels[~valid] = IGNORE_INDEX
         counts += np.bincount(labels.ravel(), minlength=256)
         outputs.write(top, labels)
     return counts
+
+
+def class_map(probs: torch.Tensor) -> np.ndarray:
+    """(classes, rows, width) probabilities -> (rows, width) uint8 class indices."""
+    return probs.argmax(0).to(torch.uint8).cpu().numpy()
 
 
 def class_shares(path: Path, counts: np.ndarray, names: tuple[str, ...]) -> str:
@@ -188,7 +217,7 @@ def run_style(cfg: Config, settings: Settings, alpha: float, provenance: dict[st
             "NODATA_CLASS": str(IGNORE_INDEX), "NODATA_COLOR": ",".join([str(nodata_grey(info.palette))] * 3),
             "DATASET": info.name, **provenance,
             "MODE": settings.mode, "BLEND": settings.blend if settings.mode == "sliding_window" else "",
-            "WINDOW": str(settings.window), "STRIDE": str(settings.stride),
+            "WINDOW": str(settings.window), "STRIDE": str(settings.stride), "TILING": settings.tiling,
             "TIFFTAG_SOFTWARE": "RS-MTDF deploy/predict.py"}
     return Style(info.class_names, info.palette, alpha, tags, legend_png(info.class_names, info.palette), cog)
 
@@ -375,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the pixels holding data), percentile:LOW,HIGH, minmax (the sample's extremes), "
                              "none (values as they are, clipped to 0-255), or LOW,HIGH (this range, every band, "
                              "e.g. 0,10000; --scale=-1,1 for a negative LOW). TIFF and VRT scenes")
+    parser.add_argument("--tiling", choices=("predict", "deepness"), default="predict",
+                        help="predict (default): sliding windows, the last one flush with the scene's edge, "
+                             "probabilities blended; deepness: the tiles QGIS's Deepness plugin runs an exported "
+                             "model on (padded at the top and right, each pixel the class of one tile), with the "
+                             "overlap export writes for --window and --stride, to compare with Deepness' map")
     parser.add_argument("--no-cog", dest="cog", action="store_false",
                         help="write plain tiled GeoTIFFs, without overviews (default: cloud-optimised GeoTIFFs)")
     return parser
@@ -396,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, flags)
     given = {k.split(".", 1)[1] for k, v in flags.items() if v is not None}
     given |= {a.split("=", 1)[0].split(".", 1)[1] for a in args.overrides if a.startswith("eval.")}
-    settings = resolve_settings(cfg, given)
+    settings = resolve_settings(cfg, given, args.tiling)
+    if settings.tiling == "deepness":
+        percent = overlap_percent(settings.window, settings.stride)
+        print(f"note: Deepness' tiling: tile {settings.window} px, overlap {percent} % "
+              f"({settings.window - settings.stride} px, stride {settings.stride})", file=sys.stderr)
     out = Path(args.out)
     paths = collect_inputs(inputs, out)
     check_output_folder(out, "--out")
