@@ -15,9 +15,10 @@ no teacher (the checkpoint never holds one). Around it, the conventions of Deepn
   --resolution), tile_size, tiles_overlap (percent: predict.py's stride), seg_thresh 0 and seg_small_segment 0
   (plain argmax, as predict.py; no small-area filter); plus rs_mtdf_* keys saying where the file came from.
 
-Opset 17 and IR version 8, so that every onnxruntime Deepness installs (1.12.1 to 1.17.0) runs it. The file is
-checked (onnx.checker; ONNX Runtime against PyTorch on one tile) before it is written, atomically: a failure
-leaves no file.
+Opset 17 and IR version 8, so that every onnxruntime Deepness' requirements allow (1.12.1 to 1.17.0; its
+installer takes 1.17.0, an onnxruntime already there is used as it is) runs it. The file is checked
+(onnx.checker; ONNX Runtime against PyTorch on one tile) before it is written, atomically: a failure leaves no
+file.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ from util.io import atomic_path, check_name_lengths, check_output_folder, file_s
 if TYPE_CHECKING:
     import onnx
 
-# The opset and IR version of the file. Deepness installs onnxruntime 1.12.1 to 1.17.0 (its
-# python_requirements/requirements.txt); onnxruntime 1.12 runs opsets up to 17 and IR versions up to 8, and refuses
-# the exporter's IR 10 outright. The exporter translates at opset 18; the file is converted down to 17 and marked
-# IR 8, the IR of ONNX 1.12, which brought opset 17: the graph uses nothing newer.
+# The opset and IR version of the file. Deepness' python_requirements/requirements.txt allows onnxruntime 1.12.1 to
+# 1.17.0 (its installer takes the newest there; one already importable is used whatever its version); onnxruntime
+# 1.12 runs opsets up to 17 and IR versions up to 8, and refuses the exporter's IR 10 outright. The exporter
+# translates at opset 18; the file is converted down to 17 and marked IR 8, the IR of ONNX 1.12, which brought
+# opset 17: the graph uses nothing newer.
 OPSET = 17
 IR_VERSION = 8
 EXPORT_OPSET = 18
