@@ -105,8 +105,12 @@ def find_run_folders(roots: list[Path]) -> Found:
     like a run without being one; metrics.json files outside run folders are lines of `stray_evals`."""
     found = Found()
     first: dict[str, Path] = {}  # real path -> the path it was first reached by
+
+    def unreadable(error: OSError) -> None:
+        found.skipped.append((str(error.filename), f"cannot be read ({error.strerror or error}): not searched"))
+
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
             folder = Path(dirpath)
             real = os.path.realpath(folder)
             if real in first:

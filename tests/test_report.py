@@ -412,6 +412,22 @@ def test_nothing_under_the_folders_is_left_out_without_a_line(evaluated_run, tmp
     assert "not in a run folder" in lines[str(exp / "scores" / "eval_x")]
 
 
+def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(evaluated_run, tmp_path, monkeypatch):
+    locked = tmp_path / "exp" / "colleague"
+    locked.mkdir()
+    scandir = os.scandir
+
+    def permission_denied(path="."):  # what a folder without read permission does (the tests may run as root)
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", permission_denied)
+    data, lines = report_of(str(tmp_path / "exp"), str(tmp_path / "out"))
+    assert counted_runs(data) == [str(evaluated_run)]
+    assert lines[str(locked)] == "cannot be read (Permission denied): not searched"
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_a_failed_write_is_one_line_after_the_table_and_leaves_nothing(evaluated_run, tmp_path, monkeypatch, capsys,
                                                                        code):
