@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else (
             checkpoint.parent / f"eval_{checkpoint.stem}_{args.subset}_{cfg.eval.mode}_{loaded.which}")
         # A bad output folder is found before the evaluation, not after it.
-        check_output_folder(out, "--out")
+        check_output_folder(out, "--out" if args.out else "the output folder beside the checkpoint (--out)")
         from dataset.semi import SemiDataset
 
         dataset = SemiDataset(cfg, args.subset, list_path)

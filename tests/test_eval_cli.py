@@ -114,6 +114,19 @@ def test_eval_shows_the_scores_before_a_failed_write_and_saves_nothing(tmp_path,
                                  f"computed\n")
 
 
+def test_eval_refuses_a_default_out_whose_name_the_file_system_cannot_hold_before_scoring(tmp_path, stubs, capsys):
+    cfg = write_config(tmp_path)
+    ckpt = tmp_path / "run" / ("best_" + "x" * 230 + ".pth")  # a legal name; eval_<stem>_val_original_student is not
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: eval_cli.main(["--config", str(cfg), "--checkpoint", str(ckpt)]))
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and "| mIoU |" not in captured.out
+    assert captured.err.startswith("error: the output folder beside the checkpoint (--out): the name 'eval_best_xxx")
+    assert "more than the 255 this file system allows" in captured.err and captured.err.count("\n") == 1
+
+
 def test_eval_flags_become_config_overrides():
     args = eval_cli.parse_args(["--config", "c.yaml", "--checkpoint", "x", "--mode", "original", "--window", "42",
                                 "--batch-size", "2", "train.seed=1"])
