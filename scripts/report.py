@@ -7,8 +7,9 @@ progress.json and the metrics.json of its evaluations, prints the table, and wri
 report.png into --out (default <first folder>/report), together and atomically; a failed write is one line
 after the table. mIoU in percent, mean ± sample standard deviation over seeds.
 
-A run is what it is, not where it sits: folders holding one run id (a copy, an archived copy, one folder reached
-through a link or two of the folders given) count once, the furthest on, the others listed with the reason.
+A run is what it is, not where it sits: folders holding one run (one run id, trained with the same settings and
+lists: a copy, an archived copy, one folder reached through a link or two of the folders given) count once, the
+furthest on, the others listed with the reason; a copy resumed under other settings is a run of its own.
 Nothing under the folders is left out without a line: folders that look like runs and cannot be counted, and
 evaluations outside run folders, are listed with why.
 
@@ -324,14 +325,16 @@ def read_run(folder: Path) -> ReadRun:
 
 
 def count_once(read: list[ReadRun]) -> tuple[list[Run], list[tuple[str, str]], list[tuple[str, str]]]:
-    """Each run once, whatever folders hold it: folders of one run id (a copy, an archived copy beside the
-    original) are counted as the one furthest on (finished first, then the latest iteration; of equals, the one
-    it was trained in, else the first found), the others listed with why; the evaluations in the copies count
-    where they scored the run's best.pth, an evaluation found twice once. Returns the runs, the folders not
-    counted and the evaluations not counted, (folder, why) each."""
-    groups: dict[str, list[ReadRun]] = {}
+    """Each run once, whatever folders hold it: folders of one run id, seed, settings and lists (a copy, an
+    archived copy beside the original) are counted as the one furthest on (finished first, then the latest
+    iteration; of equals, the one it was trained in, else the first found), the others listed with why; the
+    evaluations in the copies count where they scored the run's best.pth, an evaluation found twice once.
+    Returns the runs, the folders not counted and the evaluations not counted, (folder, why) each."""
+    groups: dict[tuple[str, str], list[ReadRun]] = {}
     for entry in read:
-        groups.setdefault(entry.run.run_id, []).append(entry)
+        # A copy resumed under other settings (--resume-changed) or on other lists is another run from there on.
+        what = json.dumps([entry.run.seed, entry.run.settings], sort_keys=True, default=str)
+        groups.setdefault((entry.run.run_id, what), []).append(entry)
     runs, copies, ignored = [], [], []
     for group in groups.values():
         kept = max(group, key=lambda e: (e.run.finished, e.run.iteration or -1, e.home, -group.index(e)))

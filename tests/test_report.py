@@ -397,6 +397,17 @@ def test_an_earlier_copy_of_a_run_is_named_and_the_later_one_counted(evaluated_r
     assert "the same evaluation as" in lines[str(archive / "eval_best_test")]
 
 
+def test_a_copy_resumed_under_other_settings_is_a_run_of_its_own(evaluated_run, tmp_path, splits):
+    import shutil
+
+    fork = tmp_path / "exp" / "no_flips" / "fixmatch_10"
+    shutil.copytree(evaluated_run, fork)
+    make_config(fork, "fixmatch", "10", 42, splits, augment={"hflip_p": 0.0})
+    data, lines = report_of(str(tmp_path / "exp"), str(tmp_path / "out"))
+    assert sorted(counted_runs(data)) == sorted([str(evaluated_run), str(fork)]) and len(data["rows"]) == 2
+    assert str(fork) not in lines
+
+
 def test_nothing_under_the_folders_is_left_out_without_a_line(evaluated_run, tmp_path, splits):
     exp = tmp_path / "exp"
     (exp / "weights_only").mkdir()
