@@ -284,6 +284,7 @@ def submit(args: argparse.Namespace, argv: list[str], runs: list[Run], overrides
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_text(plan_file, "".join("\t".join(run.overrides) + "\n" for run in todo))
         options = [f"--array=0-{len(todo) - 1}", f"--job-name=rs-mtdf-{args.dataset}",
+                   f"--output={(exp / 'slurm' / 'train-%A_%a.out').absolute()}",
                    *shlex.split(os.environ.get("SBATCH_ARGS", "")), str(REPO / "scripts" / "slurm_train.sh"),
                    *overrides]
         ids.append(sbatch(options, {**env, "RS_MTDF_PLAN": str(plan_file)}))
