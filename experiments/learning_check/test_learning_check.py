@@ -105,18 +105,42 @@ def test_files_made_with_other_values_are_refused_not_reused(tmp_path):
         made_with(record, {"scene_size": 168, "seed": 1})
 
 
-def test_the_plan_is_the_pre_registered_one_and_a_third_seed_adds_only_seed_2(tmp_path):
-    from experiments.learning_check.check import jobs
+def test_the_plan_measures_the_headroom_first_then_every_method_and_control(tmp_path):
+    from experiments.learning_check.check import headroom_jobs, method_jobs
 
-    names = [name for name, _ in jobs(tmp_path, quick=False, seeds=(0, 1))]
-    # 4 methods x 3 label counts x 2 seeds, 4 controls/ablations at 1 % x 2 seeds, supervised on all tiles.
-    assert len(names) == len(set(names)) == 24 + 8 + 1 and "supervised_100_s0" in names
-    third = [name for name, _ in jobs(tmp_path, quick=False, seeds=(2,))]
-    assert len(third) == 16 and all(name.endswith("_s2") for name in third)
-    assert {name[:-3] for name in third} == {name[:-3] for name in names} - {"supervised_100"}
-    assert sorted(name for name, _ in jobs(tmp_path, quick=False)) == sorted(names + third)  # the default
-    quick = [name for name, _ in jobs(tmp_path, quick=True)]
-    assert quick == ["supervised_1_s0", "fixmatch_1_s0", "rs_mtdf_1_s0", "rs_mtdf-random_1_s0"]
-    every = dict(jobs(tmp_path, quick=False))
+    headroom = [name for name, _ in headroom_jobs(tmp_path, (0, 1))]
+    assert headroom == ["supervised_1_s0", "supervised_100_s0", "supervised_1_s1", "supervised_100_s1"]
+    names = [name for name, _ in method_jobs(tmp_path, quick=False)]
+    # 4 methods and controls at 1 % x 2 seeds, the 5 % row (seed 0), 3 ablations at 1 % x 2 seeds.
+    assert len(names) == len(set(names)) == 8 + 4 + 6
+    assert {"rs_mtdf-random_1_s1", "unimatch_v2_5_s0", "rs_mtdf-clip_1_s1"} <= set(names)
+    assert [name for name, _ in method_jobs(tmp_path, quick=True)] == ["fixmatch_1_s0", "rs_mtdf_1_s0",
+                                                                       "rs_mtdf-random_1_s0"]
+    every = dict(method_jobs(tmp_path, quick=False) + headroom_jobs(tmp_path, (0, 1)))
     assert all(f"model.pretrained={tmp_path / 'student_pretrained' / 'dinov2_tiny.pth'}" in over
                for over in every.values())
+
+
+def test_a_third_seed_runs_both_sides_of_a_claim_whose_two_means_are_within_a_point(tmp_path):
+    from experiments.learning_check.check import third_seed_jobs
+
+    scores = {"rs_mtdf_1": {0: 30.0, 1: 31.0}, "fixmatch_1": {0: 29.5, 1: 30.8},          # 0.35 apart: close
+              "supervised_1": {0: 25.0, 1: 26.0}, "rs_mtdf-random_1": {0: 20.0, 1: 20.0}}  # far apart
+    names = [name for name, _ in third_seed_jobs(tmp_path, scores)]
+    assert sorted(names) == ["fixmatch_1_s2", "rs_mtdf_1_s2"]
+
+
+def test_the_verdicts_follow_the_rule_fixed_before_the_runs():
+    from experiments.learning_check.check import headroom, verdict
+
+    scores = {"supervised_1": {0: 30.0, 1: 31.0}, "supervised_100": {0: 40.0, 1: 40.0},
+              "fixmatch_1": {0: 32.0, 1: 33.0}, "rs_mtdf_1": {0: 32.5, 1: 32.0},
+              "rs_mtdf-random_1": {0: 30.0, 1: 33.5}}
+    assert headroom(scores) == 9.5
+    assert verdict(scores, "fixmatch", "supervised")[0] == "supported"                   # +2.0, both seeds
+    assert verdict(scores, "supervised", "fixmatch")[0] == "contradicted"
+    assert verdict(scores, "rs_mtdf", "fixmatch")[0] == "cannot judge (no difference of a point)"   # -0.25
+    assert verdict(scores, "rs_mtdf", "rs_mtdf-random")[0].startswith("cannot judge")  # +0.5 mean, seeds disagree
+    assert verdict(scores, "rs_mtdf", "rs_mtdf-nofusion")[0] == "not run"
+    narrow = {**scores, "supervised_100": {0: 37.0, 1: 38.0}}                          # headroom 7.0 < 8
+    assert verdict(narrow, "fixmatch", "supervised")[0] == "cannot judge (headroom below the rule)"
