@@ -144,3 +144,40 @@ def test_the_verdicts_follow_the_rule_fixed_before_the_runs():
     assert verdict(scores, "rs_mtdf", "rs_mtdf-nofusion")[0] == "not run"
     narrow = {**scores, "supervised_100": {0: 37.0, 1: 38.0}}                          # headroom 7.0 < 8
     assert verdict(narrow, "fixmatch", "supervised")[0] == "cannot judge (headroom below the rule)"
+
+
+def test_a_work_folder_with_a_space_reaches_every_command_whole(tmp_path, monkeypatch):
+    """Every path the check builds into a command is quoted: the run's train and test commands split back into
+    the arguments they were built from."""
+    import shlex
+    import subprocess
+
+    from experiments.learning_check import check
+
+    work = tmp_path / "my work"
+    started = []
+
+    class Recorded:
+        def __init__(self, args, **kwargs):
+            started.append(args)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    monkeypatch.setattr(check, "saved_setting_differences", lambda *args: {})
+    monkeypatch.setattr(check, "training_list_digests", lambda *args: {})
+    name, overrides = check.job(work, "fixmatch", "1", 0)
+    check.run_one(work, name, overrides, threads=1)
+    train, test = started[0][2].split(" && ")
+    assert f"save_path={work / 'runs' / name}" in shlex.split(train)
+    assert str(work / "runs" / name / "best.pth") in shlex.split(test)
+
+
+def test_the_checks_command_refuses_a_parallel_below_one_and_unknown_arguments(capsys):
+    import pytest
+
+    from experiments.learning_check.check import main
+
+    for argv in (["runs", "--parallel", "0"], ["runs", "--paralel", "2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "must be a whole number of at least 1" in capsys.readouterr().err
