@@ -316,6 +316,13 @@ def test_two_processes_of_batch_one_train_like_one_process_of_batch_two(data, tm
             # into up to ~2e-5 where a gradient is near zero; other batches move weights by ~5e-3 here.
             torch.testing.assert_close(a[key][name], b[key][name], atol=1e-4, rtol=0,
                                        msg=lambda m, key=key, name=name: f"{key}.{name}: {m}")
+    # The logged losses are the mean over the processes, so the two runs log the same curve.
+    def logged(run_dir):
+        lines = (run_dir / "train.log").read_text().splitlines()
+        return [float(line.split(" loss ")[1].split(",")[0]) for line in lines
+                if "iteration " in line and " loss " in line]
+
+    assert len(logged(one)) == 2 and logged(two) == pytest.approx(logged(one), rel=1e-4)
 
 
 @slow
