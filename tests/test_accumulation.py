@@ -257,3 +257,18 @@ def test_epoch_samples_sets_the_draws_of_an_epoch_for_every_method(tmp_path: Pat
                                  "train.epoch_samples=6"])
         data = train_data(cfg)
         assert (data.epoch_length, data.steps_per_epoch) == (6, steps)
+
+
+def test_an_epoch_shorter_than_one_step_names_the_keys_that_make_it(tmp_path: Path):
+    """train.epoch_samples=1 with train.global_batch unset: the epoch and the step are named, not global_batch."""
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+    from util.errors import ConfigError
+
+    splits = write_tiny_dataset(tmp_path / "data", size=16)
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "fixmatch"),
+                             "train.epoch_samples=1", "train.global_batch=null"])
+    with pytest.raises(ConfigError) as error:
+        train_data(cfg)
+    message = str(error.value)
+    assert message.startswith("train.epoch_samples: an epoch of 1 draws is less than one optimizer step of 2 crops")
+    assert "train.batch_size" in message and "global_batch" not in message
