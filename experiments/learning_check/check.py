@@ -51,7 +51,7 @@ from eval.metrics import ConfusionMatrix
 from util.cli import path_arg, run_main
 from util.config import AugmentConfig, describe_differences, load_config
 from util.errors import ConfigError, DataError
-from util.io import check_output_folder, write_text
+from util.io import atomic_path, check_output_folder, write_text
 from util.run import protocol_evaluation, read_progress, saved_setting_differences
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -792,7 +792,48 @@ def summary(work: Path) -> str:
     write_text(work / "summary.md", text + "\n")
     write_text(work / "summary.json", json.dumps({"headroom": headroom(scores), "rule": HEADROOM_RULE,
                                                   "scores": scores, "verdicts": verdicts}, indent=1) + "\n")
+    if scores:
+        plot(scores, work / "summary.png")
     return text
+
+
+# The bars of the plot, left to right: the headroom's two ends around the methods and controls at 1 %.
+PLOT_ORDER = ("supervised_1", "fixmatch_1", "unimatch_v2_1", "rs_mtdf_1", "rs_mtdf-random_1", "rs_mtdf-nofusion_1",
+              "rs_mtdf-dino_1", "rs_mtdf-clip_1", "supervised_5", "fixmatch_5", "unimatch_v2_5", "rs_mtdf_5",
+              "supervised_100")
+
+
+def plot(scores: dict[str, dict[int, float]], path: Path) -> None:
+    """Test mIoU of every variant: a bar at the mean over seeds, a dot per seed, the headroom rule's two ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    keys = [key for key in PLOT_ORDER if key in scores]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    colours = ["0.55" if key.startswith("supervised") else "tab:blue" if "-" not in key else "tab:orange"
+               for key in keys]
+    ax.bar(range(len(keys)), [mean(scores[key]) for key in keys], color=colours, alpha=0.6)
+    for x, key in enumerate(keys):
+        ax.plot([x] * len(scores[key]), list(scores[key].values()), "k.", ms=6)
+    low, high = scores.get("supervised_1"), scores.get("supervised_100")
+    if low and high:
+        for level, text in ((mean(low), "supervised 1 %"), (mean(high), "supervised 100 %")):
+            ax.axhline(level, color="0.3", lw=0.8, ls="--")
+            ax.text(len(keys) - 0.4, level, f" {text}", va="center", fontsize=8)
+    labels = [f"{name.replace('_', ' ')} {split} %" for name, split in (key.rsplit("_", 1) for key in keys)]
+    ax.set_xticks(range(len(keys)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("test mIoU (%)")
+    room = headroom(scores)
+    ax.set_title("Learning check, third design: test mIoU, mean over seeds (dots: seeds)"
+                 + (f"; headroom {room:.1f} points" if room is not None else ""), fontsize=10)
+    ax.set_ylim(min(min(v.values()) for v in scores.values()) - 3, max(max(v.values()) for v in scores.values()) + 2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 def positive(text: str) -> int:
