@@ -147,3 +147,29 @@ def test_the_batch_plan_pairs_cutmix_partners_only_where_augment_cutmix_p_mixes(
 
     assert plan(0.5) == (2, 3)
     assert plan(0.0) == (3, 2)
+
+
+def test_the_schedule_spans_train_epochs_of_optimizer_steps(monkeypatch, tmp_path):
+    """T of the poly schedule is train.epochs x the optimizer steps of an epoch (3 x 2 here), not the forwards
+    (each step accumulates 2): what train.py hands build_state, which the run stops at here."""
+    import train
+    from tests.train_fixtures import tiny_overrides, write_tiny_dataset
+    from util.dist import DistInfo
+    from util.run import RunFolder
+
+    class Built(Exception):
+        pass
+
+    seen = []
+
+    def build_state(cfg, device, total_iters):
+        seen.append(total_iters)
+        raise Built
+
+    monkeypatch.setattr(train, "build_state", build_state)
+    splits = write_tiny_dataset(tmp_path / "data", size=16)
+    cfg = load_config(DEMO, [*tiny_overrides(tmp_path / "data", splits, tmp_path / "run", "fixmatch", epochs=3),
+                             "train.global_batch=4", "train.epoch_samples=8"])
+    with pytest.raises(Built):
+        train.train(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True), RunFolder(cfg.run_dir))
+    assert seen == [6]
