@@ -15,8 +15,8 @@ from util.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Not the defaults (lr 5e-6 here 2e-4 in the demo, lr_multi 40 and 5, weight decay 0.01 as AdamW's own, betas
-# (0.9, 0.999) as AdamW's own, poly power 0.9, EMA cap 0.996).
+# Unlike the defaults (lr 5e-6 and lr_multi 40; the demo's 2e-4 and 5) and unlike AdamW's own, which are the
+# published weight decay 0.01 and betas (0.9, 0.999).
 OPTIMIZER = ["train.lr=1e-3", "train.lr_multi=7", "train.weight_decay=0.2", "train.betas=[0.8, 0.95]"]
 
 
