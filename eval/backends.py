@@ -42,7 +42,7 @@ from tqdm import tqdm
 from eval.inference import Model
 from model.onnx_graph import MAX_WEIGHT_BYTES, require_exporter, to_onnx, weight_bytes
 from util.config import MODEL_KEYS, Config, flatten, under
-from util.errors import ConfigError, OutputError, UserError, short_reason
+from util.errors import ConfigError, OutputError, short_reason
 from util.io import atomic_path, remove_stale_temporaries
 
 if TYPE_CHECKING:
@@ -93,17 +93,26 @@ def choose_backend(requested: str, device: torch.device, mode: str, model: nn.Mo
         raise ConfigError(f"--backend {requested}: give one of {', '.join(BACKEND_CHOICES)}")
     if requested == "torch" or (requested == "auto" and (device.type != "cpu" or CPU_DEFAULT[mode] == "torch")):
         return "torch"
+    problem = onnxruntime_problem(model)
+    if problem is None:
+        return "onnxruntime"
+    if requested == "onnxruntime":
+        raise ConfigError(f"--backend onnxruntime: {problem}; use --backend torch")
+    print(f"note: running PyTorch, not ONNX Runtime: {problem}", file=sys.stderr)
+    return "torch"
+
+
+def onnxruntime_problem(model: nn.Module) -> str | None:
+    """Why ONNX Runtime cannot run `model`, or None. Only ONNX Runtime itself is looked for here: the exporter's
+    packages (onnx, ONNX Script: seconds to import) are needed, and checked, only when a graph is not cached yet."""
     try:
-        require_exporter("--backend onnxruntime")
-        if weight_bytes(model) > MAX_WEIGHT_BYTES:
-            raise ConfigError(f"--backend onnxruntime: {weight_bytes(model) / 2**30:.1f} GiB of weights, more than one "
-                              f"ONNX graph holds (2 GiB); use --backend torch")
-    except UserError as e:
-        if requested == "onnxruntime":
-            raise
-        print(f"note: running PyTorch: {e}", file=sys.stderr)
-        return "torch"
-    return "onnxruntime"
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "the package onnxruntime is not installed (pip install -r requirements.txt)"
+    size = weight_bytes(model)
+    if size > MAX_WEIGHT_BYTES:
+        return f"{size / 2**30:.1f} GiB of weights, more than one ONNX graph holds (2 GiB)"
+    return None
 
 
 def backend_model(requested: str, model: nn.Module, device: torch.device, mode: str, cfg: Config,
@@ -191,6 +200,7 @@ class OnnxRuntimeModel:
 
     def _export(self, path: Path, key: str, height: int, width: int) -> None:
         """Export the graph for height x width, check it against PyTorch and write it to `path` atomically."""
+        require_exporter("--backend onnxruntime")
         proto = to_onnx(self.model, height, width, INPUT, OUTPUT)
         check_against_torch(proto, self.model, height, width)
         set_cache_key(proto, key)
