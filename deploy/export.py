@@ -16,7 +16,8 @@ no teacher (the checkpoint never holds one). Around it, the conventions of Deepn
   (plain argmax, as predict.py; no small-area filter); plus rs_mtdf_* keys saying where the file came from.
 
 Opset 17 and IR version 8, so that every onnxruntime Deepness' requirements allow (1.12.1 to 1.17.0; its
-installer takes 1.17.0, an onnxruntime already there is used as it is) runs it. The file is checked
+installer takes 1.17.0, an onnxruntime already there is used as it is) runs it (the graph is built by
+model/onnx_graph.py, which eval/backends.py also uses to run the student in ONNX Runtime). The file is checked
 (onnx.checker; ONNX Runtime against PyTorch on one tile) before it is written, atomically: a failure leaves no
 file.
 """
@@ -31,10 +32,7 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
 
 import argparse
 import json
-import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,26 +42,17 @@ from torch import nn
 import methods  # noqa: F401  (registers the training methods a config may name)
 from deploy.deepness import overlap_percent, overlap_px
 from eval.inference import resolve_window
+from model.onnx_graph import MAX_WEIGHT_BYTES, OPSET, require_exporter, to_onnx, weight_bytes
 from util.catalog import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from util.cli import add_config_args, config_from_args, path_arg, run_main
 from util.config import Config
-from util.errors import ConfigError, OutputError, UserError
+from util.errors import ConfigError, OutputError
 from util.io import atomic_path, check_name_lengths, check_output_folder, file_sha256, is_temporary
 
 if TYPE_CHECKING:
     import onnx
 
-# The opset and IR version of the file. Deepness' python_requirements/requirements.txt allows onnxruntime 1.12.1 to
-# 1.17.0 (its installer takes the newest there; one already importable is used whatever its version); onnxruntime
-# 1.12 runs opsets up to 17 and IR versions up to 8, and refuses the exporter's IR 10 outright. The exporter
-# translates at opset 18; the file is converted down to 17 and marked IR 8, the IR of ONNX 1.12, which brought
-# opset 17: the graph uses nothing newer.
-OPSET = 17
-IR_VERSION = 8
-EXPORT_OPSET = 18
 INPUT, OUTPUT = "image", "probabilities"
-# One ONNX file (what Deepness loads) is a protobuf message, which cannot exceed 2 GiB; the weights are most of it.
-MAX_WEIGHT_BYTES = 2**31 - 2**26
 # How close ONNX Runtime's probabilities must be to PyTorch's on the check tile before the file is written.
 CHECK_TOLERANCE = 1e-4
 
@@ -120,42 +109,6 @@ def set_metadata(proto: onnx.ModelProto, values: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Export
-
-
-@contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """Keep the exporter's progress lines and notes off the terminal: this command prints its own summary."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def to_onnx(model: nn.Module, tile: int) -> onnx.ModelProto:
-    """`model` (B, 3, tile, tile) -> (B, C, tile, tile) as an ONNX model of opset OPSET with a dynamic batch.
-
-    torch.onnx's dynamo exporter (torch.export, then ONNX Script; its graph optimiser on) is the path that works:
-    TorchScript tracing cannot follow the position-embedding resize. The example batch is 2, as a batch of 1
-    would be taken for a constant.
-    """
-    import onnx
-
-    example = torch.rand(2, 3, tile, tile)
-    batch = torch.export.Dim("batch")
-    with quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=EXPORT_OPSET, external_data=False,
-                                    input_names=[INPUT], output_names=[OUTPUT],
-                                    dynamic_shapes={"image": {0: batch}}, verbose=False)
-    assert program is not None  # dynamo=True without a file name returns the program
-    proto = onnx.version_converter.convert_version(program.model_proto, OPSET)
-    proto.ir_version = IR_VERSION
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
 
 
 def check_against_torch(proto: onnx.ModelProto, model: nn.Module, tile: int) -> float:
@@ -228,20 +181,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def require_exporter() -> None:
-    """The export's packages: torch.onnx's torch.export-based exporter (PyTorch 2.6 or newer), onnx, ONNX Script and
-    ONNX Runtime; a one-line error naming what is missing."""
-    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    if version < (2, 6):
-        raise UserError(f"deploy.export needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
-                        f"{torch.__version__}")
-    for package in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(package)
-        except ImportError:
-            raise UserError(f"deploy.export needs the package {package}: pip install -r requirements.txt") from None
-
-
 def check_out(out: Path) -> None:
     """--out must name a .onnx file in a folder that exists or can be made and is writable, in names the file
     system allows; checked before work."""
@@ -257,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, {"eval.weights": args.weights})
     out = Path(args.out)
-    require_exporter()
+    require_exporter("deploy.export")
     check_out(out)
     tile, stride = resolve_window(cfg)
     info = DATASETS[cfg.dataset.name]
@@ -269,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     from eval.eval import load_model
 
     segmenter, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, torch.device("cpu"))
-    weight_bytes = sum(p.numel() * p.element_size() for p in segmenter.parameters())
-    if weight_bytes > MAX_WEIGHT_BYTES:
-        raise ConfigError(f"model.backbone={cfg.model.backbone}: {weight_bytes / 2**30:.1f} GiB of weights, more than "
+    size = weight_bytes(segmenter)
+    if size > MAX_WEIGHT_BYTES:
+        raise ConfigError(f"model.backbone={cfg.model.backbone}: {size / 2**30:.1f} GiB of weights, more than "
                           "one ONNX file can hold (2 GiB)")
     model = DeployedSegmenter(segmenter.float()).eval()
-    proto = to_onnx(model, tile)
+    proto = to_onnx(model, tile, tile, INPUT, OUTPUT)
     diff = check_against_torch(proto, model, tile)
 
     checkpoint = Path(args.checkpoint).resolve()

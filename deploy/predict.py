@@ -4,7 +4,7 @@
         [--mode sliding_window|original] [--window 518] [--stride 345] [--blend gaussian|uniform]
         [--batch-size 16] [--weights student|ema] [--alpha 0.5] [--list FILE] [--bands R,G,B]
         [--scale auto|percentile[:LOW,HIGH]|minmax|none|LOW,HIGH] [--no-cog] [--tiling predict|deepness]
-        [key=value ...]
+        [--backend auto|torch|onnxruntime] [--threads N] [key=value ...]
 
 INPUT is an image file (GeoTIFF or TIFF, PNG, JPEG; also GDAL's .vrt), a folder of them (not recursive), or
 a list file `@scenes.txt` (one path per line, files or folders, relative to the current folder; blank
@@ -38,6 +38,10 @@ Mode and blend are predict's own unless the command line gives them (--mode/--bl
 eval.blend=): sliding_window and gaussian, whatever the config file says (its `original` and `uniform` are
 eval.py's scoring).
 
+The model runs in PyTorch or, exported once to ONNX and cached, in ONNX Runtime (--backend; eval/backends.py):
+`auto`, the default, takes ONNX Runtime on a machine without a GPU, PyTorch on a GPU. The windows, blending,
+bands, scaling and outputs are the same either way.
+
 A scene that fails (unreadable, fewer than 3 bands without --bands, bands not readable as RGB, --bands
 beyond its bands) is reported and skipped; the others are written; the run then ends with one line naming
 how many failed and the first, and exit status 2. Files inside --out and files named like predict's outputs
@@ -69,6 +73,7 @@ from deploy.deepness import count_tiles, deepness_rows, overlap_percent, overlap
 from deploy.inputs import collect_inputs
 from deploy.maps import GDAL_OVERVIEW_SUFFIX, Outputs, Style, legend_png, nodata_grey, open_outputs
 from deploy.scenes import DEFAULT_PERCENTILES, DEFAULT_READING, Reading, Scale, Scene, open_scene, scene_size
+from eval.backends import add_backend_args, backend_device, backend_model, set_threads
 from eval.eval import load_model
 from eval.inference import Model, count_windows, predict_logits, predict_rows, resolve_window
 from model.convert import LoadedWeights
@@ -411,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "overlap export writes for --window and --stride, to compare with Deepness' map")
     parser.add_argument("--no-cog", dest="cog", action="store_false",
                         help="write plain tiled GeoTIFFs, without overviews (default: cloud-optimised GeoTIFFs)")
+    add_backend_args(parser)
     return parser
 
 
@@ -435,15 +441,20 @@ def main(argv: list[str] | None = None) -> int:
         percent = overlap_percent(settings.window, settings.stride)
         print(f"note: Deepness' tiling: tile {settings.window} px, overlap {percent} % "
               f"({settings.window - settings.stride} px, stride {settings.stride})", file=sys.stderr)
+    threads = set_threads(args.threads)
     out = Path(args.out)
     paths = collect_inputs(inputs, out)
     check_output_folder(out, "--out")
     for path in paths:
         check_output_names(out, path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = backend_device(args.backend, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
-    failures = predict_files(model, paths, out, cfg, device, settings, args.alpha,
-                             provenance_tags(args.checkpoint, loaded), reading, args.cog)
+    provenance = provenance_tags(args.checkpoint, loaded)
+    # The checkpoint's digest (in the tags: load_model has read the file) keys the ONNX Runtime graph.
+    backend, runner = backend_model(args.backend, model, device, settings.mode, cfg,
+                                    provenance.get("CHECKPOINT_SHA256", ""), loaded.which, threads)
+    failures = predict_files(runner, paths, out, cfg, device, settings, args.alpha, {**provenance, "BACKEND": backend},
+                             reading, args.cog)
     written = len(paths) - len(failures)
     if failures:
         raise DataError(f"{len(failures)} of {len(paths)} scene(s) failed (first: {failures[0]}); "

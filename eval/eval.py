@@ -1,7 +1,8 @@
 """Score a checkpoint on the val or test subset: per-class IoU/F1, mIoU, mean F1, OA, kappa, confusion matrix.
 
     python eval/eval.py --config configs/potsdam.yaml --checkpoint exp/.../best.pth [--subset test]
-        [--mode sliding_window --window 518 --stride 345] [--weights ema] [--out DIR] [key=value ...]
+        [--mode sliding_window --window 518 --stride 345] [--weights ema] [--backend auto|torch|onnxruntime]
+        [--threads N] [--out DIR] [key=value ...]
     torchrun --nproc_per_node 4 eval/eval.py ...      # each process scores a quarter of the subset
 
 Only the checkpoint is read: the student's pretrained weights and the teachers are not needed (the teachers
@@ -11,6 +12,10 @@ full disk or a quota is one line after the scores, and no file is written.
 metrics.json says what produced the scores: the checkpoint (path, SHA-256, run id, iteration, epoch), the
 subset, its list and the list's SHA-256, mode, window, stride, blend, weights and excluded classes;
 scripts/report.py and scripts/reproduce.py use a score only for the checkpoint and list it names.
+
+`--backend`: PyTorch, or the same model exported to ONNX Runtime (eval/backends.py; `auto`, the default, picks
+ONNX Runtime on a machine without a GPU where it is faster, PyTorch on a GPU). `--threads`: PyTorch's and ONNX
+Runtime's threads (default: OMP_NUM_THREADS, else one per physical core).
 
 `--subset` is val or test: which list is scored. ("Split" is the labelled share a run trained on: train.py's
 --split, dataset.split; eval.py refuses --split with a pointer to --subset.)
@@ -34,6 +39,7 @@ import torch
 
 import methods  # noqa: F401  (registers the training methods a config may name)
 from dataset.splits import split_file
+from eval.backends import add_backend_args, backend_device, backend_model, set_threads
 from eval.evaluate import build_eval_loader, evaluate, metrics_table
 from eval.inference import resolve_window
 from eval.visualize import plot_confusion_matrix
@@ -86,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", choices=("student", "ema"),
                         help="eval.weights: which weights to score (default: those best.pth was selected by)")
     parser.add_argument("--batch-size", type=int, help="eval.batch_size: images or windows per forward")
+    add_backend_args(parser)
     parser.add_argument("--out", type=user_path,
                         help="output folder (default: <checkpoint dir>/eval_<checkpoint name>_<subset>_<mode>_"
                              "<weights>)")
@@ -116,6 +123,7 @@ def write_outputs(out: Path, result: dict, cfg: Config, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, flag_overrides(args))
+    threads = set_threads(args.threads)
     list_path = split_file(cfg.dataset.lists, args.subset)
     if not list_path.is_file():
         raise DataError(f"split file not found: {list_path} (dataset.lists={cfg.dataset.lists})")
@@ -123,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
     dist_info = init_distributed()
     try:
-        model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, dist_info.device)
+        device = backend_device(args.backend, dist_info.device)
+        model, loaded = load_model(cfg, args.checkpoint, cfg.eval.weights, device)
         checkpoint = Path(args.checkpoint).resolve()
+        checkpoint_sha256 = file_sha256(checkpoint)
+        backend, runner = backend_model(args.backend, model, device, cfg.eval.mode, cfg, checkpoint_sha256,
+                                        loaded.which, threads)
         out = Path(args.out) if args.out else (
             checkpoint.parent / f"eval_{checkpoint.stem}_{args.subset}_{cfg.eval.mode}_{loaded.which}")
         # A bad output folder is found before the evaluation, not after it.
@@ -133,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
         dataset = SemiDataset(cfg, args.subset, list_path)
         loader = build_eval_loader(dataset, cfg, dist_info)
-        result = evaluate(model, loader, cfg, dist_info.device, dist_info, progress=True)
+        result = evaluate(runner, loader, cfg, device, dist_info, progress=True)
         if dist_info.is_main:
             mode = cfg.eval.mode
-            report = {"checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint), **loaded.source},
+            report = {"checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256, **loaded.source},
                       "subset": args.subset, "subset_list": str(Path(list_path).resolve()),
                       "subset_list_sha256": file_sha256(list_path), "mode": mode, "window": window,
                       "stride": stride, "blend": cfg.eval.blend if mode == "sliding_window" else None,
-                      "weights": loaded.which, "images": len(dataset),
+                      "weights": loaded.which, "backend": backend, "images": len(dataset),
                       "excluded_classes": list(cfg.dataset.excluded_classes)}
             # Shown before the files are written: a full disk loses the files, not the scores.
             print(metrics_table(result, DATASETS[cfg.dataset.name].class_names))

@@ -3,16 +3,18 @@
     python scripts/benchmark.py --config configs/loveda.yaml --what train --both          # real sizes (GPU)
     python scripts/benchmark.py --config configs/loveda.yaml --what eval --both
     python scripts/benchmark.py --config configs/loveda.yaml --what both --both --tiny    # CPU-sized
+    python scripts/benchmark.py --config configs/loveda.yaml --what eval --both --onnxruntime  # and ONNX Runtime
     python scripts/benchmark.py --config configs/loveda.yaml --flops --memory            # no GPU needed
 
 The real pipeline is built with random weights (no files needed) and fed synthetic batches: the numbers
 are the cost of computing, not of reading data. `--reference` measures the reference's way (fp32, unfused
 attention, one window per forward; see scripts/costs.py), `--both` measures both in one run and prints the
-ratios. On a GPU the training figures include the model FLOP utilisation (MFU) against the card's dense
-bf16 peak. `--flops` counts the FLOPs of one training step per component and `--memory` computes the
-expected peak GPU memory of a step (ours and the reference's), both on fake tensors: any machine, seconds,
-real sizes. Without --what, only those are reported. Results are printed as JSON (and written to --out)
-with a one-line summary each.
+ratios; `--onnxruntime` adds our evaluation with the model run by ONNX Runtime (eval/backends.py), its
+graphs exported into a temporary cache before the timing. On a GPU the training figures include the model
+FLOP utilisation (MFU) against the card's dense bf16 peak. `--flops` counts the FLOPs of one training step
+per component and `--memory` computes the expected peak GPU memory of a step (ours and the reference's),
+both on fake tensors: any machine, seconds, real sizes. Without --what, only those are reported. Results are
+printed as JSON (and written to --out) with a one-line summary each.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ if __name__ == "__main__" and not __package__:  # run as a file: the repository 
 import argparse
 import functools
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, Literal, NotRequired, TypedDict
 
 import torch
 
-from eval.inference import predict_logits, resolve_window
+from eval.backends import OnnxRuntimeModel, graph_identity
+from eval.inference import Model, nearest_patch_multiple, predict_logits, resolve_window
 from methods.common import pseudo_label
 from scripts.costs import (
     REFERENCE_OVERRIDES,
@@ -104,6 +108,8 @@ class EvalModeResult(TypedDict):
     windows_per_s: float
     forwards_batched: int
     peak_memory_gb: float | None
+    # Pages the process touched for the first time, per image: memory the allocator mapped afresh (None off Unix).
+    minor_page_faults_per_image: float | None
 
 
 class EvalResult(TypedDict):
@@ -111,6 +117,7 @@ class EvalResult(TypedDict):
 
     what: Literal["eval"]
     reference: bool
+    backend: str
     precision: str
     tile: int
     window: int
@@ -143,6 +150,15 @@ def timed(fn: Callable[[], object], iters: int, warmup: int, device: torch.devic
         fn()
     sync(device)
     return (time.perf_counter() - start) / max(iters, 1)
+
+
+def minor_page_faults() -> int | None:
+    """This process's minor page faults so far (None where the resource module is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
@@ -236,14 +252,23 @@ def bench_train(cfg: Config, iters: int, warmup: int, reference: bool,
     return result
 
 
-def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int) -> EvalResult:
-    """Images/s (and windows/s) of whole-image inference in both modes on `size` x `size` tiles."""
+def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int,
+               backend: str = "torch") -> EvalResult:
+    """Images/s (and windows/s) of whole-image inference in both modes on `size` x `size` tiles; `backend`
+    onnxruntime runs the model in ONNX Runtime (on the CPU), its graphs exported before the timing."""
     from model.segmenter import build_segmenter
 
-    device = init_distributed().device
-    model = build_segmenter(cfg).to(device).eval()
+    device = init_distributed().device if backend == "torch" else torch.device("cpu")
+    segmenter = build_segmenter(cfg).to(device).eval()
     if reference:
-        use_unfused_attention(model)
+        use_unfused_attention(segmenter)
+    model: Model = segmenter
+    cache = tempfile.TemporaryDirectory()
+    if backend == "onnxruntime":
+        model = OnnxRuntimeModel(segmenter, graph_identity(cfg, "random weights", "student"), torch.get_num_threads(),
+                                 Path(cache.name))
+        for side in (nearest_patch_multiple(size), resolve_window(cfg.replace({"eval.mode": "sliding_window"}))[0]):
+            model(torch.zeros(1, 3, side, side))  # the graphs exported now, not inside the timing
     amp = autocast_dtype(cfg.train.precision, device, allow_cpu=cfg.train.cpu_autocast)
     n_images = cfg.eval.batch_size if not reference else 1
     img = torch.randn(n_images, 3, size, size, device=device)
@@ -252,13 +277,19 @@ def bench_eval(cfg: Config, iters: int, warmup: int, reference: bool, size: int)
     modes: dict[EvalMode, EvalModeResult] = {}
     for mode in EVAL_MODES:
         reset_peak(device)
+        faults = minor_page_faults()
         seconds = timed(functools.partial(predict_logits, model, img, mode, window, stride, cfg.eval.batch_size, amp),
                         iters, warmup, device)
+        faulted = None if faults is None else (minor_page_faults() or 0) - faults
         n_windows = len(range(0, max(size - window, 0), stride)) + 1
         per_image = n_windows ** 2 if mode == "sliding_window" else 1
         modes[mode] = {"images_per_s": n_images / seconds, "windows_per_s": n_images * per_image / seconds,
-                       "forwards_batched": cfg.eval.batch_size, "peak_memory_gb": peak_memory_gb(device)}
-    return {"what": "eval", "reference": reference, "precision": str(amp or torch.float32), "tile": size,
+                       "forwards_batched": cfg.eval.batch_size, "peak_memory_gb": peak_memory_gb(device),
+                       "minor_page_faults_per_image": None if faulted is None
+                       else faulted / ((iters + warmup) * n_images)}
+    cache.cleanup()
+    return {"what": "eval", "reference": reference, "backend": backend, "precision": str(amp or torch.float32),
+            "tile": size,
             "window": window, "stride": stride, "original": modes["original"],
             "sliding_window": modes["sliding_window"]}
 
@@ -281,6 +312,8 @@ def memory_report(cfg_ours: Config, cfg_ref: Config) -> MemoryReport:
 
 def summary(result: TrainResult | EvalResult) -> str:
     name = "reference" if result["reference"] else "ours"
+    if result["what"] == "eval" and result["backend"] != "torch":
+        name += f" ({result['backend']})"
     if result["what"] == "train":
         mem = result["peak_memory_gb"]
         mfu = result.get("mfu")
@@ -310,6 +343,19 @@ def memory_summary(memory: MemoryReport) -> str:
             f"({ref['precision']}, unfused attention, {cards(ref)})")
 
 
+def onnxruntime_ratios(ort_result: EvalResult,
+                       measured: dict[str, TrainResult | EvalResult]) -> dict[str, float | None]:
+    """Speed-up of our evaluation in ONNX Runtime over the reference way and over ours in PyTorch, where measured."""
+    found: dict[str, float | None] = {}
+    for name, label in (("reference", "speedup"), ("ours", "vs_torch")):
+        base = measured.get(name)
+        if base is not None and base["what"] == "eval":
+            for mode in EVAL_MODES:
+                ours, theirs = ort_result[mode]["images_per_s"], base[mode]["images_per_s"]
+                found[f"eval_{mode}_onnxruntime_{label}"] = ours / theirs
+    return found
+
+
 def ratios(ours: TrainResult | EvalResult, ref: TrainResult | EvalResult) -> dict[str, float | None]:
     """Speed-up (ours / reference) and memory fraction (ours / reference) of one measured pair."""
     if ours["what"] == "train":
@@ -334,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="train.compile=true (torch.compile)")
     parser.add_argument("--tiny", action="store_true", help="tiny student and teachers (CPU-sized)")
     parser.add_argument("--eval-size", type=int, default=512, help="tile size for --what eval")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="with --what eval: also time ours with the model run by ONNX Runtime on the CPU")
     parser.add_argument("--flops", action="store_true", help="FLOPs per training step, per component (fake tensors)")
     parser.add_argument("--memory", action="store_true",
                         help="expected peak GPU memory of a training step, ours and the reference's (fake tensors)")
@@ -388,8 +436,15 @@ def main(argv: list[str] | None = None) -> int:
                       else bench_eval(cfg, args.iters, args.warmup, reference, args.eval_size))
             measured[name] = results[name] = result
             print(summary(result), flush=True)
-        if args.both:
-            results["ratios"] = pair = ratios(measured["ours"], measured["reference"])
+        pair: dict[str, float | None] = ratios(measured["ours"], measured["reference"]) if args.both else {}
+        if what == "eval" and args.onnxruntime:
+            torch.manual_seed(0)
+            ort_result = results["onnxruntime"] = bench_eval(cfg_ours, args.iters, args.warmup, False, args.eval_size,
+                                                             "onnxruntime")
+            print(summary(ort_result), flush=True)
+            pair.update(onnxruntime_ratios(ort_result, measured))
+        if pair:
+            results["ratios"] = pair
             print(f"{what} ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in pair.items() if v is not None))
         report[what] = results
     text = json.dumps(report, indent=2)

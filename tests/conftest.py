@@ -41,3 +41,20 @@ def dead_pid() -> int:
     gone = subprocess.Popen(["true"])
     gone.wait()
     return gone.pid
+
+
+@pytest.fixture(autouse=True, scope="session")
+def onnx_cache_of_this_session(tmp_path_factory):
+    """Graphs exported for ONNX Runtime (eval/backends.py) go to a folder of this session, never to the user's
+    cache; the entry points the tests start as processes inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RS_MTDF_CACHE", str(tmp_path_factory.mktemp("rs_mtdf_cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def torch_unless_asked(monkeypatch):
+    """`--backend auto` runs PyTorch in tests run in this process: exporting a graph for ONNX Runtime takes seconds,
+    and only the tests of the backends need one (tests/test_backends.py, which shares one export and overrides
+    this fixture to see the real choice)."""
+    monkeypatch.setattr("eval.backends.CPU_DEFAULT", {"original": "torch", "sliding_window": "torch"})

@@ -50,8 +50,8 @@ def test_benchmark_measures_ours_and_the_reference_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "scripts/benchmark.py", "--config", "configs/loveda.yaml", "--what", "both",
                            "--both", "--tiny", "--iters", "1", "--warmup", "0", "--eval-size", "112", "--flops",
-                           "--memory", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           "--memory", "--onnxruntime", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     train, evaluation = report["train"], report["eval"]
@@ -62,6 +62,9 @@ def test_benchmark_measures_ours_and_the_reference_and_writes_json(tmp_path):
     for mode in ("original", "sliding_window"):
         assert evaluation["ours"][mode]["images_per_s"] > 0
         assert evaluation["ratios"][f"eval_{mode}_speedup"] > 0
+        assert evaluation["onnxruntime"][mode]["images_per_s"] > 0
+        assert evaluation["ratios"][f"eval_{mode}_onnxruntime_vs_torch"] > 0
+        assert evaluation["ours"][mode]["minor_page_faults_per_image"] >= 0
     assert "train ours:" in done.stdout and "eval reference:" in done.stdout
     flops, memory = report["flops"], report["memory"]
     assert set(flops["parts"]) == {"student_forward", "student_backward", "ema_pseudo_labels", "teacher_dino",

@@ -19,6 +19,7 @@ ENTRY_POINTS = [
     ("scripts/report.py", "scripts.report"),
     ("scripts/benchmark.py", "scripts.benchmark"),
     ("scripts/bench_predict.py", "scripts.bench_predict"),
+    ("scripts/bench_int8.py", "scripts.bench_int8"),
     ("scripts/gpu_smoke.py", "scripts.gpu_smoke"),
     ("experiments/learning_check/check.py", "experiments.learning_check.check"),
     ("scripts/reproduce.py", "scripts.reproduce"),

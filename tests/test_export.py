@@ -154,7 +154,7 @@ def test_metadata_holds_what_deepness_reads(exported):
 
 def test_resolution_for_own_imagery(exported, tmp_path, monkeypatch, capsys):
     ckpt, onnx_file = exported
-    monkeypatch.setattr(export, "to_onnx", lambda model, tile: onnx.load(str(onnx_file)))  # the graph is known
+    monkeypatch.setattr(export, "to_onnx", lambda *args: onnx.load(str(onnx_file)))  # the graph is known
     out = tmp_path / "own.onnx"
     assert export.main(export_argv(ckpt, out, "--resolution", "12.5")) == 0
     assert json.loads(session(out).get_modelmeta().custom_metadata_map["resolution"]) == 12.5
@@ -307,7 +307,7 @@ def test_an_out_in_a_read_only_folder_is_one_line(tmp_path, capfd):
 
 def test_a_failed_write_leaves_nothing(exported, tmp_path, monkeypatch, capfd):
     ckpt, onnx_file = exported
-    monkeypatch.setattr(export, "to_onnx", lambda model, tile: onnx.load(str(onnx_file)))
+    monkeypatch.setattr(export, "to_onnx", lambda *args: onnx.load(str(onnx_file)))
 
     def disk_full(proto, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
