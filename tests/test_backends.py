@@ -129,7 +129,7 @@ def test_eval_scores_alike_with_both_backends(tiny, tmp_path):
     for backend in ("torch", "onnxruntime"):
         argv = ["--config", DEMO, "--checkpoint", str(tiny.ckpt), "--subset", "test", "--backend", backend,
                 "--out", str(tmp_path / backend), *TINY, f"dataset.root={tmp_path / 'data'}",
-                f"dataset.splits={splits}", "train.num_workers=0"]
+                f"dataset.lists={splits}", "train.num_workers=0"]
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("RS_MTDF_CACHE", str(tiny.root / "cache"))
             patch.setattr(backends, "to_onnx", no_export)
