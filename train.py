@@ -202,6 +202,11 @@ class Meter:
         return flop_counter() if self.peak_tflops is not None and self.flops_per_step is None \
             else contextlib.nullcontext()
 
+    def new_epoch(self) -> None:
+        """Start the sums and the clock again: the first log line of an epoch holds its own steps only, and no
+        evaluation time counts as training time."""
+        self.sums, self.tick, self.ticked_at = {}, time.perf_counter(), self.state.iteration
+
     def add(self, losses: dict[str, torch.Tensor], counter: Any = None) -> None:
         if counter is not None:
             self.flops_per_step = counter.get_total_flops()
@@ -339,6 +344,7 @@ def train(cfg: Config, info: DistInfo, run: RunFolder, resume_changed: bool = Fa
                 # Step.
                 start = state.iteration - epoch * data.steps_per_epoch
                 state.model.train()
+                meter.new_epoch()
                 with tqdm(total=data.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                           disable=not info.is_main, dynamic_ncols=True) as bar:
                     for micro in data.steps(epoch, start, info.device):
