@@ -1,8 +1,8 @@
 """Train a segmenter semi-supervised: supervised, FixMatch, UniMatch V2 or RS-MTDF, one loop for all.
 
-    python train.py --config configs/loveda.yaml [--split 1|5|10] [--save-path DIR] [key.sub=value ...]
-    sh scripts/train.sh 4 29500 ...            # 4 processes under torchrun; sbatch scripts/slurm_train.sh on SLURM
-    python train.py --config ... --get run_dir # what a run would use (a dotted key, or run_dir), without training
+    python train.py --config configs/loveda.yaml [--split 1|5|10] [--save-path DIR] [--resume-changed] [key=value ...]
+    sh scripts/train.sh 4 29500 ...          # 4 processes (torchrun's launcher); on SLURM: scripts/slurm_train.sh
+    python train.py --config ... --get KEY   # what a run would use (a dotted key, run_dir or all), without training
 
 The loop below reads top to bottom: build, resume, then for each step (step, log, evaluate, save), finish. One
 optimizer step is methods/step.py's train_step, the same for every method and tool; what a run folder holds, and

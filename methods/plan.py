@@ -1,6 +1,6 @@
 """How an optimizer step's global batch is made on P processes: P x crops a forward x forwards accumulated.
 
-One rule for every method and process count (docs/training.md, "The global batch"): the method's batch rule says
+One rule for every method and process count (docs/training.md, "Batch and epoch"): the method's batch rule says
 how many crops a step should take (train.global_batch; the reference supervised protocol doubles it) and at most
 how many a forward (train.batch_size, doubled alike). They are reached exactly, with equal forwards of as many
 crops as fit, accumulating as few forwards as that allows, and only with forwards that compute what one forward of

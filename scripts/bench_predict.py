@@ -145,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, action="append", help="scene side in pixels (repeatable; default 2000)")
-    parser.add_argument("--config", type=user_path, default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--config", type=user_path, default=str(REPO / "configs" / "demo.yaml"),
+                        help="config of the model and its windows (default configs/demo.yaml: the tiny student)")
     parser.add_argument("--checkpoint", type=user_path,
-                        help="checkpoint to run (default: the config's student, random, see above)")
+                        help="checkpoint to run (default: the config's student with random weights, saved under "
+                             "--work)")
+    parser.add_argument("--work", type=user_path, default="/tmp/bench_predict",
+                        help="folder for scenes, outputs and the ONNX cache (default /tmp/bench_predict)")
     parser.add_argument("--variant", action="append", choices=tuple(VARIANTS),
                         help="what to run (repeatable; default: all of them)")
-    parser.add_argument("--work", type=user_path, default="/tmp/bench_predict",
-                        help="folder for scenes, outputs and the ONNX cache")
     parser.add_argument("--threads", type=int, help="predict.py's --threads (default: its own)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each variant; the fastest counts (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs (default: removed after each run)")

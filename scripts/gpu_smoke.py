@@ -3,7 +3,8 @@
     sh scripts/gpu_smoke.sh [OUT]          # on a GPU: real model sizes, 8+8 crops of 518 (about 5 min, one H100)
     sh scripts/gpu_smoke.sh --cpu [OUT]    # the same stages at tiny sizes on the CPU (tests/test_gpu_paths.py)
 
-No downloads and no files needed. Stages, each timed and checked, none stopping the others:
+No downloads and no files needed. Stages, each timed and checked; a failure of one of the first three ends the
+run, a later one skips only the stages that need its result (the resumed run and the evaluations):
   environment   PyTorch, CUDA, the GPUs, bf16 support, the dense bf16 peak used for MFU
   weights       random weights written in the official formats: DINOv2-S/B state dicts (official key names,
                 mask_token included), OpenAI CLIP ViT-L/14 state dict (OpenAI key names, text tower included,
