@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from eval.inference import Model
-from model.onnx_graph import MAX_WEIGHT_BYTES, require_exporter, to_onnx, weight_bytes
+from model.onnx_graph import MAX_WEIGHT_BYTES, exporter_missing, require_exporter, to_onnx, weight_bytes
 from util.config import MODEL_KEYS, Config, flatten, under
 from util.errors import ConfigError, OutputError, short_reason
 from util.io import atomic_path, remove_stale_temporaries
@@ -109,6 +109,9 @@ def onnxruntime_problem(model: nn.Module) -> str | None:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "the package onnxruntime is not installed (pip install -r requirements.txt)"
+    missing = exporter_missing()
+    if missing:
+        return f"exporting the graph needs {missing}"
     size = weight_bytes(model)
     if size > MAX_WEIGHT_BYTES:
         return f"{size / 2**30:.1f} GiB of weights, more than one ONNX graph holds (2 GiB)"

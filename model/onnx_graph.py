@@ -31,13 +31,20 @@ EXPORT_OPSET = 18
 MAX_WEIGHT_BYTES = 2**31 - 2**26
 
 
+def exporter_missing() -> str | None:
+    """Why this PyTorch cannot export the graph (its torch.export-based ONNX exporter came with 2.6), or None."""
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if version < (2, 6):
+        return f"PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is {torch.__version__}"
+    return None
+
+
 def require_exporter(command: str) -> None:
     """The export's packages: torch.onnx's torch.export-based exporter (PyTorch 2.6 or newer), onnx, ONNX Script and
     ONNX Runtime; a one-line error naming what `command` is missing."""
-    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    if version < (2, 6):
-        raise UserError(f"{command} needs PyTorch 2.6 or newer (its torch.export-based ONNX exporter); this is "
-                        f"{torch.__version__}")
+    missing = exporter_missing()
+    if missing:
+        raise UserError(f"{command} needs {missing}")
     for package in ("onnx", "onnxscript", "onnxruntime"):
         try:
             __import__(package)

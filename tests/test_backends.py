@@ -234,3 +234,13 @@ def test_a_model_beyond_one_onnx_graph_runs_in_pytorch_unless_onnxruntime_is_ask
     assert "more than one ONNX graph holds" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="use --backend torch"):
         choose_backend("onnxruntime", CPU, "original", model)
+
+
+def test_a_pytorch_without_the_exporter_runs_in_pytorch_by_default(monkeypatch, capsys):
+    """PyTorch 2.4 and 2.5 cannot export the graph: `auto` stays with PyTorch there, saying why."""
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    model = torch.nn.Conv2d(3, 7, 1)
+    assert choose_backend("auto", CPU, "original", model) == "torch"
+    assert "needs PyTorch 2.6 or newer" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="needs PyTorch 2.6 or newer"):
+        choose_backend("onnxruntime", CPU, "original", model)
