@@ -16,8 +16,8 @@ with '=' are config overrides given to every run. Each run goes to $EXP/<method>
 defaults to exp/<dataset>); the table and plot to $EXP/report/. CONFIG (default configs/<dataset>.yaml) picks
 the config file.
 
-Everything is checked before the first launch: the names, the splits, every run's config, and every run
-folder already there. A folder whose run was trained with other settings than this command's is refused in
+Everything is checked before the first launch: the names, the splits, every run's config, its weight files,
+and every run folder already there. A folder whose run was trained with other settings than this command's is refused in
 one line naming the difference (nothing is retrained over it, nothing of it enters the table). Run it again
 after an interruption: runs that finished with these settings are not retrained, unfinished ones resume, and
 a test score is kept only if it is the protocol's (mode original, the weights best.pth was selected by) of
@@ -45,6 +45,7 @@ from typing import Any
 
 from dataset.splits import split_file, training_list_digests
 from methods import METHODS
+from model.weights import check_weight_files
 from util.cli import from_folder_override, run_main, user_path
 from util.config import Config, describe_differences, load_config, parse_override
 from util.errors import ConfigError, UserError
@@ -170,6 +171,17 @@ def refuse_other_settings(runs: list[Run]) -> None:
             raise ConfigError(f"{run.folder} holds a run with other settings ({describe_differences(diffs)}); it "
                               f"would not be retrained and its scores would enter the table: remove or move it, or "
                               f"set EXP to another folder for runs with these settings")
+
+
+def check_weights(runs: list[Run]) -> None:
+    """Every weight file any run reads exists (train.py checks the same at its start): one line naming every missing
+    file and its key, before a first run is launched or a job submitted."""
+    seen: list[dict[str, str | None]] = []
+    for run in runs:
+        files = run.cfg.weight_files
+        if files not in seen and not finished(run):
+            seen.append(files)
+            check_weight_files(files)
 
 
 def finished(run: Run) -> bool:
@@ -313,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = Path(user_path(os.environ.get("EXP") or f"exp/{args.dataset}"))
     runs = plan(args, overrides, config, exp)
     refuse_other_settings(runs)
+    check_weights(runs)
     if args.stage == "--slurm":
         given = list(sys.argv[1:] if argv is None else argv)
         return submit(args, [a for a in given if a != "--slurm"], runs, overrides, config, exp)

@@ -87,6 +87,18 @@ def test_reproduce_refuses_a_seed_that_is_not_a_number_before_any_run(tmp_path):
     assert not (tmp_path / "exp").exists()
 
 
+def test_reproduce_refuses_missing_weight_files_before_any_run(tmp_path):
+    """A table of runs that could only fail (every weight file missing) is refused before the first launch."""
+    splits = write_tiny_dataset(tmp_path / "data")
+    env = {**os.environ, "EXP": str(tmp_path / "exp"), "CONFIG": "configs/demo.yaml"}
+    done = subprocess.run(["sh", "scripts/reproduce.sh", "demo", "1", "29500", "fixmatch", "10", "0",
+                           f"dataset.root={tmp_path / 'data'}", f"dataset.lists={splits}",
+                           f"model.pretrained={tmp_path / 'dinov2_small.pth'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: model.pretrained: ")
+    assert "dinov2_small.pth" in done.stderr and not (tmp_path / "exp").exists()
+
+
 def test_a_rerun_with_another_setting_is_refused_before_anything_runs(tmp_path):
     """A finished run with train.epochs=1 and the same command with train.epochs=2, or on a labelled list that
     changed since: not 'finished before'."""
