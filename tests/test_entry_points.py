@@ -3,6 +3,7 @@ and `python -m package.module`; importing one (as the tests do) leaves sys.path 
 
 import ast
 import importlib
+import json
 import subprocess
 import sys
 
@@ -47,40 +48,109 @@ def invocations():
         yield pytest.param(None, module, id=f"-m {module}")
 
 
+# Every command line of this module, run as the interpreter runs it: runpy.run_path is what `python FILE` does
+# (FILE's folder first on sys.path), runpy.run_module(alter_sys=True) what `python -m MODULE` does (the current
+# folder first). Each runs in a child forked from one process that has imported the entry points as modules from
+# the repository root (noting any that edits sys.path), so the libraries they use are imported once (a new
+# interpreter takes seconds to import torch and the rest on 2 cores, and this module ran 37 of them), then
+# forgotten every module of the repository and taken the repository off sys.path: each child imports the project
+# afresh, so a file that does not put the repository root first, or a module that does not run as a command,
+# fails as it would in a new interpreter. Prints {"edits": [modules], "runs": {key: [status, stdout, stderr]}}.
+LAUNCHER = r"""
+import importlib, io, json, os, runpy, sys, tempfile, traceback
+repo, todo = sys.argv[1], json.loads(sys.argv[2])
+before, edits = list(sys.path), []
+for name in {warm!r}:
+    importlib.import_module(name)
+    if sys.path != before:
+        edits.append(name)
+        sys.path[:] = before
+def ours(module):   # every package of the repository has an __init__.py, so a __file__
+    return str(getattr(module, "__file__", None) or "").startswith(repo + os.sep)
+for name in [n for n, m in list(sys.modules.items()) if ours(m)]:
+    del sys.modules[name]
+base = [p for p in sys.path if p not in ("", repo)]
+importlib.invalidate_caches()
+results = {{}}
+for key, (argv, cwd) in todo.items():
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = io.TextIOWrapper(os.fdopen(1, "wb")), io.TextIOWrapper(os.fdopen(2, "wb"))
+        os.chdir(cwd)
+        code = 0
+        try:
+            if argv[0] == "-m":
+                sys.path[:], sys.argv = [cwd, *base], ["-m", *argv[2:]]
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.path[:], sys.argv = [os.path.dirname(argv[0]), *base], list(argv)
+                runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if not isinstance(stop.code, int | None):
+                print(stop.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    out.seek(0)
+    err.seek(0)
+    results[key] = [os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()]
+print(json.dumps({{"edits": edits, "runs": results}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> dict:
+    """Every command of this module, run once by LAUNCHER: `--help` of each entry point both ways (a file by its
+    absolute path from another folder, a module from the repository root), and library modules run as commands;
+    {"edits": [modules whose import edited sys.path], "runs": {key: (exit status, stdout, stderr)}}."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    commands = {}
+    for param in invocations():
+        file, module = param.values
+        commands[param.id] = ([str(REPO / file), "--help"], elsewhere) if file else (["-m", module, "--help"], REPO)
+    commands["util.config"] = (["-m", "util.config", "--config", "configs/demo.yaml"], REPO)
+    commands["model.convert"] = (["-m", "model.convert", "--help"], REPO)
+    todo = {key: (argv, str(cwd)) for key, (argv, cwd) in commands.items()}
+    code = LAUNCHER.format(warm=NO_PATH_EDIT + ["model.check", "model.fetch", "util.config", "model.convert"])
+    done = subprocess.run([sys.executable, "-c", code, str(REPO), json.dumps(todo)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("file, module", list(invocations()))
-def test_help_works_as_a_file_from_anywhere_and_as_a_module(file, module, tmp_path):
-    # A file is run from another folder (by its absolute path); a module from the repository root.
-    argv, cwd = ([str(REPO / file)], tmp_path) if file else (["-m", module], REPO)
-    done = subprocess.run([sys.executable, *argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage:") and "Traceback" not in done.stderr
+def test_help_works_as_a_file_from_anywhere_and_as_a_module(file, module, ran, request):
+    code, out, err = ran["runs"][request.node.callspec.id]
+    assert code == 0, err
+    assert out.startswith("usage:") and "Traceback" not in err
 
 
 @pytest.mark.slow
-def test_importing_an_entry_point_leaves_sys_path_alone():
-    code = ("import importlib, sys; before = list(sys.path)\n"
-            f"for name in {NO_PATH_EDIT!r}:\n"
-            "    importlib.import_module(name)\n"
-            "    assert sys.path == before, (name, sys.path[:3])\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+def test_importing_an_entry_point_leaves_sys_path_alone(ran):
+    assert [name for name in ran["edits"] if name in NO_PATH_EDIT] == []
 
 
 @pytest.mark.slow
-def test_the_command_that_printed_a_resolved_config_says_where_it_went():
-    done = subprocess.run([sys.executable, "-m", "util.config", "--config", "configs/demo.yaml"], cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
-    assert "python train.py --config configs/demo.yaml --get all" in done.stderr
+def test_the_command_that_printed_a_resolved_config_says_where_it_went(ran):
+    code, out, err = ran["runs"]["util.config"]
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert "python train.py --config configs/demo.yaml --get all" in err
 
 
 @pytest.mark.slow
-def test_a_library_module_named_like_a_command_says_so_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "model.convert", "--help"], cwd=REPO, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 2 and done.stdout == ""
-    assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: model.convert has no command line")
+def test_a_library_module_named_like_a_command_says_so_in_one_line(ran):
+    code, out, err = ran["runs"]["model.convert"]
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: model.convert has no command line")
 
 
 @pytest.mark.parametrize("file, module, old, new, _", MOVED, ids=[m[1] for m in MOVED])

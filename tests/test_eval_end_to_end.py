@@ -1,9 +1,8 @@
 """eval/eval.py and deploy/predict.py end to end, on a tiny real segmenter saved as a training checkpoint: their
-main(argv) in this process, and predict once as the script a user runs."""
+main(argv) in this process (the scripts start as a user runs them in tests/test_entry_points.py; predict runs as a
+process in tests/test_predict_geo.py's memory test, eval in tests/test_eval_cli.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 from deploy import predict
 from eval import eval as eval_cli
 from model.segmenter import build_segmenter
-from tests.train_fixtures import REPO, assert_one_line_error, invoke
+from tests.train_fixtures import assert_one_line_error, invoke
 from util.catalog import DATASETS
 from util.config import load_config
 
@@ -73,17 +72,6 @@ def test_eval_scores_a_checkpoint(tmp_path, capsys):
 def test_predict_writes_three_pictures(tmp_path):
     cfg, ckpt = make_run(tmp_path)
     assert predict.main(predict_argv(tmp_path, cfg, ckpt)) == 0
-    assert_three_pictures_per_image(tmp_path / "pred")
-
-
-@pytest.mark.slow
-def test_predict_script_writes_three_pictures(tmp_path):
-    """`python deploy/predict.py` as users run it, from the repository root (eval/eval.py's script is run in
-    tests/test_eval_cli.py and tests/test_cli.py)."""
-    cfg, ckpt = make_run(tmp_path)
-    proc = subprocess.run([sys.executable, "deploy/predict.py", *predict_argv(tmp_path, cfg, ckpt)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
     assert_three_pictures_per_image(tmp_path / "pred")
 
 
