@@ -61,7 +61,8 @@ def same_weights(a: Path, b: Path) -> None:
             assert torch.equal(x[key][name], y[key][name]), f"{key}.{name}"
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0), (signal.SIGUSR1, 0)])
+# SIGTERM to `python train.py`: the two SLURM tasks below, each a `python train.py` stopped as a requeue stops it.
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGUSR1, 0)])
 def test_a_signal_to_python_train_py_saves_at_the_end_of_the_step_and_exits_cleanly(data, tmp_path, signum, status):
     save = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train.py", *argv(data, save)], cwd=REPO, env=ENV, text=True,
@@ -132,6 +133,8 @@ def test_two_slurm_tasks_requeued_mid_run_end_with_the_weights_of_an_uninterrupt
     assert not any("Traceback" in err for err in errs)
     stopped = json.loads((requeued / "progress.json").read_text())
     assert not stopped["finished"] and stopped["stopped_by"] == "SIGTERM"
+    assert load_own_checkpoint(requeued / "latest.pth")["iteration"] == stopped["iteration"]
+    assert not list(requeued.glob(".*.tmp"))
     finish(slurm_step(data, requeued, restart=1))
     assert json.loads((requeued / "progress.json").read_text())["finished"]
     same_weights(whole / "latest.pth", requeued / "latest.pth")
