@@ -761,7 +761,9 @@ def verdict(scores: dict[str, dict[int, float]], first: str, second: str) -> tup
     if not seeds:
         return "not run", ""
     diffs = [a[s] - b[s] for s in seeds]
-    figures = (f"{mean(a):.1f} vs {mean(b):.1f}: {np.mean(diffs):+.1f} (per seed "
+    # Both means over the seeds both sides ran: the difference of the means is then the mean difference.
+    figures = (f"{np.mean([a[s] for s in seeds]):.1f} vs {np.mean([b[s] for s in seeds]):.1f}: "
+               f"{np.mean(diffs):+.1f} (per seed "
                f"{', '.join(f'{d:+.1f}' for d in diffs)})")
     room = headroom(scores)
     if room is None or room < HEADROOM_RULE:
@@ -778,7 +780,8 @@ def summary(work: Path) -> str:
     (summary.md, summary.json) atomically."""
     scores = test_scores(work)
     lines = [headroom_line(scores), "", "| run | test mIoU (%) | seeds |", "|---|---:|---|"]
-    for key, values in scores.items():
+    for key in sorted(scores, key=lambda k: (PLOT_ORDER.index(k) if k in PLOT_ORDER else len(PLOT_ORDER), k)):
+        values = scores[key]
         sd = f" ± {np.std(list(values.values()), ddof=1):.1f}" if len(values) > 1 else ""
         lines.append(f"| {key} | {mean(values):.1f}{sd} | "
                      f"{', '.join(f'{v:.1f} (s{s})' for s, v in sorted(values.items()))} |")
