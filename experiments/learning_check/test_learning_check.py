@@ -105,8 +105,8 @@ def test_files_made_with_other_values_are_refused_not_reused(tmp_path):
         made_with(record, {"scene_size": 168, "seed": 1})
 
 
-def test_the_plan_measures_the_headroom_first_then_every_method_and_control(tmp_path):
-    from experiments.learning_check.check import headroom_jobs, method_jobs
+def test_the_plan_measures_the_headroom_and_every_method_and_control(tmp_path):
+    from experiments.learning_check.check import headroom_jobs, method_jobs, queue
 
     headroom = [name for name, _ in headroom_jobs(tmp_path, (0, 1))]
     assert headroom == ["supervised_1_s0", "supervised_100_s0", "supervised_1_s1", "supervised_100_s1"]
@@ -116,6 +116,11 @@ def test_the_plan_measures_the_headroom_first_then_every_method_and_control(tmp_
     assert {"rs_mtdf-random_1_s1", "unimatch_v2_5_s0", "rs_mtdf-clip_1_s1"} <= set(names)
     assert [name for name, _ in method_jobs(tmp_path, quick=True)] == ["fixmatch_1_s0", "rs_mtdf_1_s0",
                                                                        "rs_mtdf-random_1_s0"]
+    # Each headroom run starts beside one of the longest method runs, so that two cores stay busy to the end.
+    quick = [name for name, _ in queue(headroom_jobs(tmp_path, (0,)), method_jobs(tmp_path, quick=True))]
+    assert quick == ["supervised_1_s0", "rs_mtdf_1_s0", "supervised_100_s0", "rs_mtdf-random_1_s0", "fixmatch_1_s0"]
+    full = [name for name, _ in queue(headroom_jobs(tmp_path, (0, 1)), method_jobs(tmp_path, quick=False))]
+    assert sorted(full) == sorted(headroom + names) and full[:8:2] == headroom
     every = dict(method_jobs(tmp_path, quick=False) + headroom_jobs(tmp_path, (0, 1)))
     assert all(f"model.pretrained={tmp_path / 'student_pretrained' / 'dinov2_tiny.pth'}" in over
                for over in every.values())
