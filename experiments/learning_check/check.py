@@ -626,12 +626,12 @@ def run_all(work: Path, todo: list[tuple[str, list[str]]], parallel: int, score:
 RELATIVE_COST = {"supervised": 1.0, "fixmatch": 1.7, "unimatch_v2": 2.0, "rs_mtdf": 2.0}
 
 
-def queue(headroom: list[tuple[str, list[str]]], methods: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+def queue(headroom: list[tuple[str, list[str]]], compared: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
     """The order runs start in: each headroom run (first in the queue) beside a method run, longest first."""
     def cost(item: tuple[str, list[str]]) -> float:
         return RELATIVE_COST[next(o.split("=", 1)[1] for o in item[1] if o.startswith("train.method="))]
 
-    longest = sorted(methods, key=cost, reverse=True)  # stable: the plan's order among runs of one cost
+    longest = sorted(compared, key=cost, reverse=True)  # stable: the plan's order among runs of one cost
     paired = [run for pair in zip(headroom, longest) for run in pair]
     return paired + headroom[len(paired) // 2:] + longest[len(paired) // 2:]
 
@@ -791,8 +791,8 @@ def verdict(scores: dict[str, dict[int, float]], first: str, second: str) -> tup
 
 
 def summary(work: Path) -> str:
-    """The headroom, test mIoU per run (mean +- sd over seeds, per seed) and the verdicts, printed, then written
-    (summary.md, summary.json) atomically."""
+    """The headroom, test mIoU per run (mean +- sd over seeds, per seed), the verdicts and, where `diagnose` ran,
+    each run's pseudo-labels and probe, printed, then written (summary.md, summary.json) atomically."""
     scores = test_scores(work)
     lines = [headroom_line(scores), "", "| run | test mIoU (%) | seeds |", "|---|---:|---|"]
     for key in sorted(scores, key=lambda k: (PLOT_ORDER.index(k) if k in PLOT_ORDER else len(PLOT_ORDER), k)):
@@ -806,6 +806,7 @@ def summary(work: Path) -> str:
         outcome, figures = verdict(scores, first, second)
         verdicts[claim] = {"verdict": outcome, "figures": figures, "first": first, "second": second}
         lines.append(f"| {claim} | {outcome} | {figures} |")
+    lines += diagnosis_lines(work, scores)
     text = "\n".join(lines)
     print(text, flush=True)
     write_text(work / "summary.md", text + "\n")
@@ -814,6 +815,29 @@ def summary(work: Path) -> str:
     if scores:
         plot(scores, work / "summary.png")
     return text
+
+
+def diagnosis_lines(work: Path, scores: dict[str, dict[int, float]]) -> list[str]:
+    """Where `diagnose` ran: each run's test mIoU beside its pseudo-labels (the final EMA on the tiles unlabelled at
+    1 %: share of pixels above the threshold, accuracy of those) and the linear probe of its student's encoder."""
+    labels, probes = (work / "pseudo_labels.json", work / "student_probes.json")
+    if not (labels.is_file() and probes.is_file()):
+        return []
+    labels_of, probe_of = json.loads(labels.read_text()), json.loads(probes.read_text())
+    lines = ["", "| run | test mIoU | confident share (EMA, %) | accuracy of the confident pixels (%) | "
+             "student probe mIoU |", "|---|---:|---:|---:|---:|"]
+    for name in ("random_init", "stand_in"):
+        if name in probe_of:
+            lines.append(f"| {name.replace('_', ' ')} (no training) | | | | {probe_of[name]['miou']:.2f} |")
+    for key in sorted(scores, key=lambda k: (PLOT_ORDER.index(k) if k in PLOT_ORDER else len(PLOT_ORDER), k)):
+        for seed, miou in sorted(scores[key].items()):
+            name = f"{key}_s{seed}"
+            ema = labels_of.get(name, {}).get("latest_ema", {})
+            share, right = ema.get("confident_share"), ema.get("confident_accuracy")
+            probe = probe_of.get(name, {}).get("miou")
+            lines.append(f"| {name} | {miou:.2f} | {'' if share is None else f'{share:.1f}'} | "
+                         f"{'' if right is None else f'{right:.1f}'} | {'' if probe is None else f'{probe:.2f}'} |")
+    return lines
 
 
 # The bars of the plot, left to right: the headroom's two ends around the methods and controls at 1 %.

@@ -49,8 +49,8 @@ stamp "teachers ready"
 python experiments/learning_check/check.py runs --work "$WORK" --parallel "$PARALLEL" $QUICK
 stamp "runs finished"
 python scripts/report.py "$WORK/runs" --out "$WORK/report"
-python experiments/learning_check/check.py summary --work "$WORK"
 if [ "${DIAGNOSE:-0}" = 1 ]; then
     python experiments/learning_check/check.py diagnose --work "$WORK"
 fi
+python experiments/learning_check/check.py summary --work "$WORK"
 stamp "learning check finished"

@@ -1,6 +1,7 @@
 """The learning check's scenes (scenes.py) and the teacher files of check.py."""
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,23 @@ def test_the_verdicts_follow_the_rule_fixed_before_the_runs():
     assert verdict(uneven, "fixmatch", "supervised")[1].startswith("32.5 vs 30.5: +2.0")  # means over seeds 0, 1
     narrow = {**scores, "supervised_100": {0: 37.0, 1: 38.0}}                          # headroom 7.0 < 8
     assert verdict(narrow, "fixmatch", "supervised")[0] == "cannot judge (headroom below the rule)"
+
+
+def test_the_summary_puts_each_runs_pseudo_labels_and_probe_beside_its_score(tmp_path):
+    from experiments.learning_check.check import diagnosis_lines
+
+    scores = {"fixmatch_1": {0: 39.06, 1: 40.61}, "supervised_1": {0: 35.8}}
+    assert diagnosis_lines(tmp_path, scores) == []                                       # diagnose did not run
+    (tmp_path / "pseudo_labels.json").write_text(json.dumps(
+        {"fixmatch_1_s0": {"latest_ema": {"confident_share": 61.25, "confident_accuracy": 88.5}},
+         "fixmatch_1_s1": {"latest_ema": {"confident_share": 60.0, "confident_accuracy": None}}}))
+    (tmp_path / "student_probes.json").write_text(json.dumps(
+        {"stand_in": {"miou": 22.9}, "fixmatch_1_s0": {"miou": 30.123}, "supervised_1_s0": {"miou": 25.0}}))
+    rows = diagnosis_lines(tmp_path, scores)[3:]
+    assert rows == ["| stand in (no training) | | | | 22.90 |",
+                    "| supervised_1_s0 | 35.80 |  |  | 25.00 |",
+                    "| fixmatch_1_s0 | 39.06 | 61.2 | 88.5 | 30.12 |",
+                    "| fixmatch_1_s1 | 40.61 | 60.0 |  |  |"]
 
 
 def test_a_work_folder_with_a_space_reaches_every_command_whole(tmp_path, monkeypatch):
