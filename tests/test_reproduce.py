@@ -34,7 +34,11 @@ def reproduce(exp: Path, overrides: list[str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_finished_runs(tmp_path):
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> dict:
+    """A table of two tiny runs (supervised, then FixMatch) killed while the second trains, then run again to the
+    end: what the first call had finished, when, and the second call's output (two tests read it)."""
+    tmp_path = tmp_path_factory.mktemp("table")
     root = tmp_path / "data"
     splits = write_tiny_dataset(root)
     # The tiny runs' settings, less the method and save path that reproduce.sh sets per run.
@@ -51,17 +55,23 @@ def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert json.loads((first / "progress.json").read_text())["finished"]
-    trained_at = (first / "latest.pth").stat().st_mtime_ns
-    scored_at = next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns
-
+    killed = {"first_finished": json.loads((first / "progress.json").read_text())["finished"],
+              "trained_at": (first / "latest.pth").stat().st_mtime_ns,
+              "scored_at": next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns}
     proc = reproduce(exp, overrides)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    assert "finished before with these settings: not retrained" in out
-    assert (first / "latest.pth").stat().st_mtime_ns == trained_at
-    assert next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns == scored_at
-    assert json.loads((second / "progress.json").read_text())["finished"]
+    return {**killed, "status": proc.returncode, "out": out, "exp": exp, "first": first, "second": second,
+            "overrides": overrides, "splits": splits}
+
+
+def test_killed_part_way_and_run_again_it_finishes_the_table_without_retraining_finished_runs(table):
+    first, exp = table["first"], table["exp"]
+    assert table["first_finished"]
+    assert table["status"] == 0, table["out"]
+    assert "finished before with these settings: not retrained" in table["out"]
+    assert (first / "latest.pth").stat().st_mtime_ns == table["trained_at"]
+    assert next(first.glob("eval_best_test_*/metrics.json")).stat().st_mtime_ns == table["scored_at"]
+    assert json.loads((table["second"] / "progress.json").read_text())["finished"]
 
     rows = json.loads((exp / "report" / "report.json").read_text())["rows"]
     assert sorted(r["method"] for r in rows) == ["fixmatch", "supervised"]
@@ -99,29 +109,22 @@ def test_reproduce_refuses_missing_weight_files_before_any_run(tmp_path):
     assert "dinov2_small.pth" in done.stderr and not (tmp_path / "exp").exists()
 
 
-def test_a_rerun_with_another_setting_is_refused_before_anything_runs(tmp_path):
-    """A finished run with train.epochs=1 and the same command with train.epochs=2, or on a labelled list that
-    changed since: not 'finished before'."""
-    root = tmp_path / "data"
-    splits = write_tiny_dataset(root)
-    overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=1)
-                 if not o.startswith(("train.method=", "save_path="))]
-    exp = tmp_path / "exp"
+def test_a_rerun_with_another_setting_is_refused_before_anything_runs(table):
+    """The finished table's command with train.epochs=4 instead of 3, or on a labelled list that changed since: not
+    'finished before'. (The last test to read the table: it rewrites a list.)"""
+    exp, run, overrides = table["exp"], table["first"], table["overrides"]
     env = {**os.environ, "CONFIG": "configs/demo.yaml", "EXP": str(exp), "OMP_NUM_THREADS": "1"}
-    cmd = ["sh", "scripts/reproduce.sh", "loveda", "1", str(free_port()), "supervised", "10", "0"]
-    done = subprocess.run(cmd + overrides, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    run = exp / "supervised/10/seed0"
+    cmd = ["sh", "scripts/reproduce.sh", "loveda", "1", str(free_port()), "supervised,fixmatch", "10", "0"]
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    changed = [o.replace("train.epochs=1", "train.epochs=2") for o in overrides]
+    changed = [o.replace("train.epochs=3", "train.epochs=4") for o in overrides]
     done = subprocess.run(cmd + changed, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=1 (this config: 2)); "
+    assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=3 (this config: 4)); "
                                    f"it would not be retrained and its scores would enter the table: remove or move "
                                    f"it, or set EXP to another folder for runs with these settings")
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
     # The same settings on a labelled list rewritten since (a resplit with another seed): refused as well.
-    labeled = splits / "10" / "labeled.txt"
+    labeled = table["splits"] / "10" / "labeled.txt"
     labeled.write_text("".join(labeled.read_text().splitlines(keepends=True)[:-1]))
     done = subprocess.run(cmd + overrides, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and f"error: {run} holds a run with other settings (labeled.txt=" in done.stderr
