@@ -417,8 +417,9 @@ def benchmark_stage(smoke: Smoke) -> dict[str, Any]:
 def gpu_tests_stage(smoke: Smoke) -> dict[str, Any]:
     log = smoke.logs / "gpu_tests.log"
     with open(log, "w") as f:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_gpu_paths.py", "-k", "cuda"],
-                              cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=smoke.sizes.timeout)
+        # One process (-n 0): the CUDA tests measure memory on the one GPU, which workers beside them would share.
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "tests/test_gpu_paths.py", "-k",
+                               "cuda"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=smoke.sizes.timeout)
     summary = tail(log, 3)
     if done.returncode != 0:
         raise RuntimeError(f"pytest exited with {done.returncode}: {tail(log, 30)}")
