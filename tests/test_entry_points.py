@@ -65,8 +65,11 @@ for name in {warm!r}:
     if sys.path != before:
         edits.append(name)
         sys.path[:] = before
+# A virtual environment may live inside the repository (.venv, CI's .ci/venv): its libraries are not ours.
+installed = tuple(os.path.join(p, "") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix))
 def ours(module):   # every package of the repository has an __init__.py, so a __file__
-    return str(getattr(module, "__file__", None) or "").startswith(repo + os.sep)
+    file = str(getattr(module, "__file__", None) or "")
+    return file.startswith(repo + os.sep) and not file.startswith(installed)
 for name in [n for n, m in list(sys.modules.items()) if ours(m)]:
     del sys.modules[name]
 base = [p for p in sys.path if p not in ("", repo)]
