@@ -11,6 +11,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402, F401  (registers the training methods, as every entry point does)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with the most slow tests first, the order of their tests unchanged: the workers (pytest-xdist,
+    a module to a worker) then start the longest modules first and end together, instead of one worker finishing
+    a long module alone while the other has nothing left."""
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[module(item)] = slow.get(module(item), 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[module(item)])
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: tiny tensors on a shared 2-core machine run faster so, and every call reduces in

@@ -42,7 +42,7 @@ def table(tmp_path_factory) -> dict:
     root = tmp_path / "data"
     splits = write_tiny_dataset(root)
     # The tiny runs' settings, less the method and save path that reproduce.sh sets per run.
-    overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=3)
+    overrides = [o for o in tiny_overrides(root, splits, tmp_path / "unused", "fixmatch", epochs=2)
                  if not o.startswith(("train.method=", "save_path="))]
     exp = tmp_path / "exp"
     first, second = exp / "supervised/10/seed0", exp / "fixmatch/10/seed0"
@@ -110,16 +110,16 @@ def test_reproduce_refuses_missing_weight_files_before_any_run(tmp_path):
 
 
 def test_a_rerun_with_another_setting_is_refused_before_anything_runs(table):
-    """The finished table's command with train.epochs=4 instead of 3, or on a labelled list that changed since: not
+    """The finished table's command with train.epochs=3 instead of 2, or on a labelled list that changed since: not
     'finished before'. (The last test to read the table: it rewrites a list.)"""
     exp, run, overrides = table["exp"], table["first"], table["overrides"]
     env = {**os.environ, "CONFIG": "configs/demo.yaml", "EXP": str(exp), "OMP_NUM_THREADS": "1"}
     cmd = ["sh", "scripts/reproduce.sh", "loveda", "1", str(free_port()), "supervised,fixmatch", "10", "0"]
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    changed = [o.replace("train.epochs=3", "train.epochs=4") for o in overrides]
+    changed = [o.replace("train.epochs=2", "train.epochs=3") for o in overrides]
     done = subprocess.run(cmd + changed, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=3 (this config: 4)); "
+    assert done.stderr.strip() == (f"error: {run} holds a run with other settings (train.epochs=2 (this config: 3)); "
                                    f"it would not be retrained and its scores would enter the table: remove or move "
                                    f"it, or set EXP to another folder for runs with these settings")
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
