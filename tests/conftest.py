@@ -1,6 +1,7 @@
 """Shared by the tests: the project's packages import from the repository root, as the entry points do."""
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,12 @@ import methods  # noqa: E402, F401  (registers the training methods, as every en
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with the most slow tests first, the order of their tests unchanged: the workers (pytest-xdist,
-    a module to a worker) then start the longest modules first and end together, instead of one worker finishing
-    a long module alone while the other has nothing left."""
+    """Modules with more slow tests first (a rough stand-in for the longest), the order of their tests unchanged: the
+    workers (pytest-xdist, a module to a worker) take the long modules early rather than one of them last."""
     def module(item: pytest.Item) -> str:
         return item.nodeid.split("::")[0]
 
-    slow: dict[str, int] = {}
-    for item in items:
-        slow[module(item)] = slow.get(module(item), 0) + bool(item.get_closest_marker("slow"))
+    slow = Counter(module(item) for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[module(item)])
 
 

@@ -777,9 +777,8 @@ def verdict(scores: dict[str, dict[int, float]], first: str, second: str) -> tup
         return "not run", ""
     diffs = [a[s] - b[s] for s in seeds]
     # Both means over the seeds both sides ran: the difference of the means is then the mean difference.
-    figures = (f"{np.mean([a[s] for s in seeds]):.1f} vs {np.mean([b[s] for s in seeds]):.1f}: "
-               f"{np.mean(diffs):+.1f} (per seed "
-               f"{', '.join(f'{d:+.1f}' for d in diffs)})")
+    figures = (f"{np.mean([a[s] for s in seeds]):.2f} vs {np.mean([b[s] for s in seeds]):.2f}: "
+               f"{np.mean(diffs):+.2f} (per seed {', '.join(f'{d:+.2f}' for d in diffs)})")
     room = headroom(scores)
     if room is None or room < HEADROOM_RULE:
         return "cannot judge (headroom below the rule)", figures
@@ -794,12 +793,14 @@ def summary(work: Path) -> str:
     """The headroom, test mIoU per run (mean +- sd over seeds, per seed), the verdicts and, where `diagnose` ran,
     each run's pseudo-labels and probe, printed, then written (summary.md, summary.json) atomically."""
     scores = test_scores(work)
-    lines = [headroom_line(scores), "", "| run | test mIoU (%) | seeds |", "|---|---:|---|"]
-    for key in sorted(scores, key=lambda k: (PLOT_ORDER.index(k) if k in PLOT_ORDER else len(PLOT_ORDER), k)):
+    seeds = sorted({seed for values in scores.values() for seed in values})
+    lines = [headroom_line(scores), "", f"| run (test mIoU %) | {' | '.join(f'seed {s}' for s in seeds)} | mean ± sd |",
+             f"|---|{'---:|' * len(seeds)}---:|"]
+    for key in in_plot_order(scores):
         values = scores[key]
-        sd = f" ± {np.std(list(values.values()), ddof=1):.1f}" if len(values) > 1 else ""
-        lines.append(f"| {key} | {mean(values):.1f}{sd} | "
-                     f"{', '.join(f'{v:.1f} (s{s})' for s, v in sorted(values.items()))} |")
+        sd = f" ± {np.std(list(values.values()), ddof=1):.2f}" if len(values) > 1 else ""
+        cells = [f"{values[s]:.2f}" if s in values else "" for s in seeds]
+        lines.append(f"| {key} | {' | '.join(cells)} | {mean(values):.2f}{sd} |")
     lines += ["", "| claim (1 %) | verdict | figures: test mIoU, mean over seeds, difference |", "|---|---|---|"]
     verdicts = {}
     for claim, first, second in CLAIMS:
@@ -829,7 +830,7 @@ def diagnosis_lines(work: Path, scores: dict[str, dict[int, float]]) -> list[str
     for name in ("random_init", "stand_in"):
         if name in probe_of:
             lines.append(f"| {name.replace('_', ' ')} (no training) | | | | {probe_of[name]['miou']:.2f} |")
-    for key in sorted(scores, key=lambda k: (PLOT_ORDER.index(k) if k in PLOT_ORDER else len(PLOT_ORDER), k)):
+    for key in in_plot_order(scores):
         for seed, miou in sorted(scores[key].items()):
             name = f"{key}_s{seed}"
             ema = labels_of.get(name, {}).get("latest_ema", {})
@@ -844,6 +845,11 @@ def diagnosis_lines(work: Path, scores: dict[str, dict[int, float]]) -> list[str
 PLOT_ORDER = ("supervised_1", "fixmatch_1", "unimatch_v2_1", "rs_mtdf_1", "rs_mtdf-random_1", "rs_mtdf-nofusion_1",
               "rs_mtdf-dino_1", "rs_mtdf-clip_1", "supervised_5", "fixmatch_5", "unimatch_v2_5", "rs_mtdf_5",
               "supervised_100")
+
+
+def in_plot_order(scores: dict[str, dict[int, float]]) -> list[str]:
+    """The variants of `scores` in PLOT_ORDER, then any other in name order."""
+    return sorted(scores, key=lambda key: (PLOT_ORDER.index(key) if key in PLOT_ORDER else len(PLOT_ORDER), key))
 
 
 def plot(scores: dict[str, dict[int, float]], path: Path) -> None:

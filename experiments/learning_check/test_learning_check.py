@@ -149,7 +149,7 @@ def test_the_verdicts_follow_the_rule_fixed_before_the_runs():
     assert verdict(scores, "rs_mtdf", "rs_mtdf-random")[0].startswith("cannot judge")  # +0.5 mean, seeds disagree
     assert verdict(scores, "rs_mtdf", "rs_mtdf-nofusion")[0] == "not run"
     uneven = {**scores, "fixmatch_1": {0: 32.0, 1: 33.0, 2: 40.0}}                     # seed 2 on one side only
-    assert verdict(uneven, "fixmatch", "supervised")[1].startswith("32.5 vs 30.5: +2.0")  # means over seeds 0, 1
+    assert verdict(uneven, "fixmatch", "supervised")[1].startswith("32.50 vs 30.50: +2.00")  # seeds 0, 1
     narrow = {**scores, "supervised_100": {0: 37.0, 1: 38.0}}                          # headroom 7.0 < 8
     assert verdict(narrow, "fixmatch", "supervised")[0] == "cannot judge (headroom below the rule)"
 
