@@ -639,6 +639,12 @@ def queue(headroom: list[tuple[str, list[str]]], compared: list[tuple[str, list[
 def make_runs(work: Path, quick: bool, parallel: int) -> None:
     """The headroom runs and the methods in one queue (the headroom's first), then, in the full plan, the third
     seeds the rule asks for; the headroom is stated once all are scored (the verdicts depend on it)."""
+    missing = [path for path in (work / "loveda", work / "splits", student_file(work),
+                                 *(work / kind / name for kind in ("teachers_pretrained", "teachers_random")
+                                   for name in ("dinov2_tiny.pth", "clip_tiny.pt"))) if not path.exists()]
+    if missing:
+        raise DataError(f"{missing[0]} is missing: make the data and the teachers first (`check.py data`, "
+                        f"`check.py teachers`; run.sh does both)")
     start = time.time()
     seeds = (0,) if quick else SEEDS
     failed = run_all(work, queue(headroom_jobs(work, seeds), method_jobs(work, quick)), parallel)
@@ -923,12 +929,21 @@ def main(argv: list[str] | None = None) -> int:
     elif args.step == "runs":
         make_runs(work, args.quick, args.parallel)
     elif args.step == "diagnose":
-        names = sorted(p.name for p in (work / "runs").iterdir() if (p / "best.pth").is_file())
+        names = sorted(p.name for p in runs_made(work).iterdir() if (p / "best.pth").is_file())
         pseudo_label_quality(work, names)
         student_probes(work, names)
     else:
+        runs_made(work)
         summary(work)
     return 0
+
+
+def runs_made(work: Path) -> Path:
+    """`work`'s runs folder; a work folder without one (nothing trained there yet, or another folder) is refused."""
+    if not (work / "runs").is_dir():
+        raise DataError(f"{work} holds no runs folder: nothing to read; train the runs first "
+                        f"(WORK={shlex.quote(str(work))} sh experiments/learning_check/run.sh)")
+    return work / "runs"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dataset.prepare import prepare
@@ -169,6 +170,16 @@ def test_the_summary_puts_each_runs_pseudo_labels_and_probe_beside_its_score(tmp
                     "| supervised_1_s0 | 35.80 |  |  | 25.00 |",
                     "| fixmatch_1_s0 | 39.06 | 61.2 | 88.5 | 30.12 |",
                     "| fixmatch_1_s1 | 40.61 | 60.0 |  |  |"]
+
+
+@pytest.mark.parametrize("step", ["runs", "summary", "diagnose"])
+def test_a_step_in_a_work_folder_without_its_inputs_is_one_line_and_starts_nothing(tmp_path, step):
+    from experiments.learning_check.check import main
+    from util.errors import DataError
+
+    with pytest.raises(DataError, match="is missing: make the data|holds no runs folder"):
+        main([step, "--work", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_work_folder_with_a_space_reaches_every_command_whole(tmp_path, monkeypatch):
